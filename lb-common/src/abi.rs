@@ -1,0 +1,193 @@
+//! Map names, keys and values shared by the XDP program and the agent.
+use core::mem::size_of;
+
+/// Address family codes used in every key (IPv6 has its slot already).
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// IP protocol numbers the data plane balances.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Forwarding modes of a listener. Only NAT exists today; DSR takes the next number.
+pub const MODE_NAT: u8 = 0;
+
+/// `PORT_FLAGS[port]` bits: a listener uses `port` as destination, a target as source.
+pub const PORT_LISTENER: u8 = 1;
+pub const PORT_TARGET: u8 = 2;
+
+/// `TargetValue::flags`: the target may receive traffic. A flow whose target lost this flag is
+/// balanced afresh on its next packet.
+pub const TARGET_ACTIVE: u8 = 1;
+
+/// Map names, as the XDP object declares them.
+pub mod maps {
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const VIPS: &str = "VIPS";
+    pub const RINGS: &str = "RINGS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REVERSE: &str = "REVERSE";
+    pub const PORT_FLAGS: &str = "PORT_FLAGS";
+    pub const STATS: &str = "STATS";
+    pub const LISTENER_STATS: &str = "LISTENER_STATS";
+    pub const TARGET_STATS: &str = "TARGET_STATS";
+}
+
+/// Name of the XDP entry point in the object.
+pub const PROGRAM_NAME: &str = "xlb";
+
+/// An IPv4 address in the 16-byte slot every key uses (the rest stays zero).
+pub const fn addr_from_ipv4(octets: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = octets[0];
+    a[1] = octets[1];
+    a[2] = octets[2];
+    a[3] = octets[3];
+    a
+}
+
+/// The IPv4 octets of a 16-byte address slot.
+pub const fn ipv4_of(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Listener lookup key: (VIP, port, protocol), the address family in every key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// What the data plane knows of a listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerValue {
+    /// Index into `LISTENER_STATS`; never 0.
+    pub id: u32,
+    /// First slot of this listener's active Maglev ring in `RINGS`.
+    pub ring_base: u32,
+    /// M: entries in the ring.
+    pub ring_size: u32,
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    pub udp_idle_timeout_s: u32,
+}
+
+/// Set of addresses that carry at least one listener (value: number of listeners).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `TARGETS[id]`: where a target lives. Id 0 is never assigned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetValue {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub family: u8,
+    pub flags: u8,
+}
+
+/// A 5-tuple as seen on the wire, in the direction named by the map that holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FLOWS[client -> VIP tuple]`: the connection table entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub target_id: u32,
+    pub listener_id: u32,
+    /// bpf_ktime_get_ns() of the last packet (kept for UDP flows only).
+    pub last_seen_ns: u64,
+}
+
+/// `REVERSE[target -> client tuple]`: how to make a reply look as if the VIP sent it. Keyed by
+/// the reply's own 5-tuple, so two VIPs sharing a target never take each other's replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseValue {
+    pub vip: [u8; 16],
+    pub vport: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
+    pub listener_id: u32,
+    pub target_id: u32,
+}
+
+/// Per-CPU traffic counters of one listener or one target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Client -> target packets and bytes (as received).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows balanced by the Maglev table (new, re-balanced, or seen mid-flow with no entry).
+    pub new_flows: u64,
+    /// Target -> client packets and bytes.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl Counters {
+    /// Sum of per-CPU values.
+    pub fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.reply_packets += o.reply_packets;
+        self.reply_bytes += o.reply_bytes;
+    }
+}
+
+// Padding-free layouts: a size different from the sum of the fields means hidden padding.
+const _: () = assert!(size_of::<ListenerKey>() == 20);
+const _: () = assert!(size_of::<ListenerValue>() == 20);
+const _: () = assert!(size_of::<VipKey>() == 20);
+const _: () = assert!(size_of::<TargetValue>() == 20);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowValue>() == 16);
+const _: () = assert!(size_of::<ReverseValue>() == 28);
+const _: () = assert!(size_of::<Counters>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is repr(C), Copy, has no padding (asserted above) and every bit
+    // pattern is a valid value (integers and byte arrays only).
+    unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TargetValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReverseValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counters {}
+}

@@ -1,0 +1,95 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+//!
+//! Values are the 16-bit words as they read in network order (`u16::from_be_bytes`). Pure and
+//! loop-free, so the XDP program uses the same code the host tests check.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// New checksum after one 16-bit word of the covered data changed from `old` to `new`.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}
+
+/// New checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
+#[inline(always)]
+pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let c = replace16(
+        check,
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    );
+    replace16(
+        c,
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
+}
+
+/// UDP over IPv4: a zero checksum means "none" and must stay zero; a computed zero is sent as
+/// 0xffff (RFC 768).
+#[inline(always)]
+pub fn udp_fixup(old_check: u16, computed: u16) -> u16 {
+    if old_check == 0 {
+        0
+    } else if computed == 0 {
+        0xffff
+    } else {
+        computed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Full one's-complement checksum over `data`, written here only as a test oracle.
+    fn full(data: &[u8]) -> u16 {
+        let mut sum = 0u32;
+        for c in data.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
+            sum += u32::from(w);
+        }
+        !fold(sum)
+    }
+
+    #[test]
+    fn replace16_matches_a_full_recompute() {
+        let mut data = [0x45u8, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06];
+        let before = full(&data);
+        let old = u16::from_be_bytes([data[8], data[9]]);
+        data[8] = 0x3f;
+        let new = u16::from_be_bytes([data[8], data[9]]);
+        assert_eq!(replace16(before, old, new), full(&data));
+    }
+
+    #[test]
+    fn replace32_matches_a_full_recompute_for_many_addresses() {
+        let mut data = [0u8; 12];
+        for i in 0..2000u32 {
+            let old = (i.wrapping_mul(2_654_435_761)).to_be_bytes();
+            let new = (i.wrapping_mul(40_503) ^ 0xc612_640a).to_be_bytes();
+            data[4..8].copy_from_slice(&old);
+            data[0] = i as u8;
+            let before = full(&data);
+            data[4..8].copy_from_slice(&new);
+            assert_eq!(replace32(before, old, new), full(&data), "case {i}");
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero_and_computed_zero_becomes_ffff() {
+        assert_eq!(udp_fixup(0, 0x1234), 0);
+        assert_eq!(udp_fixup(0x1111, 0), 0xffff);
+        assert_eq!(udp_fixup(0x1111, 0x2222), 0x2222);
+    }
+}

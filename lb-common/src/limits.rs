@@ -1,0 +1,39 @@
+//! Every limit of the data plane, with its unit. Userspace validates configs against these.
+
+/// Maglev table size M used when the config names none. Prime; M > 100 * targets keeps the
+/// imbalance under 1 %.
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Smallest accepted Maglev table size (must also be prime).
+pub const MIN_RING_SIZE: u32 = 251;
+/// Largest accepted Maglev table size.
+pub const MAX_RING_SIZE: u32 = 1_048_573;
+/// Largest Maglev ring memory (bytes) the agent will allocate: listeners * 2 rings * M * 4 bytes.
+pub const MAX_RING_BYTES: u64 = 512 * 1024 * 1024;
+/// Each listener owns two ring slots; a table update writes the idle one and then flips.
+pub const RINGS_PER_LISTENER: u32 = 2;
+
+/// Listeners the data plane holds when the config names no number.
+pub const DEFAULT_MAX_LISTENERS: u32 = 16;
+/// Upper bound for `tables.max_listeners`.
+pub const MAX_LISTENERS: u32 = 1024;
+
+/// Size of the target array. Target id 0 is never used ("unset"), so 4095 targets fit.
+pub const MAX_TARGETS: u32 = 4096;
+
+/// Connection-table entries when the config names no number.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 262_144;
+/// Bounds for `tables.max_connections`.
+pub const MIN_CONNECTIONS: u32 = 1024;
+pub const MAX_CONNECTIONS: u32 = 16_777_216;
+
+/// A UDP flow idle this long (seconds) is balanced afresh on its next packet (AWS NLB: 120 s).
+pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
+/// Bounds for a listener's `udp_idle_timeout`.
+pub const MIN_UDP_IDLE_TIMEOUT_S: u32 = 1;
+pub const MAX_UDP_IDLE_TIMEOUT_S: u32 = 3600;
+
+/// Entries of the per-port pre-filter array: one per TCP/UDP port.
+pub const PORT_FLAG_ENTRIES: u32 = 65_536;
+
+/// Number of slots in the per-reason counter array (see [`crate::Stat`]).
+pub const STAT_SLOTS: u32 = 32;

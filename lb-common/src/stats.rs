@@ -1,0 +1,85 @@
+//! Named, stable counter codes. Every packet the program sees increments exactly one *verdict*
+//! slot; *event* slots count things that happened on the way (in addition to the verdict).
+//! Codes are part of the ABI: never renumber, only append.
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident = $code:literal, $label:literal, $verdict:literal; )*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat { $( $(#[$doc])* $name = $code, )* }
+
+        impl Stat {
+            pub const ALL: &'static [Stat] = &[$(Stat::$name,)*];
+            /// The name shown in `xlb status` and the README.
+            pub const fn label(self) -> &'static str { match self { $(Stat::$name => $label,)* } }
+            /// "pass", "drop", "forward" or "event".
+            pub const fn kind(self) -> &'static str { match self { $(Stat::$name => $verdict,)* } }
+        }
+    };
+}
+
+stats! {
+    /// Balanced (or reverse-NATed) and redirected out of another interface.
+    FwdRedirect = 1, "fwd_redirect", "forward";
+    /// Balanced (or reverse-NATed) and sent back out of the interface it came in on.
+    FwdTx = 2, "fwd_tx", "forward";
+    /// Rewritten, but the next hop's MAC is unknown: handed to the kernel, which resolves it.
+    PassNoNeigh = 3, "pass_no_neigh", "pass";
+    /// Rewritten, but larger than the egress MTU: the kernel fragments it or answers ICMP.
+    PassFragNeeded = 4, "pass_frag_needed", "pass";
+    /// TTL would expire here: not rewritten; the kernel answers ICMP time exceeded.
+    PassTtlExceeded = 5, "pass_ttl_exceeded", "pass";
+    /// Not IPv4 (ARP, IPv6, ...).
+    PassNotIpv4 = 6, "pass_not_ipv4", "pass";
+    /// IPv4 that is neither for a listener nor a reply from a target.
+    PassNotListener = 7, "pass_not_listener", "pass";
+    /// Frame shorter than an Ethernet header.
+    PassEthTruncated = 8, "pass_eth_truncated", "pass";
+    /// Frame shorter than its IPv4 header (20 bytes, or IHL * 4).
+    PassIpv4Truncated = 9, "pass_ipv4_truncated", "pass";
+    /// IPv4 version field not 4, or IHL < 5. The kernel discards it and counts it.
+    PassIpv4BadHeader = 10, "pass_ipv4_bad_header", "pass";
+    /// A fragment not addressed to a VIP.
+    PassFragment = 11, "pass_fragment", "pass";
+    /// A fragment addressed to a VIP: non-first fragments carry no ports, so they cannot be
+    /// balanced consistently.
+    DropFragment = 12, "drop_fragment", "drop";
+    /// Addressed to a VIP, but the TCP/UDP header is cut short.
+    DropL4Truncated = 13, "drop_l4_truncated", "drop";
+    /// Addressed to a VIP on a port/protocol with no listener, or not TCP/UDP at all.
+    DropVipNoListener = 14, "drop_vip_no_listener", "drop";
+    /// The listener's Maglev ring is empty: its target group has no target.
+    DropNoTarget = 15, "drop_no_target", "drop";
+    /// The kernel has no route to the target (blackhole, unreachable, prohibited, ...).
+    DropNoRoute = 16, "drop_no_route", "drop";
+    /// IP forwarding is off on the ingress interface (`net.ipv4.ip_forward=0`).
+    DropFwdDisabled = 17, "drop_fwd_disabled", "drop";
+    /// The connection table could not take the new flow (map update failed).
+    DropFlowTableFull = 18, "drop_flow_table_full", "drop";
+    /// A TCP header whose data offset is below 5 words, addressed to a VIP.
+    DropTcpBadHeader = 19, "drop_tcp_bad_header", "drop";
+    /// Event: a balanced packet carried IPv4 options (kept and forwarded).
+    EvIpv4Options = 24, "ev_ipv4_options", "event";
+    /// Event: a flow's entry pointed at a removed target, or a UDP flow idled out; re-balanced.
+    EvFlowRebalanced = 25, "ev_flow_rebalanced", "event";
+    /// Event: a packet with no connection entry that was not a TCP SYN (agent restart, eviction,
+    /// another node): balanced by the ring like a new flow.
+    EvMidFlowMiss = 26, "ev_mid_flow_miss", "event";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::STAT_SLOTS;
+
+    #[test]
+    fn codes_are_unique_nonzero_and_fit_the_counter_array() {
+        let mut seen = [false; STAT_SLOTS as usize];
+        for s in Stat::ALL {
+            let c = *s as u32;
+            assert!(c > 0 && c < STAT_SLOTS, "{s:?}");
+            assert!(!seen[c as usize], "duplicate code {c}");
+            seen[c as usize] = true;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Stages 2-4: listener lookup, connection table, Maglev ring.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET,
+    PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey, addr_from_ipv4,
+    hash::flow_hash_v4,
+};
+
+use crate::{
+    hdr::{TCP_ACK, TCP_SYN},
+    maps::{FLOWS, LISTENERS, PORT_FLAGS, REVERSE, RINGS, TARGETS, VIPS},
+    parse::{Flow, Verdict},
+    stats,
+};
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn port_flags(port: [u8; 2]) -> u8 {
+    PORT_FLAGS
+        .get(u32::from(u16::from_be_bytes(port)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// (listener?, reply?) pre-filter: one array read per port, before any hash lookup.
+#[inline(always)]
+pub fn port_hints(f: &Flow) -> (bool, bool) {
+    (
+        port_flags(f.dport) & PORT_LISTENER != 0,
+        port_flags(f.sport) & PORT_TARGET != 0,
+    )
+}
+
+#[inline(always)]
+pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
+    let key = ListenerKey {
+        addr: addr_from_ipv4(f.dst),
+        port: f.dport,
+        proto: f.proto,
+        family: FAMILY_IPV4,
+    };
+    // SAFETY: the value is read, never held across a map update by this program.
+    unsafe { LISTENERS.get(&key) }
+}
+
+#[inline(always)]
+pub fn is_vip(dst: [u8; 4]) -> bool {
+    let key = VipKey {
+        addr: addr_from_ipv4(dst),
+        family: FAMILY_IPV4,
+        _pad: [0; 3],
+    };
+    VIPS.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn forward_key(f: &Flow) -> FlowKey {
+    FlowKey {
+        src: addr_from_ipv4(f.src),
+        dst: addr_from_ipv4(f.dst),
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn active_target(id: u32) -> Option<TargetValue> {
+    let t = TARGETS.get(id)?;
+    if id != 0 && t.flags & TARGET_ACTIVE != 0 {
+        Some(*t)
+    } else {
+        None
+    }
+}
+
+/// The target of a packet bound for a listener: from the connection table, else from the ring.
+pub struct Pick {
+    pub target_id: u32,
+    pub target: TargetValue,
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
+    let key = forward_key(f);
+    let now = if f.proto == PROTO_UDP {
+        // SAFETY: a helper with no arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    if let Some(entry) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let entry = unsafe { &mut *entry };
+        let idle_out = f.proto == PROTO_UDP
+            && now.saturating_sub(entry.last_seen_ns) > u64::from(l.udp_idle_timeout_s) * NS_PER_S;
+        if !idle_out {
+            if let Some(target) = active_target(entry.target_id) {
+                entry.last_seen_ns = now;
+                return Ok(Pick {
+                    target_id: entry.target_id,
+                    target,
+                    new_flow: false,
+                });
+            }
+        }
+        stats::count(Stat::EvFlowRebalanced);
+    } else if f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        stats::count(Stat::EvMidFlowMiss);
+    }
+    let hash = flow_hash_v4(f.src, f.dst, f.sport, f.dport, f.proto);
+    let slot = l.ring_base + hash % l.ring_size.max(1);
+    let target_id = RINGS.get(slot).copied().unwrap_or(0);
+    let Some(target) = active_target(target_id) else {
+        return Err(Verdict::drop(Stat::DropNoTarget));
+    };
+    let value = FlowValue {
+        target_id,
+        listener_id: l.id,
+        last_seen_ns: now,
+    };
+    let reply_key = FlowKey {
+        src: target.addr,
+        dst: key.src,
+        sport: target.port,
+        dport: f.sport,
+        proto: f.proto,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    };
+    let reverse = ReverseValue {
+        vip: key.dst,
+        vport: f.dport,
+        family: FAMILY_IPV4,
+        _pad: 0,
+        listener_id: l.id,
+        target_id,
+    };
+    // Reverse first: once the forward entry exists, replies must find their way back.
+    if REVERSE.insert(&reply_key, &reverse, 0).is_err() || FLOWS.insert(&key, &value, 0).is_err() {
+        return Err(Verdict::drop(Stat::DropFlowTableFull));
+    }
+    Ok(Pick {
+        target_id,
+        target,
+        new_flow: true,
+    })
+}
+
+/// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
+#[inline(always)]
+pub fn reply(f: &Flow) -> Option<&'static ReverseValue> {
+    let key = forward_key(f);
+    // SAFETY: the value is read, never held across a map update by this program.
+    unsafe { REVERSE.get(&key) }
+}

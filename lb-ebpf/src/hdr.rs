@@ -1,0 +1,78 @@
+//! Wire headers as byte arrays only: alignment 1 and every bit pattern valid, so a bounds-checked
+//! pointer into the packet may be viewed as one (see `packet`). Fields are read as integers or
+//! byte arrays, never as Rust enums.
+
+/// Marker for types that may be viewed in place in packet memory.
+///
+/// # Safety
+/// Implementors are `repr(C)`, have alignment 1 and accept every bit pattern.
+pub unsafe trait Header {}
+
+#[repr(C)]
+pub struct Eth {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ethertype: [u8; 2],
+}
+pub const ETH_LEN: usize = 14;
+pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+
+#[repr(C)]
+pub struct Ipv4 {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frags: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+pub const IPV4_MIN_LEN: usize = 20;
+/// In `frags[0]`: more-fragments flag and the top 5 bits of the offset.
+pub const IPV4_MF: u8 = 0x20;
+pub const IPV4_OFFSET_HI_MASK: u8 = 0x1f;
+
+#[repr(C)]
+pub struct Tcp {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    /// Data offset (high nibble) and reserved bits.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+pub const TCP_MIN_LEN: usize = 20;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+pub struct Udp {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+pub const UDP_LEN: usize = 8;
+
+// SAFETY: all four are repr(C) structs of u8 and [u8; N] fields only.
+unsafe impl Header for Eth {}
+// SAFETY: as above.
+unsafe impl Header for Ipv4 {}
+// SAFETY: as above.
+unsafe impl Header for Tcp {}
+// SAFETY: as above.
+unsafe impl Header for Udp {}
+
+const _: () = assert!(core::mem::size_of::<Eth>() == ETH_LEN && core::mem::align_of::<Eth>() == 1);
+const _: () =
+    assert!(core::mem::size_of::<Ipv4>() == IPV4_MIN_LEN && core::mem::align_of::<Ipv4>() == 1);
+const _: () =
+    assert!(core::mem::size_of::<Tcp>() == TCP_MIN_LEN && core::mem::align_of::<Tcp>() == 1);
+const _: () = assert!(core::mem::size_of::<Udp>() == UDP_LEN && core::mem::align_of::<Udp>() == 1);

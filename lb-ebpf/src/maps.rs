@@ -1,0 +1,57 @@
+//! The maps. Sizes here are placeholders: the agent sets the real ones from the config at load.
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Counters, FlowKey, FlowValue, ListenerKey, ListenerValue, ReverseValue, TargetValue, VipKey,
+    limits::{
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
+        PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS,
+    },
+};
+
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+#[map]
+pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// Maglev rings of all listeners, back to back: entry = target id, 0 = empty.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(
+    DEFAULT_MAX_LISTENERS * RINGS_PER_LISTENER * DEFAULT_RING_SIZE,
+    0,
+);
+
+#[map]
+pub static TARGETS: Array<TargetValue> = Array::with_max_entries(MAX_TARGETS, 0);
+
+/// The connection table. One table shared by all CPUs (a flow keeps its target whichever CPU
+/// sees its packets; veth and many NICs do not pin a flow to a CPU), with per-CPU LRU lists so
+/// inserts never contend on one list lock.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// Return path, keyed by the reply's 5-tuple (target -> client).
+#[map]
+pub static REVERSE: LruHashMap<FlowKey, ReverseValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// Pre-filter indexed by port: `PORT_LISTENER` / `PORT_TARGET` bits.
+#[map]
+pub static PORT_FLAGS: Array<u8> = Array::with_max_entries(PORT_FLAG_ENTRIES, 0);
+
+/// Packets per verdict / event code (`lb_common::Stat`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+#[map]
+pub static LISTENER_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_LISTENERS + 1, 0);
+
+#[map]
+pub static TARGET_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);

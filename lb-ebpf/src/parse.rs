@@ -1,0 +1,141 @@
+//! Stage 1: parse Ethernet, IPv4 (IHL honoured) and the TCP/UDP ports, or decide early.
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{PROTO_TCP, PROTO_UDP, Stat};
+
+use crate::{
+    hdr::{
+        ETH_LEN, ETHERTYPE_IPV4, Eth, IPV4_MF, IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Ipv4,
+        TCP_MIN_LEN, Tcp, Udp,
+    },
+    packet::header_mut,
+};
+
+/// The final action and the counter that explains it.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub stat: Stat,
+}
+
+impl Verdict {
+    pub const fn pass(stat: Stat) -> Self {
+        Self {
+            action: xdp_action::XDP_PASS,
+            stat,
+        }
+    }
+    pub const fn drop(stat: Stat) -> Self {
+        Self {
+            action: xdp_action::XDP_DROP,
+            stat,
+        }
+    }
+}
+
+/// An IPv4 TCP/UDP packet, with everything later stages need.
+pub struct Flow {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ttl: u8,
+    pub has_options: bool,
+    /// Byte offset of the TCP/UDP header (14 + IHL * 4).
+    pub l4_off: usize,
+}
+
+/// What parsing found.
+pub enum Parsed {
+    Flow(Flow),
+    /// Decided without looking at any map.
+    Done(Verdict),
+    /// A defect whose verdict depends on whether `dst` is a VIP: traffic for the balancer is
+    /// dropped by a named reason, anything else passes untouched to the kernel.
+    Defect {
+        dst: [u8; 4],
+        if_vip: Stat,
+        otherwise: Stat,
+    },
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(eth) = header_mut::<Eth>(ctx, 0) else {
+        return Parsed::Done(Verdict::pass(Stat::PassEthTruncated));
+    };
+    if eth.ethertype != ETHERTYPE_IPV4 {
+        return Parsed::Done(Verdict::pass(Stat::PassNotIpv4));
+    }
+    let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
+        return Parsed::Done(Verdict::pass(Stat::PassIpv4Truncated));
+    };
+    let ihl = usize::from(ip.vihl & 0x0f);
+    if ip.vihl >> 4 != 4 || ihl * 4 < IPV4_MIN_LEN {
+        return Parsed::Done(Verdict::pass(Stat::PassIpv4BadHeader));
+    }
+    let l4_off = ETH_LEN + ihl * 4;
+    if ctx.data() + l4_off > ctx.data_end() {
+        return Parsed::Done(Verdict::pass(Stat::PassIpv4Truncated));
+    }
+    let dst = ip.dst;
+    if ip.frags[0] & (IPV4_MF | IPV4_OFFSET_HI_MASK) != 0 || ip.frags[1] != 0 {
+        return Parsed::Defect {
+            dst,
+            if_vip: Stat::DropFragment,
+            otherwise: Stat::PassFragment,
+        };
+    }
+    let proto = ip.proto;
+    let (src, ttl) = (ip.src, ip.ttl);
+    let has_options = ihl * 4 > IPV4_MIN_LEN;
+    let (sport, dport, tcp_flags) = match proto {
+        PROTO_TCP => {
+            let Some(tcp) = header_mut::<Tcp>(ctx, l4_off) else {
+                return truncated_l4(dst);
+            };
+            if usize::from(tcp.doff >> 4) * 4 < TCP_MIN_LEN {
+                return Parsed::Defect {
+                    dst,
+                    if_vip: Stat::DropTcpBadHeader,
+                    otherwise: Stat::PassNotListener,
+                };
+            }
+            (tcp.src, tcp.dst, tcp.flags)
+        }
+        PROTO_UDP => {
+            let Some(udp) = header_mut::<Udp>(ctx, l4_off) else {
+                return truncated_l4(dst);
+            };
+            (udp.src, udp.dst, 0)
+        }
+        _ => {
+            return Parsed::Defect {
+                dst,
+                if_vip: Stat::DropVipNoListener,
+                otherwise: Stat::PassNotListener,
+            };
+        }
+    };
+    Parsed::Flow(Flow {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        tcp_flags,
+        ttl,
+        has_options,
+        l4_off,
+    })
+}
+
+#[inline(always)]
+fn truncated_l4(dst: [u8; 4]) -> Parsed {
+    Parsed::Defect {
+        dst,
+        if_vip: Stat::DropL4Truncated,
+        otherwise: Stat::PassNotListener,
+    }
+}

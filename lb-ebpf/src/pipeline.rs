@@ -1,0 +1,86 @@
+//! The pipeline, stage by stage. Returns the action and the one counter that explains it.
+use aya_ebpf::programs::XdpContext;
+use lb_common::Stat;
+
+use crate::{
+    balance, forward,
+    nat::{self, Side},
+    packet,
+    parse::{self, Parsed, Verdict},
+    stats::{self, Dir},
+};
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> (u32, Stat) {
+    let v = match parse::parse(ctx) {
+        Parsed::Done(v) => v,
+        Parsed::Defect {
+            dst,
+            if_vip,
+            otherwise,
+        } => {
+            if balance::is_vip(dst) {
+                Verdict::drop(if_vip)
+            } else {
+                Verdict::pass(otherwise)
+            }
+        }
+        Parsed::Flow(f) => flow(ctx, &f),
+    };
+    (v.action, v.stat)
+}
+
+#[inline(always)]
+fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
+    let (maybe_listener, maybe_reply) = balance::port_hints(f);
+    if maybe_listener {
+        if let Some(l) = balance::listener(f) {
+            return to_target(ctx, f, l);
+        }
+    }
+    if maybe_reply {
+        if let Some(r) = balance::reply(f) {
+            if f.ttl <= 1 {
+                return Verdict::pass(Stat::PassTtlExceeded);
+            }
+            let bytes = packet::len(ctx);
+            if nat::rewrite(ctx, f, Side::Source, lb_common::ipv4_of(&r.vip), r.vport).is_none() {
+                return Verdict::drop(Stat::DropL4Truncated);
+            }
+            stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
+            return forward::forward(ctx);
+        }
+    }
+    if balance::is_vip(f.dst) {
+        return Verdict::drop(Stat::DropVipNoListener);
+    }
+    Verdict::pass(Stat::PassNotListener)
+}
+
+#[inline(always)]
+fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) -> Verdict {
+    if f.ttl <= 1 {
+        return Verdict::pass(Stat::PassTtlExceeded);
+    }
+    let pick = match balance::pick(f, l) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    if f.has_options {
+        stats::count(Stat::EvIpv4Options);
+    }
+    let bytes = packet::len(ctx);
+    let addr = lb_common::ipv4_of(&pick.target.addr);
+    if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
+        return Verdict::drop(Stat::DropL4Truncated);
+    }
+    stats::traffic(
+        l.id,
+        pick.target_id,
+        Dir::ToTarget {
+            new_flow: pick.new_flow,
+        },
+        bytes,
+    );
+    forward::forward(ctx)
+}

@@ -1,0 +1,532 @@
+//! The configuration file: TOML modelled on a cloud NLB (listeners, target groups), parsed with
+//! spans so every error names the file, line and column.
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use lb_common::limits::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, DEFAULT_UDP_IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS, MAX_LISTENERS, MAX_RING_BYTES, MAX_RING_SIZE, MAX_TARGETS,
+    MAX_UDP_IDLE_TIMEOUT_S, MIN_CONNECTIONS, MIN_RING_SIZE, MIN_UDP_IDLE_TIMEOUT_S,
+    RINGS_PER_LISTENER,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xlb/xlb.sock";
+/// Largest weight of one target.
+pub const MAX_WEIGHT: u32 = 1000;
+const MAX_IFNAME_LEN: usize = 15;
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config file (all of them, not only the first).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+// ---- the file as written (with spans) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    control_socket: Option<PathBuf>,
+    #[serde(default)]
+    tables: Option<Spanned<RawTables>>,
+    #[serde(default)]
+    listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    target_group: Vec<Spanned<RawGroup>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTables {
+    maglev_size: Option<Spanned<u32>>,
+    max_listeners: Option<Spanned<u32>>,
+    max_connections: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    port: Spanned<u32>,
+    protocol: Spanned<Protocol>,
+    target_group: Spanned<String>,
+    udp_idle_timeout: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    port: Spanned<u32>,
+    #[serde(default)]
+    targets: Vec<Spanned<RawTarget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    address: Spanned<String>,
+    port: Option<Spanned<u32>>,
+    weight: Option<Spanned<u32>>,
+}
+
+// ---- the validated config ----
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub control_socket: PathBuf,
+    pub tables: Tables,
+    pub listeners: Vec<Listener>,
+    pub target_groups: Vec<TargetGroup>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tables {
+    /// Maglev table size M (prime).
+    pub maglev_size: u32,
+    pub max_listeners: u32,
+    pub max_connections: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            maglev_size: DEFAULT_RING_SIZE,
+            max_listeners: DEFAULT_MAX_LISTENERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_group: String,
+    pub udp_idle_timeout_s: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetGroup {
+    pub name: String,
+    pub port: u16,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl Config {
+    pub fn group(&self, name: &str) -> Option<&TargetGroup> {
+        self.target_groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text).map_err(LoadError::Invalid)
+}
+
+/// Validate config text; `path` only names the file in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let at = e.span().map(|s| s.start).unwrap_or(0);
+            v.err(at, e.message().trim_end());
+            return Err(v.errors);
+        }
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.errors)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, offset: usize, message: impl Into<String>) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        self.errors.push(ConfigError {
+            file: self.path.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>) {
+        self.err(s.span().start, message);
+    }
+
+    fn port(&mut self, p: &Spanned<u32>, what: &str) -> u16 {
+        match u16::try_from(*p.get_ref()) {
+            Ok(port) if port != 0 => port,
+            _ => {
+                self.at(
+                    p,
+                    format!("{what} {} is out of range (1-65535)", p.get_ref()),
+                );
+                0
+            }
+        }
+    }
+
+    fn ipv4(&mut self, s: &Spanned<String>, what: &str) -> Ipv4Addr {
+        match s.get_ref().parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => a,
+            Ok(IpAddr::V6(_)) => {
+                self.at(
+                    s,
+                    format!("{what} {:?}: IPv6 is not supported yet", s.get_ref()),
+                );
+                Ipv4Addr::UNSPECIFIED
+            }
+            Err(_) => {
+                self.at(
+                    s,
+                    format!("{what} {:?} is not an IPv4 address", s.get_ref()),
+                );
+                Ipv4Addr::UNSPECIFIED
+            }
+        }
+    }
+
+    fn ranged(
+        &mut self,
+        s: &Option<Spanned<u32>>,
+        what: &str,
+        lo: u64,
+        hi: u64,
+        default: u32,
+    ) -> u32 {
+        match s {
+            None => default,
+            Some(v) if (lo..=hi).contains(&u64::from(*v.get_ref())) => *v.get_ref(),
+            Some(v) => {
+                self.at(
+                    v,
+                    format!("{what} {} is out of range ({lo}-{hi})", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let mut interfaces = Vec::new();
+        if raw.interfaces.get_ref().is_empty() {
+            self.at(
+                &raw.interfaces,
+                "interfaces: name at least one interface to attach to",
+            );
+        }
+        for i in raw.interfaces.get_ref() {
+            let name = i.get_ref();
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains(['/', ' ']) {
+                self.at(
+                    i,
+                    format!(
+                        "interface name {name:?} is not valid (1-15 characters, no '/' or space)"
+                    ),
+                );
+            } else if interfaces.contains(name) {
+                self.at(i, format!("interface {name:?} is listed twice"));
+            } else {
+                interfaces.push(name.clone());
+            }
+        }
+        let tables = self.tables(raw.tables.as_ref());
+        let target_groups = self.groups(&raw.target_group);
+        let listeners = self.listeners(&raw.listener, &target_groups, &tables);
+        Config {
+            interfaces,
+            control_socket: raw
+                .control_socket
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            tables,
+            listeners,
+            target_groups,
+        }
+    }
+
+    fn tables(&mut self, raw: Option<&Spanned<RawTables>>) -> Tables {
+        let d = Tables::default();
+        let Some(raw) = raw else { return d };
+        let t = raw.get_ref();
+        let maglev_size = self.ranged(
+            &t.maglev_size,
+            "tables.maglev_size",
+            MIN_RING_SIZE.into(),
+            MAX_RING_SIZE.into(),
+            d.maglev_size,
+        );
+        if let Some(m) = &t.maglev_size {
+            if !is_prime(*m.get_ref()) {
+                self.at(
+                    m,
+                    format!(
+                        "tables.maglev_size {} is not prime (try 65537 or 131071)",
+                        m.get_ref()
+                    ),
+                );
+            }
+        }
+        let max_listeners = self.ranged(
+            &t.max_listeners,
+            "tables.max_listeners",
+            1,
+            MAX_LISTENERS.into(),
+            d.max_listeners,
+        );
+        let max_connections = self.ranged(
+            &t.max_connections,
+            "tables.max_connections",
+            MIN_CONNECTIONS.into(),
+            MAX_CONNECTIONS.into(),
+            d.max_connections,
+        );
+        let ring_bytes =
+            u64::from(max_listeners) * u64::from(RINGS_PER_LISTENER) * u64::from(maglev_size) * 4;
+        if ring_bytes > MAX_RING_BYTES {
+            self.at(raw, format!(
+                "tables: max_listeners x maglev_size needs {} MiB of rings, more than the {} MiB limit",
+                ring_bytes >> 20, MAX_RING_BYTES >> 20
+            ));
+        }
+        Tables {
+            maglev_size,
+            max_listeners,
+            max_connections,
+        }
+    }
+
+    fn groups(&mut self, raw: &[Spanned<RawGroup>]) -> Vec<TargetGroup> {
+        let mut out: Vec<TargetGroup> = Vec::new();
+        let mut total = 0usize;
+        for g in raw {
+            let r = g.get_ref();
+            let name = r.name.get_ref().clone();
+            if name.is_empty() {
+                self.at(&r.name, "target group name is empty");
+            } else if out.iter().any(|o| o.name == name) {
+                self.at(&r.name, format!("target group {name:?} is defined twice"));
+            }
+            let port = self.port(&r.port, "target group port");
+            let mut targets: Vec<Target> = Vec::new();
+            for t in &r.targets {
+                let rt = t.get_ref();
+                let address = self.ipv4(&rt.address, "target address");
+                let tport = match &rt.port {
+                    Some(p) => self.port(p, "target port"),
+                    None => port,
+                };
+                let weight = self.ranged(&rt.weight, "target weight", 0, MAX_WEIGHT.into(), 1);
+                if targets
+                    .iter()
+                    .any(|o| o.address == address && o.port == tport)
+                {
+                    self.at(
+                        t,
+                        format!("target {address}:{tport} is listed twice in group {name:?}"),
+                    );
+                    continue;
+                }
+                targets.push(Target {
+                    address,
+                    port: tport,
+                    weight,
+                });
+            }
+            total += targets.len();
+            out.push(TargetGroup {
+                name,
+                port,
+                targets,
+            });
+        }
+        if total >= MAX_TARGETS as usize {
+            if let Some(g) = raw.last() {
+                self.at(
+                    g,
+                    format!("{total} targets in all; at most {} fit", MAX_TARGETS - 1),
+                );
+            }
+        }
+        out
+    }
+
+    fn listeners(
+        &mut self,
+        raw: &[Spanned<RawListener>],
+        groups: &[TargetGroup],
+        tables: &Tables,
+    ) -> Vec<Listener> {
+        let mut out: Vec<Listener> = Vec::new();
+        let mut names = HashSet::new();
+        let mut bound: HashMap<(Ipv4Addr, u16, Protocol), String> = HashMap::new();
+        for l in raw {
+            let r = l.get_ref();
+            let name = r.name.get_ref().clone();
+            if name.is_empty() {
+                self.at(&r.name, "listener name is empty");
+            } else if !names.insert(name.clone()) {
+                self.at(&r.name, format!("listener {name:?} is defined twice"));
+            }
+            let vip = self.ipv4(&r.vip, "vip");
+            let port = self.port(&r.port, "listener port");
+            let protocol = *r.protocol.get_ref();
+            if let Some(other) = bound.insert((vip, port, protocol), name.clone()) {
+                self.at(
+                    l,
+                    format!(
+                        "listener {name:?} uses {vip}:{port}/{} like listener {other:?}",
+                        protocol.as_str()
+                    ),
+                );
+            }
+            let group = r.target_group.get_ref();
+            if !groups.iter().any(|g| &g.name == group) {
+                self.at(
+                    &r.target_group,
+                    format!("listener {name:?} names unknown target group {group:?}"),
+                );
+            }
+            let udp_idle_timeout_s = match (&r.udp_idle_timeout, protocol) {
+                (Some(t), Protocol::Tcp) => {
+                    self.at(t, "udp_idle_timeout applies to UDP listeners only");
+                    DEFAULT_UDP_IDLE_TIMEOUT_S
+                }
+                (t, _) => self.ranged(
+                    t,
+                    "udp_idle_timeout",
+                    MIN_UDP_IDLE_TIMEOUT_S.into(),
+                    MAX_UDP_IDLE_TIMEOUT_S.into(),
+                    DEFAULT_UDP_IDLE_TIMEOUT_S,
+                ),
+            };
+            out.push(Listener {
+                name,
+                vip,
+                port,
+                protocol,
+                target_group: group.clone(),
+                udp_idle_timeout_s,
+            });
+        }
+        if out.len() > tables.max_listeners as usize {
+            if let Some(l) = raw.get(tables.max_listeners as usize) {
+                self.at(
+                    l,
+                    format!(
+                        "{} listeners, but tables.max_listeners is {}",
+                        out.len(),
+                        tables.max_listeners
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while u64::from(d) * u64::from(d) <= u64::from(n) {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;
