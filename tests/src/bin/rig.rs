@@ -1,0 +1,136 @@
+//! `xlb-rig`: the demo rig. `up` / `down` leave it standing or remove it; `demo` brings it up,
+//! starts the backends and the agent, and tears everything down on Ctrl-C.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
+use xlb_rig::{Rig, RigSpec, rig::VIP, sh};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the rig and start the backends; leave them running.
+    Up {
+        #[arg(long)]
+        backend: PathBuf,
+    },
+    /// Remove the rig (namespaces `xlb-client`, `xlb-lb`, `xlb-t*` and the processes in them).
+    Down,
+    /// Rig + backends + agent in the foreground; Ctrl-C stops and removes everything.
+    Demo {
+        #[arg(long)]
+        xlb: PathBuf,
+        #[arg(long)]
+        backend: PathBuf,
+    },
+}
+
+const PREFIX: &str = "xlb";
+const TARGETS: usize = 2;
+const DEMO_SOCKET: &str = "/run/xlb/xlb.sock";
+
+fn main() -> anyhow::Result<()> {
+    // Register before anything starts, so Ctrl-C during setup still tears down.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    match Cli::parse().cmd {
+        Cmd::Up { backend } => {
+            down()?;
+            let mut rig = Rig::up(&RigSpec {
+                prefix: PREFIX.into(),
+                targets: TARGETS,
+            })?;
+            rig.start_backends(&backend)?;
+            let cfg = std::env::temp_dir().join("xlb-demo.toml");
+            std::fs::write(&cfg, rig.config(DEMO_SOCKET.as_ref(), &[1, 2]))?;
+            println!("rig is up; a config for it: {}", cfg.display());
+            println!(
+                "run the agent: ip netns exec xlb-lb target/release/xlb run --config {}",
+                cfg.display()
+            );
+            println!("remove it:     cargo xtask rig down");
+            // Leave namespaces and backends in place.
+            std::mem::forget(rig);
+            Ok(())
+        }
+        Cmd::Down => down(),
+        Cmd::Demo { xlb, backend } => {
+            down()?;
+            let mut rig = Rig::up(&RigSpec {
+                prefix: PREFIX.into(),
+                targets: TARGETS,
+            })?;
+            rig.start_backends(&backend)?;
+            let cfg = std::env::temp_dir().join("xlb-demo.toml");
+            std::fs::write(&cfg, rig.config(DEMO_SOCKET.as_ref(), &[1, 2]))?;
+            rig.start_agent(&xlb, &cfg).context("starting the agent")?;
+            let x = xlb.display();
+            println!(
+                "\n\
+xlb is balancing VIP {VIP} on the demo rig (config: {cfg}).
+  client ns xlb-client 198.18.0.2 -> balancer ns xlb-lb -> targets xlb-t1 198.18.1.2, xlb-t2 198.18.2.2
+
+Try it from another shell:
+  ip netns exec xlb-client curl -s http://{VIP}/            # backend-1 or backend-2
+  for i in $(seq 10); do ip netns exec xlb-client curl -s http://{VIP}/; done
+  echo hello | ip netns exec xlb-client nc -u -w1 {VIP} 9000  # UDP echo
+  {x} status                                             # listeners, targets, counters
+  {x} status --json
+  edit {cfg}, then {x} reload                      # live reload
+
+Ctrl-C stops the agent, detaches XDP and removes the rig.",
+                cfg = cfg.display()
+            );
+            let mut exited = None;
+            'wait: loop {
+                for s in signals.pending() {
+                    println!("\nsignal {s}: stopping");
+                    break 'wait;
+                }
+                if let Some(status) = rig.exited("xlb") {
+                    exited = Some(status);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let status = rig.stop("xlb").or(exited);
+            drop(rig);
+            println!(
+                "agent exited ({}); rig removed",
+                status.map(|s| s.to_string()).unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Remove a rig left by `up` or by a demo that was killed: stop what runs inside its
+/// namespaces (processes this rig started), then delete them.
+fn down() -> anyhow::Result<()> {
+    let list = sh("ip netns list")?;
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let ours = name == "xlb-client"
+            || name == "xlb-lb"
+            || name
+                .strip_prefix("xlb-t")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !ours {
+            continue;
+        }
+        for pid in sh(&format!("ip netns pids {name}"))?.split_whitespace() {
+            let _ = sh(&format!("kill {pid}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sh(&format!("ip netns del {name}"))?;
+        println!("removed namespace {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Test hosts for xlb: network namespaces, veth links, and the demo rig, all torn down on drop
+//! (also when a test panics). Every namespace name starts with `xlb-`.
+pub mod netns;
+pub mod rig;
+
+pub use netns::{Netns, sh};
+pub use rig::{Rig, RigSpec};

@@ -1,0 +1,286 @@
+//! The demo rig: a client, the balancer node and N targets, each in its own namespace, joined
+//! by direct veth pairs (no bridge: crossing one costs most of the packet rate here).
+//!
+//! ```text
+//!  {p}-client eth0 198.18.0.2/24 ── lb-c 198.18.0.1/24 ┐
+//!                                                        {p}-lb (xlb attached to lb-c, lb-tK)
+//!  {p}-tK     eth0 198.18.K.2/24 ── lb-tK 198.18.K.1/24 ┘
+//!  VIP 198.18.100.10: the client routes 198.18.100.0/24 via 198.18.0.1;
+//!  targets use 198.18.K.1 as their gateway (NAT mode).
+//! ```
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::{Netns, veth};
+
+pub const VIP: &str = "198.18.100.10";
+pub const CLIENT_ADDR: &str = "198.18.0.2";
+pub const LB_CLIENT_SIDE: &str = "198.18.0.1";
+pub const HTTP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 9000;
+/// How long a child (agent, backend) may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn target_addr(k: usize) -> String {
+    format!("198.18.{k}.2")
+}
+
+pub struct RigSpec {
+    /// Namespace prefix, starting with `xlb`: namespaces are `{prefix}-client`, `{prefix}-lb`,
+    /// `{prefix}-t1`...
+    pub prefix: String,
+    pub targets: usize,
+}
+
+pub struct Rig {
+    children: Vec<(String, Child)>,
+    pub prefix: String,
+    pub client: Netns,
+    pub lb: Netns,
+    pub targets: Vec<Netns>,
+}
+
+impl Rig {
+    pub fn up(spec: &RigSpec) -> anyhow::Result<Self> {
+        assert!(
+            spec.prefix.starts_with("xlb"),
+            "rig prefix must start with xlb"
+        );
+        let p = &spec.prefix;
+        let client = Netns::create(&format!("{p}-client"))?;
+        let lb = Netns::create(&format!("{p}-lb"))?;
+        let mut rig = Self {
+            children: Vec::new(),
+            prefix: p.clone(),
+            client,
+            lb,
+            targets: Vec::new(),
+        };
+        for k in 1..=spec.targets {
+            rig.targets.push(Netns::create(&format!("{p}-t{k}"))?);
+        }
+        rig.wire()?;
+        Ok(rig)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let lb = &self.lb;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+        ] {
+            lb.sysctl(key, value)?;
+        }
+        veth(&self.client, "eth0", lb, "lb-c")?;
+        lb.exec("ip addr add 198.18.0.1/24 dev lb-c")?;
+        self.client
+            .exec(&format!("ip addr add {CLIENT_ADDR}/24 dev eth0"))?;
+        self.client.exec(&format!(
+            "ip route add 198.18.100.0/24 via {LB_CLIENT_SIDE}"
+        ))?;
+        host_side_offloads(&self.client)?;
+        for (i, t) in self.targets.iter().enumerate() {
+            let k = i + 1;
+            veth(t, "eth0", lb, &format!("lb-t{k}"))?;
+            lb.exec(&format!("ip addr add 198.18.{k}.1/24 dev lb-t{k}"))?;
+            t.exec(&format!("ip addr add {}/24 dev eth0", target_addr(k)))?;
+            t.exec(&format!("ip route add default via 198.18.{k}.1"))?;
+            host_side_offloads(t)?;
+        }
+        Ok(())
+    }
+
+    /// The balancer's interfaces, client side first.
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        let mut v = vec!["lb-c".to_owned()];
+        v.extend((1..=self.targets.len()).map(|k| format!("lb-t{k}")));
+        v
+    }
+
+    /// A config for this rig: TCP 80 -> group `web` on 8080 and UDP 9000 -> group `echo`, with
+    /// the targets numbered in `targets` (1-based).
+    pub fn config(&self, socket: &Path, targets: &[usize]) -> String {
+        let list = |port: u16| {
+            targets
+                .iter()
+                .map(|k| format!("{{ address = \"{}\", port = {port} }}", target_addr(*k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            r#"# xlb demo rig: the balancer node's interfaces toward the client and the targets.
+interfaces = [{ifs}]
+control_socket = "{sock}"
+
+[tables]
+maglev_size = 65537
+
+[[listener]]
+name = "web"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+target_group = "web"
+
+[[listener]]
+name = "echo"
+vip = "{VIP}"
+port = {UDP_PORT}
+protocol = "udp"
+target_group = "echo"
+
+[[target_group]]
+name = "web"
+port = {HTTP_PORT}
+targets = [{web}]
+
+[[target_group]]
+name = "echo"
+port = {UDP_PORT}
+targets = [{echo}]
+"#,
+            ifs = self
+                .lb_interfaces()
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sock = socket.display(),
+            web = list(HTTP_PORT),
+            echo = list(UDP_PORT),
+        )
+    }
+
+    /// Start `backend-K` (HTTP on 8080, UDP echo on 9000) in every target namespace.
+    pub fn start_backends(&mut self, backend: &Path) -> anyhow::Result<()> {
+        for k in 1..=self.targets.len() {
+            self.start_backend(backend, k)?;
+        }
+        Ok(())
+    }
+
+    pub fn start_backend(&mut self, backend: &Path, k: usize) -> anyhow::Result<()> {
+        let mut cmd = self.targets[k - 1].command(&backend.display().to_string());
+        cmd.args([
+            "--name",
+            &format!("backend-{k}"),
+            "--http",
+            "0.0.0.0:8080",
+            "--udp",
+            "0.0.0.0:9000",
+        ]);
+        self.spawn_until(&format!("backend-{k}"), cmd, "ready")
+    }
+
+    /// Start the agent in the balancer namespace; returns once it says it is ready.
+    pub fn start_agent(&mut self, xlb: &Path, config: &Path) -> anyhow::Result<()> {
+        let mut cmd = self.lb.command(&xlb.display().to_string());
+        cmd.args(["run", "--config", &config.display().to_string()]);
+        self.spawn_until("xlb", cmd, "ready; control socket")
+    }
+
+    /// Spawn `cmd` and wait for a line containing `marker` on its stdout or stderr.
+    fn spawn_until(
+        &mut self,
+        name: &str,
+        mut cmd: std::process::Command,
+        marker: &str,
+    ) -> anyhow::Result<()> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let tag = name.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{tag}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        self.children.push((name.to_owned(), child));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => bail!("{name} did not become ready within {READY_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Stop the named child with SIGTERM (then SIGKILL after 5 s) and return its exit status.
+    pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|(n, _)| n == name)?;
+        let (_, child) = self.children.remove(i);
+        terminate(child)
+    }
+
+    /// Whether the named child has exited (and how).
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        child.try_wait().ok().flatten()
+    }
+}
+
+fn terminate(mut child: Child) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let pid = i32::try_from(child.id()).ok()?;
+    // SAFETY: signalling a child we spawned and have not reaped, by its pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Hosts on a veth rig: local sockets leave a partial checksum that XDP cannot complete, so
+/// turn TX checksum offload off; frames XDP redirects to us need GRO (or an XDP program) on
+/// the receiving veth to be accepted.
+fn host_side_offloads(ns: &Netns) -> anyhow::Result<()> {
+    ns.exec("ethtool -K eth0 tx off")?;
+    ns.exec("ethtool -K eth0 gro on")?;
+    Ok(())
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Children first (the agent detaches on SIGTERM), then the namespaces (field drops).
+        for (_, child) in self.children.drain(..).rev() {
+            terminate(child);
+        }
+    }
+}
