@@ -216,6 +216,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
     if v.errors.is_empty() {
         Ok(config)
     } else {
+        v.errors.sort_by_key(|e| (e.line, e.column));
         Err(v.errors)
     }
 }

@@ -1,1 +1,267 @@
+use std::path::Path;
 
+use super::*;
+
+const GOOD: &str = r#"interfaces = ["eth0"]
+
+[[listener]]
+name = "web"
+vip = "198.18.100.10"
+port = 80
+protocol = "tcp"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+port = 8080
+targets = [{ address = "198.18.1.2" }, { address = "198.18.2.2", port = 8081, weight = 3 }]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(Path::new("xlb.toml"), text).expect_err("config should be rejected")
+}
+
+/// Exactly one error, on `line`, whose message contains `needle`.
+fn one_error(text: &str, line: usize, needle: &str) {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.message.contains(needle), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("xlb.toml:{line}:")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let c = parse(Path::new("xlb.toml"), GOOD).unwrap();
+    assert_eq!(c.interfaces, ["eth0"]);
+    assert_eq!(c.tables, Tables::default());
+    assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+    let l = &c.listeners[0];
+    assert_eq!(
+        (l.vip, l.port, l.protocol),
+        ("198.18.100.10".parse().unwrap(), 80, Protocol::Tcp)
+    );
+    assert_eq!(l.udp_idle_timeout_s, DEFAULT_UDP_IDLE_TIMEOUT_S);
+    let g = &c.target_groups[0];
+    assert_eq!(
+        g.targets[0],
+        Target {
+            address: "198.18.1.2".parse().unwrap(),
+            port: 8080,
+            weight: 1
+        }
+    );
+    assert_eq!(
+        g.targets[1],
+        Target {
+            address: "198.18.2.2".parse().unwrap(),
+            port: 8081,
+            weight: 3
+        }
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_its_line() {
+    one_error(&GOOD.replace("port = 80\n", "port = = 80\n"), 6, "");
+}
+
+#[test]
+fn unknown_field_is_rejected() {
+    one_error(
+        &GOOD.replace("port = 80\n", "port = 80\nprot = 1\n"),
+        7,
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_target_group() {
+    one_error(
+        &GOOD.replace("target_group = \"web\"", "target_group = \"api\""),
+        8,
+        "unknown target group \"api\"",
+    );
+}
+
+#[test]
+fn duplicate_listener_name() {
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"web\"\nvip = \"198.18.100.11\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n"
+    );
+    one_error(&text, 16, "listener \"web\" is defined twice");
+}
+
+#[test]
+fn duplicate_listener_address() {
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"web2\"\nvip = \"198.18.100.10\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n"
+    );
+    one_error(&text, 15, "uses 198.18.100.10:80/tcp like listener \"web\"");
+}
+
+#[test]
+fn same_vip_and_port_on_udp_is_another_listener() {
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"dns\"\nvip = \"198.18.100.10\"\nport = 80\nprotocol = \"udp\"\ntarget_group = \"web\"\n"
+    );
+    assert!(parse(Path::new("x"), &text).is_ok());
+}
+
+#[test]
+fn duplicate_target_group() {
+    let text = format!("{GOOD}\n[[target_group]]\nname = \"web\"\nport = 80\n");
+    one_error(&text, 16, "target group \"web\" is defined twice");
+}
+
+#[test]
+fn duplicate_target_in_a_group() {
+    one_error(
+        &GOOD.replace(
+            "198.18.2.2\", port = 8081, weight = 3",
+            "198.18.1.2\", port = 8080",
+        ),
+        13,
+        "198.18.1.2:8080 is listed twice",
+    );
+}
+
+#[test]
+fn bad_vip_address() {
+    one_error(
+        &GOOD.replace("198.18.100.10", "198.18.100.300"),
+        5,
+        "not an IPv4 address",
+    );
+}
+
+#[test]
+fn ipv6_vip_is_not_supported_yet() {
+    one_error(
+        &GOOD.replace("198.18.100.10", "2001:db8::1"),
+        5,
+        "IPv6 is not supported yet",
+    );
+}
+
+#[test]
+fn bad_target_address() {
+    one_error(
+        &GOOD.replace("198.18.1.2", "backend-1"),
+        13,
+        "not an IPv4 address",
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    one_error(
+        &GOOD.replace("port = 80\n", "port = 70000\n"),
+        6,
+        "out of range (1-65535)",
+    );
+    one_error(
+        &GOOD.replace("port = 8080", "port = 0"),
+        12,
+        "out of range (1-65535)",
+    );
+}
+
+#[test]
+fn negative_port_is_a_type_error_with_a_line() {
+    one_error(
+        &GOOD.replace("port = 80\n", "port = -1\n"),
+        6,
+        "expected u32",
+    );
+}
+
+#[test]
+fn weight_out_of_range() {
+    one_error(
+        &GOOD.replace("weight = 3", "weight = 5000"),
+        13,
+        "target weight 5000 is out of range",
+    );
+}
+
+#[test]
+fn maglev_size_must_be_prime() {
+    let text = format!("{GOOD}\n[tables]\nmaglev_size = 65536\n");
+    one_error(&text, 16, "not prime");
+}
+
+#[test]
+fn maglev_size_out_of_range() {
+    let text = format!("{GOOD}\n[tables]\nmaglev_size = 7\n");
+    one_error(&text, 16, "out of range");
+}
+
+#[test]
+fn max_connections_out_of_range() {
+    let text = format!("{GOOD}\n[tables]\nmax_connections = 10\n");
+    one_error(&text, 16, "tables.max_connections 10 is out of range");
+}
+
+#[test]
+fn more_listeners_than_the_table_holds() {
+    let text = format!(
+        "{GOOD}\n[tables]\nmax_listeners = 1\n\n[[listener]]\nname = \"b\"\nvip = \"198.18.100.11\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n"
+    );
+    one_error(&text, 18, "2 listeners, but tables.max_listeners is 1");
+}
+
+#[test]
+fn ring_memory_is_bounded() {
+    let text = format!("{GOOD}\n[tables]\nmax_listeners = 1024\nmaglev_size = 1048573\n");
+    one_error(&text, 15, "MiB of rings");
+}
+
+#[test]
+fn udp_idle_timeout_only_on_udp() {
+    one_error(
+        &GOOD.replace(
+            "target_group = \"web\"\n\n",
+            "target_group = \"web\"\nudp_idle_timeout = 30\n\n",
+        ),
+        9,
+        "UDP listeners only",
+    );
+}
+
+#[test]
+fn no_interfaces() {
+    one_error(
+        &GOOD.replace("[\"eth0\"]", "[]"),
+        1,
+        "at least one interface",
+    );
+}
+
+#[test]
+fn duplicate_interface() {
+    one_error(
+        &GOOD.replace("[\"eth0\"]", "[\"eth0\", \"eth0\"]"),
+        1,
+        "listed twice",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_only_the_first() {
+    let text = GOOD
+        .replace("198.18.100.10", "nope")
+        .replace("port = 8080", "port = 0");
+    let errs = errors(&text);
+    assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![5, 12]);
+}
+
+#[test]
+fn primes() {
+    assert!(is_prime(65_537) && is_prime(251) && is_prime(1_048_573));
+    assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(65_535));
+}
