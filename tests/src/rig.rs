@@ -169,16 +169,20 @@ targets = [{echo}]
     }
 
     pub fn start_backend(&mut self, backend: &Path, k: usize) -> anyhow::Result<()> {
-        let mut cmd = self.targets[k - 1].command(&backend.display().to_string());
-        cmd.args([
-            "--name",
-            &format!("backend-{k}"),
-            "--http",
-            "0.0.0.0:8080",
-            "--udp",
-            "0.0.0.0:9000",
-        ]);
-        self.spawn_until(&format!("backend-{k}"), cmd, "ready")
+        let cmd = self.targets[k - 1].command(&backend.display().to_string());
+        self.start_server(cmd, &format!("backend-{k}"), "0.0.0.0:8080", "0.0.0.0:9000")
+    }
+
+    /// Start the backend server program as `cmd` (a `Netns::command`), answering `name`.
+    pub fn start_server(
+        &mut self,
+        mut cmd: std::process::Command,
+        name: &str,
+        http: &str,
+        udp: &str,
+    ) -> anyhow::Result<()> {
+        cmd.args(["--name", name, "--http", http, "--udp", udp]);
+        self.spawn_until(name, cmd, "ready")
     }
 
     /// Start the agent in the balancer namespace; returns once it says it is ready.
