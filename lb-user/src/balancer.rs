@@ -131,14 +131,15 @@ impl<D: Dataplane> Balancer<D> {
                 new: cfg.tables,
             });
         }
-        if let Some(old) = &self.interfaces {
-            if *old != cfg.interfaces {
-                return Err(ApplyError::InterfacesChanged {
-                    old: old.clone(),
-                    new: cfg.interfaces.clone(),
-                });
-            }
+        if let Some(old) = &self.interfaces
+            && *old != cfg.interfaces
+        {
+            return Err(ApplyError::InterfacesChanged {
+                old: old.clone(),
+                new: cfg.interfaces.clone(),
+            });
         }
+
         let mut report = ApplyReport::default();
 
         // 1. Targets that are new become active before any ring can point at them.

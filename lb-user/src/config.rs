@@ -346,16 +346,16 @@ impl Validator<'_> {
             MAX_RING_SIZE.into(),
             d.maglev_size,
         );
-        if let Some(m) = &t.maglev_size {
-            if !is_prime(*m.get_ref()) {
-                self.at(
-                    m,
-                    format!(
-                        "tables.maglev_size {} is not prime (try 65537 or 131071)",
-                        m.get_ref()
-                    ),
-                );
-            }
+        if let Some(m) = &t.maglev_size
+            && !is_prime(*m.get_ref())
+        {
+            self.at(
+                m,
+                format!(
+                    "tables.maglev_size {} is not prime (try 65537 or 131071)",
+                    m.get_ref()
+                ),
+            );
         }
         let max_listeners = self.ranged(
             &t.max_listeners,
@@ -430,13 +430,13 @@ impl Validator<'_> {
                 targets,
             });
         }
-        if total >= MAX_TARGETS as usize {
-            if let Some(g) = raw.last() {
-                self.at(
-                    g,
-                    format!("{total} targets in all; at most {} fit", MAX_TARGETS - 1),
-                );
-            }
+        if total >= MAX_TARGETS as usize
+            && let Some(g) = raw.last()
+        {
+            self.at(
+                g,
+                format!("{total} targets in all; at most {} fit", MAX_TARGETS - 1),
+            );
         }
         out
     }
@@ -499,17 +499,17 @@ impl Validator<'_> {
                 udp_idle_timeout_s,
             });
         }
-        if out.len() > tables.max_listeners as usize {
-            if let Some(l) = raw.get(tables.max_listeners as usize) {
-                self.at(
-                    l,
-                    format!(
-                        "{} listeners, but tables.max_listeners is {}",
-                        out.len(),
-                        tables.max_listeners
-                    ),
-                );
-            }
+        if out.len() > tables.max_listeners as usize
+            && let Some(l) = raw.get(tables.max_listeners as usize)
+        {
+            self.at(
+                l,
+                format!(
+                    "{} listeners, but tables.max_listeners is {}",
+                    out.len(),
+                    tables.max_listeners
+                ),
+            );
         }
         out
     }
@@ -521,7 +521,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while u64::from(d) * u64::from(d) <= u64::from(n) {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

@@ -91,7 +91,7 @@ Ctrl-C stops the agent, detaches XDP and removes the rig.",
             );
             let mut exited = None;
             'wait: loop {
-                for s in signals.pending() {
+                if let Some(s) = signals.pending().next() {
                     println!("\nsignal {s}: stopping");
                     break 'wait;
                 }
