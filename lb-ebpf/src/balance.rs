@@ -41,7 +41,7 @@ pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
         family: FAMILY_IPV4,
     };
     // SAFETY: the value is read, never held across a map update by this program.
-    unsafe { LISTENERS.get(&key) }
+    unsafe { LISTENERS.get(key) }
 }
 
 #[inline(always)]
@@ -51,7 +51,7 @@ pub fn is_vip(dst: [u8; 4]) -> bool {
         family: FAMILY_IPV4,
         _pad: [0; 3],
     };
-    VIPS.get_ptr(&key).is_some()
+    VIPS.get_ptr(key).is_some()
 }
 
 #[inline(always)]
@@ -93,20 +93,18 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
     } else {
         0
     };
-    if let Some(entry) = FLOWS.get_ptr_mut(&key) {
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer, valid for this program run.
         let entry = unsafe { &mut *entry };
         let idle_out = f.proto == PROTO_UDP
             && now.saturating_sub(entry.last_seen_ns) > u64::from(l.udp_idle_timeout_s) * NS_PER_S;
-        if !idle_out {
-            if let Some(target) = active_target(entry.target_id) {
-                entry.last_seen_ns = now;
-                return Ok(Pick {
-                    target_id: entry.target_id,
-                    target,
-                    new_flow: false,
-                });
-            }
+        if !idle_out && let Some(target) = active_target(entry.target_id) {
+            entry.last_seen_ns = now;
+            return Ok(Pick {
+                target_id: entry.target_id,
+                target,
+                new_flow: false,
+            });
         }
         stats::count(Stat::EvFlowRebalanced);
     } else if f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
@@ -141,7 +139,7 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         target_id,
     };
     // Reverse first: once the forward entry exists, replies must find their way back.
-    if REVERSE.insert(&reply_key, &reverse, 0).is_err() || FLOWS.insert(&key, &value, 0).is_err() {
+    if REVERSE.insert(reply_key, reverse, 0).is_err() || FLOWS.insert(key, value, 0).is_err() {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
     }
     Ok(Pick {
@@ -156,5 +154,5 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
 pub fn reply(f: &Flow) -> Option<&'static ReverseValue> {
     let key = forward_key(f);
     // SAFETY: the value is read, never held across a map update by this program.
-    unsafe { REVERSE.get(&key) }
+    unsafe { REVERSE.get(key) }
 }

@@ -8,6 +8,10 @@ use crate::hdr::Header;
 /// A bounds-checked, in-place view of a `T` at byte `offset` of the packet, or `None` when the
 /// packet is too short. The view lives as long as the borrow of `ctx`.
 #[inline(always)]
+#[expect(
+    clippy::mut_from_ref,
+    reason = "packet memory is not owned by the XdpContext struct; each stage views disjoint header offsets"
+)]
 pub fn header_mut<T: Header>(ctx: &XdpContext, offset: usize) -> Option<&mut T> {
     let start = ctx.data();
     let end = ctx.data_end();

@@ -33,23 +33,19 @@ pub fn run(ctx: &XdpContext) -> (u32, Stat) {
 #[inline(always)]
 fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
     let (maybe_listener, maybe_reply) = balance::port_hints(f);
-    if maybe_listener {
-        if let Some(l) = balance::listener(f) {
-            return to_target(ctx, f, l);
-        }
+    if maybe_listener && let Some(l) = balance::listener(f) {
+        return to_target(ctx, f, l);
     }
-    if maybe_reply {
-        if let Some(r) = balance::reply(f) {
-            if f.ttl <= 1 {
-                return Verdict::pass(Stat::PassTtlExceeded);
-            }
-            let bytes = packet::len(ctx);
-            if nat::rewrite(ctx, f, Side::Source, lb_common::ipv4_of(&r.vip), r.vport).is_none() {
-                return Verdict::drop(Stat::DropL4Truncated);
-            }
-            stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
-            return forward::forward(ctx);
+    if maybe_reply && let Some(r) = balance::reply(f) {
+        if f.ttl <= 1 {
+            return Verdict::pass(Stat::PassTtlExceeded);
         }
+        let bytes = packet::len(ctx);
+        if nat::rewrite(ctx, f, Side::Source, lb_common::ipv4_of(&r.vip), r.vport).is_none() {
+            return Verdict::drop(Stat::DropL4Truncated);
+        }
+        stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
+        return forward::forward(ctx);
     }
     if balance::is_vip(f.dst) {
         return Verdict::drop(Stat::DropVipNoListener);
