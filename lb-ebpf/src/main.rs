@@ -23,6 +23,12 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     action
 }
 
+/// The benchmark's baseline: the harness's own cost. Never attached by the agent.
+#[xdp]
+pub fn xlb_bench_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -133,6 +133,21 @@ impl AyaDataplane {
         program_mut(&mut self.ebpf)
     }
 
+    /// Another XDP program of the object (the benchmark's baseline), loaded on first use.
+    pub fn extra_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program(
+                aya::programs::ProgramError::UnexpectedProgramType,
+            ))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
     /// Attach in native (driver) mode, falling back to generic (SKB) mode.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
         let prog = program_mut(&mut self.ebpf)?;

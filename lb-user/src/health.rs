@@ -153,9 +153,19 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(checks_enabled: bool) -> Self {
         if checks_enabled {
-            Self { state: State::Initial, reason: "initial health checks in progress".into(), ok_run: 0, fail_run: 0 }
+            Self {
+                state: State::Initial,
+                reason: "initial health checks in progress".into(),
+                ok_run: 0,
+                fail_run: 0,
+            }
         } else {
-            Self { state: State::Healthy, reason: "health checks disabled".into(), ok_run: 0, fail_run: 0 }
+            Self {
+                state: State::Healthy,
+                reason: "health checks disabled".into(),
+                ok_run: 0,
+                fail_run: 0,
+            }
         }
     }
 
@@ -254,7 +264,11 @@ mod tests {
     use super::*;
 
     fn hc(healthy: u32, unhealthy: u32) -> HealthCheck {
-        HealthCheck { healthy_threshold: healthy, unhealthy_threshold: unhealthy, ..HealthCheck::default() }
+        HealthCheck {
+            healthy_threshold: healthy,
+            unhealthy_threshold: unhealthy,
+            ..HealthCheck::default()
+        }
     }
 
     #[test]
@@ -281,7 +295,10 @@ mod tests {
         t.observe(&Probe::Timeout, &h);
         assert_eq!(t.state, State::Healthy);
         assert!(t.observe(&Probe::Timeout, &h));
-        assert_eq!((t.state, t.reason.as_str()), (State::Unhealthy, "health check timed out"));
+        assert_eq!(
+            (t.state, t.reason.as_str()),
+            (State::Unhealthy, "health check timed out")
+        );
     }
 
     #[test]
@@ -295,7 +312,10 @@ mod tests {
         t.observe(&Probe::Ok, &h);
         t.observe(&Probe::Ok, &h);
         t.observe(&Probe::Mismatch(503), &h);
-        assert_eq!((t.state, t.reason.as_str()), (State::Unhealthy, "response code mismatch (503)"));
+        assert_eq!(
+            (t.state, t.reason.as_str()),
+            (State::Unhealthy, "response code mismatch (503)")
+        );
         t.observe(&Probe::Ok, &h);
         t.observe(&Probe::Ok, &h);
         assert_eq!(t.state, State::Unhealthy);
@@ -320,7 +340,10 @@ mod tests {
 
     #[test]
     fn status_line_parsing() {
-        assert_eq!(status_code(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            status_code(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(status_code(b"HTTP/1.0 200 OK\r\nx"), Some(200));
         assert_eq!(status_code(b"SSH-2.0-OpenSSH\r\n"), None);
     }
@@ -335,11 +358,17 @@ mod tests {
                 let (mut s, _) = l.accept().await.unwrap();
                 let mut buf = [0u8; 512];
                 let _ = s.read(&mut buf).await.unwrap();
-                s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await.unwrap();
+                s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
             }
             l
         });
-        let mut h = HealthCheck { protocol: CheckProtocol::Http, timeout: Duration::from_secs(2), ..HealthCheck::default() };
+        let mut h = HealthCheck {
+            protocol: CheckProtocol::Http,
+            timeout: Duration::from_secs(2),
+            ..HealthCheck::default()
+        };
         assert_eq!(probe(&h, addr).await, Probe::Ok);
         assert_eq!(probe(&h, addr).await, Probe::Mismatch(503));
         let l = server.await.unwrap();

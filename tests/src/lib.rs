@@ -1,5 +1,6 @@
 //! Test hosts for xlb: network namespaces, veth links, and the demo rig, all torn down on drop
 //! (also when a test panics). Every namespace name starts with `xlb-`.
+pub mod lab;
 pub mod netns;
 pub mod rig;
 

@@ -43,6 +43,12 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) on the host crates and on the eBPF crate.
     Lint,
+    /// Measure the XDP program's cost per packet against a bare XDP_PASS program.
+    Bench {
+        /// Extra arguments for xlb-bench (e.g. --runs 50000).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Bring the demo rig up (with backends) or down, without the agent.
     Rig {
         #[arg(value_parser = ["up", "down"])]
@@ -129,6 +135,13 @@ fn run() -> anyhow::Result<()> {
                     ])
                     .env("RUSTC_BOOTSTRAP", "1"),
             )
+        }
+        Cmd::Bench { args } => {
+            setup()?;
+            need_root("bench")?;
+            build(&["--release"])?;
+            step("xlb-bench: program cost through BPF_PROG_TEST_RUN");
+            run_cmd(Command::new(root.join("target/release/xlb-bench")).args(&args))
         }
         Cmd::Rig { action } => {
             setup()?;

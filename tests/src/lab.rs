@@ -1,0 +1,264 @@
+//! A namespace wired for running the real XDP program through BPF_PROG_TEST_RUN with known
+//! routes, neighbours and MACs, so `bpf_fib_lookup` resolves to predictable next hops. Used by
+//! the packet fixtures and by the benchmark.
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use etherparse::PacketBuilder;
+use lb_common::Stat;
+use xlb::{
+    EBPF_OBJECT,
+    balancer::Balancer,
+    config::{self, Config},
+    dataplane::AyaDataplane,
+};
+
+use crate::{Netns, netns::veth};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub const VIP: [u8; 4] = [198, 18, 100, 10];
+pub const VIP2: [u8; 4] = [198, 18, 100, 11];
+pub const CLIENT: [u8; 4] = [198, 18, 0, 2];
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const IN0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+pub fn target(k: u8) -> [u8; 4] {
+    [198, 18, k, 2]
+}
+pub fn target_mac(k: u8) -> [u8; 6] {
+    [2, 0, 0, 0, k, 2]
+}
+pub fn node_mac(k: u8) -> [u8; 6] {
+    [2, 0, 0, 0, k, 1]
+}
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn config_text(web: &[u8]) -> String {
+    let list = |port: u16| {
+        web.iter()
+            .map(|k| format!("{{ address = \"198.18.{k}.2\", port = {port} }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"interfaces = ["in0"]
+[tables]
+maglev_size = 1021
+max_listeners = 4
+max_connections = 4096
+[[listener]]
+name = "web"
+vip = "198.18.100.10"
+port = 80
+protocol = "tcp"
+target_group = "web"
+[[listener]]
+name = "web2"
+vip = "198.18.100.11"
+port = 80
+protocol = "tcp"
+target_group = "web"
+[[listener]]
+name = "echo"
+vip = "198.18.100.10"
+port = 9000
+protocol = "udp"
+target_group = "echo"
+[[target_group]]
+name = "web"
+port = 8080
+targets = [{}]
+[[target_group]]
+name = "echo"
+port = 9000
+targets = [{}]
+"#,
+        list(8080),
+        list(9000)
+    )
+}
+
+pub fn cfg(web: &[u8]) -> Config {
+    config::parse(Path::new("fixture.toml"), &config_text(web)).expect("fixture config is valid")
+}
+
+/// A namespace wired for the program: in0 faces the client, tK faces target K (K = 1..3).
+/// Both ends of each veth stay in the namespace, so deleting it removes everything.
+pub struct Lab {
+    pub b: Balancer<AyaDataplane>,
+    pub in0: u32,
+    pub t: Vec<u32>,
+    last_stats: Vec<u64>,
+    _ns: Netns,
+}
+
+pub struct Run {
+    pub retval: u32,
+    pub out: Vec<u8>,
+    /// The kernel's average time per repetition.
+    pub duration: Duration,
+    /// Counter changes, by stat code.
+    pub delta: Vec<u64>,
+}
+
+impl Run {
+    pub fn changed(&self) -> Vec<Stat> {
+        Stat::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.delta[*s as usize] != 0)
+            .collect()
+    }
+    /// Exactly this verdict counter (and `events`) moved, each by one.
+    pub fn counted(&self, verdict: Stat, events: &[Stat]) {
+        let mut want = vec![verdict];
+        want.extend_from_slice(events);
+        want.sort_by_key(|s| *s as u32);
+        assert_eq!(self.changed(), want);
+        for s in want {
+            assert_eq!(self.delta[s as usize], 1, "{s:?}");
+        }
+    }
+}
+
+impl Lab {
+    pub fn new(tag: &str, web: &[u8]) -> Self {
+        let ns = Netns::create(&format!("xlb-fx-{}-{tag}", std::process::id())).unwrap();
+        ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        veth(&ns, "in0", &ns, "c0").unwrap();
+        ns.exec(&format!("ip link set in0 address {}", mac(IN0_MAC)))
+            .unwrap();
+        ns.exec("ip addr add 198.18.0.1/24 dev in0").unwrap();
+        ns.exec(&format!(
+            "ip neigh replace 198.18.0.2 lladdr {} dev in0 nud permanent",
+            mac(CLIENT_MAC)
+        ))
+        .unwrap();
+        for k in 1..=3u8 {
+            veth(&ns, &format!("t{k}"), &ns, &format!("p{k}")).unwrap();
+            ns.exec(&format!("ip link set t{k} address {}", mac(node_mac(k))))
+                .unwrap();
+            ns.exec(&format!("ip addr add 198.18.{k}.1/24 dev t{k}"))
+                .unwrap();
+            ns.exec(&format!(
+                "ip neigh replace 198.18.{k}.2 lladdr {} dev t{k} nud permanent",
+                mac(target_mac(k))
+            ))
+            .unwrap();
+        }
+        // BPF_PROG_TEST_RUN resolves ingress_ifindex in the calling thread's namespace.
+        ns.enter_current_thread().unwrap();
+        let in0 = ns.ifindex("in0").unwrap();
+        let t = (1..=3)
+            .map(|k| ns.ifindex(&format!("t{k}")).unwrap())
+            .collect();
+        let c = cfg(web);
+        let dp =
+            AyaDataplane::load(EBPF_OBJECT, &c.tables).expect("XDP program loads and verifies");
+        let mut b = Balancer::new(dp, c.tables);
+        b.apply(&c).unwrap();
+        let last_stats = b.snapshot().unwrap().stats;
+        Self {
+            b,
+            in0,
+            t,
+            last_stats,
+            _ns: ns,
+        }
+    }
+
+    pub fn apply(&mut self, web: &[u8]) {
+        self.b.apply(&cfg(web)).unwrap();
+    }
+
+    pub fn stats(&self) -> Vec<u64> {
+        self.b.snapshot().unwrap().stats
+    }
+
+    /// Run one packet arriving on interface `ingress`.
+    pub fn run(&mut self, pkt: &[u8], ingress: u32) -> Run {
+        let prog = self.b.dataplane_mut().program().unwrap();
+        let (retval, out, duration) = run_once(prog, pkt, ingress);
+        let before = std::mem::take(&mut self.last_stats);
+        let after = self.stats();
+        let delta = after
+            .iter()
+            .zip(before.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a - b)
+            .collect();
+        self.last_stats = after;
+        Run {
+            retval,
+            out,
+            duration,
+            delta,
+        }
+    }
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` (repeat 1): return value, output packet, kernel-timed cost.
+pub fn run_once(prog: &Xdp, pkt: &[u8], ingress: u32) -> (u32, Vec<u8>, Duration) {
+    let md: [u32; 6] = [0, u32::try_from(pkt.len()).unwrap(), 0, ingress, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = vec![0u8; pkt.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out, r.duration)
+}
+
+impl Lab {
+    pub fn target_traffic(&self, k: u8) -> xlb::status::Traffic {
+        let id = self.b.target_id(Ipv4Addr::from(target(k)), 8080).unwrap();
+        self.b.snapshot().unwrap().targets[id as usize].into()
+    }
+}
+
+// ---- packets, built with etherparse ----
+
+#[derive(Clone, Copy)]
+pub enum Flags {
+    Syn,
+    Ack,
+    SynAck,
+}
+
+pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: Flags, ttl: u8) -> Vec<u8> {
+    let (smac, dmac) = (CLIENT_MAC, IN0_MAC);
+    let mut b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 64240);
+    b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::Ack => b.ack(5000),
+        Flags::SynAck => b.syn().ack(1001),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"payload!").unwrap();
+    v
+}
+
+pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"hello")
+        .unwrap();
+    v
+}
