@@ -2,7 +2,10 @@
 //! writes. Writes are ordered so the XDP program never sees a half-built listener:
 //! targets -> port flags (union) -> idle ring -> listener flip -> VIPs on the way in;
 //! listeners -> VIPs -> port flags -> targets on the way out.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use lb_common::{
     FAMILY_IPV4, ListenerKey, ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, TARGET_ACTIVE,
@@ -53,13 +56,66 @@ struct Installed {
 
 type TargetAddr = (Ipv4Addr, u16);
 
+/// What the data plane should hold: the listeners, and per target group the targets it knows
+/// of — which take new flows (in the Maglev table) and which may keep their established flows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub tables: Tables,
+    pub interfaces: Vec<String>,
+    pub listeners: Vec<Listener>,
+    pub groups: BTreeMap<String, Vec<PlannedTarget>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedTarget {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    /// Takes new flows (weight permitting).
+    pub in_ring: bool,
+    /// Its established flows stay on it. False: they are balanced afresh on their next packet.
+    pub keeps_flows: bool,
+}
+
+impl Plan {
+    /// Every configured target takes traffic: no health checks, no drains.
+    pub fn from_config(cfg: &Config) -> Self {
+        let groups = cfg
+            .target_groups
+            .iter()
+            .map(|g| {
+                let targets = g
+                    .targets
+                    .iter()
+                    .map(|t| PlannedTarget {
+                        address: t.address,
+                        port: t.port,
+                        weight: t.weight,
+                        in_ring: true,
+                        keeps_flows: true,
+                    })
+                    .collect();
+                (g.name.clone(), targets)
+            })
+            .collect();
+        Self {
+            tables: cfg.tables,
+            interfaces: cfg.interfaces.clone(),
+            listeners: cfg.listeners.clone(),
+            groups,
+        }
+    }
+}
+
 pub struct Balancer<D> {
     dp: D,
     tables: Tables,
     interfaces: Option<Vec<String>>,
-    config: Option<Config>,
+    plan: Option<Plan>,
     listeners: HashMap<ListenerKey, Installed>,
     target_ids: HashMap<TargetAddr, u32>,
+    /// `TARGETS[id].flags` as last written.
+    target_flags: HashMap<u32, u8>,
     /// Last id handed out; ids are not reused until the space wraps, so a stale flow entry of a
     /// removed target never lands on a new one.
     last_target_id: u32,
@@ -90,9 +146,10 @@ impl<D: Dataplane> Balancer<D> {
             dp,
             tables,
             interfaces: None,
-            config: None,
+            plan: None,
             listeners: HashMap::new(),
             target_ids: HashMap::new(),
+            target_flags: HashMap::new(),
             last_target_id: 0,
             port_flags: vec![0; PORT_FLAG_ENTRIES as usize],
             vips: HashMap::new(),
@@ -107,8 +164,8 @@ impl<D: Dataplane> Balancer<D> {
         &mut self.dp
     }
 
-    pub fn config(&self) -> Option<&Config> {
-        self.config.as_ref()
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     pub fn target_id(&self, address: Ipv4Addr, port: u16) -> Option<u32> {
@@ -123,64 +180,54 @@ impl<D: Dataplane> Balancer<D> {
         self.dp.snapshot()
     }
 
-    /// Make the data plane match `cfg`, touching only what differs.
-    pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport, ApplyError> {
-        if cfg.tables != self.tables {
-            return Err(ApplyError::TablesChanged {
-                old: self.tables,
-                new: cfg.tables,
-            });
+    /// Make the data plane match `plan`, touching only what differs.
+    pub fn apply(&mut self, plan: &Plan) -> Result<ApplyReport, ApplyError> {
+        if plan.tables != self.tables {
+            return Err(ApplyError::TablesChanged { old: self.tables, new: plan.tables });
         }
         if let Some(old) = &self.interfaces
-            && *old != cfg.interfaces
+            && *old != plan.interfaces
         {
-            return Err(ApplyError::InterfacesChanged {
-                old: old.clone(),
-                new: cfg.interfaces.clone(),
-            });
+            return Err(ApplyError::InterfacesChanged { old: old.clone(), new: plan.interfaces.clone() });
         }
-
         let mut report = ApplyReport::default();
 
-        // 1. Targets that are new become active before any ring can point at them.
-        let wanted: Vec<TargetAddr> = cfg
-            .target_groups
-            .iter()
-            .flat_map(|g| g.targets.iter().map(|t| (t.address, t.port)))
-            .collect();
-        for &(address, port) in &wanted {
-            if self.target_ids.contains_key(&(address, port)) {
-                continue;
+        // Every target the plan names, and whether any group lets it carry traffic.
+        let mut wanted: BTreeMap<TargetAddr, u8> = BTreeMap::new();
+        for t in plan.groups.values().flatten() {
+            let flags = wanted.entry((t.address, t.port)).or_default();
+            if t.in_ring || t.keeps_flows {
+                *flags = TARGET_ACTIVE;
             }
-            let id = self.allocate_target_id()?;
-            self.dp.set_target(
-                id,
-                TargetValue {
-                    addr: addr_from_ipv4(address.octets()),
-                    port: port.to_be_bytes(),
-                    family: FAMILY_IPV4,
-                    flags: TARGET_ACTIVE,
-                },
-            )?;
-            self.target_ids.insert((address, port), id);
-            report.targets_added += 1;
+        }
+
+        // 1. New targets, and targets becoming active, before any ring can point at them.
+        for (&(address, port), &flags) in &wanted {
+            let id = match self.target_ids.get(&(address, port)) {
+                Some(id) => *id,
+                None => {
+                    let id = self.allocate_target_id()?;
+                    self.target_ids.insert((address, port), id);
+                    report.targets_added += 1;
+                    id
+                }
+            };
+            let current = self.target_flags.get(&id).copied();
+            if (flags == TARGET_ACTIVE && current != Some(TARGET_ACTIVE)) || current.is_none() {
+                self.write_target(id, address, port, flags)?;
+            }
         }
 
         // 2. Port pre-filter: the union of old and new, so nothing new is filtered out early.
-        let new_flags = port_flags_for(cfg);
-        let union: Vec<u8> = self
-            .port_flags
-            .iter()
-            .zip(&new_flags)
-            .map(|(a, b)| a | b)
-            .collect();
+        let new_flags = port_flags_for(plan);
+        let union: Vec<u8> = self.port_flags.iter().zip(&new_flags).map(|(a, b)| a | b).collect();
         self.write_port_flags(union)?;
 
         // 3+4. Listeners: write the idle ring, then flip the listener to it in one update.
         let mut keep = HashMap::new();
-        for l in &cfg.listeners {
+        for l in &plan.listeners {
             let key = listener_key(l);
-            let ring = self.ring_for(cfg, l);
+            let ring = self.ring_for(plan, l);
             let value_for = |slot: u32, generation: u32, id: u32| ListenerValue {
                 id,
                 ring_base: (slot * RINGS_PER_LISTENER + generation) * self.tables.maglev_size,
@@ -191,18 +238,9 @@ impl<D: Dataplane> Balancer<D> {
                 udp_idle_timeout_s: l.udp_idle_timeout_s,
             };
             match self.listeners.remove(&key) {
-                Some(inst)
-                    if inst.ring == ring
-                        && inst.value.udp_idle_timeout_s == l.udp_idle_timeout_s =>
-                {
+                Some(inst) if inst.ring == ring && inst.value.udp_idle_timeout_s == l.udp_idle_timeout_s => {
                     report.listeners_unchanged.push(l.name.clone());
-                    keep.insert(
-                        key,
-                        Installed {
-                            name: l.name.clone(),
-                            ..inst
-                        },
-                    );
+                    keep.insert(key, Installed { name: l.name.clone(), ..inst });
                 }
                 Some(inst) => {
                     let generation = 1 - inst.generation;
@@ -212,16 +250,7 @@ impl<D: Dataplane> Balancer<D> {
                     let moved = inst.ring.iter().zip(&ring).filter(|(a, b)| a != b).count();
                     report.slots_moved.push((l.name.clone(), moved));
                     report.listeners_changed.push(l.name.clone());
-                    keep.insert(
-                        key,
-                        Installed {
-                            name: l.name.clone(),
-                            slot: inst.slot,
-                            generation,
-                            ring,
-                            value,
-                        },
-                    );
+                    keep.insert(key, Installed { name: l.name.clone(), slot: inst.slot, generation, ring, value });
                 }
                 None => {
                     let slot = self.free_slot(&keep)?;
@@ -229,20 +258,11 @@ impl<D: Dataplane> Balancer<D> {
                     self.dp.write_ring(value.ring_base, &ring)?;
                     self.dp.set_listener(key, value)?;
                     report.listeners_added.push(l.name.clone());
-                    keep.insert(
-                        key,
-                        Installed {
-                            name: l.name.clone(),
-                            slot,
-                            generation: 0,
-                            ring,
-                            value,
-                        },
-                    );
+                    keep.insert(key, Installed { name: l.name.clone(), slot, generation: 0, ring, value });
                 }
             }
         }
-        // Listeners not in the new config.
+        // Listeners not in the plan.
         for (key, inst) in std::mem::replace(&mut self.listeners, keep) {
             self.dp.remove_listener(&key)?;
             report.listeners_removed.push(inst.name);
@@ -250,7 +270,7 @@ impl<D: Dataplane> Balancer<D> {
 
         // 5. VIPs, then the final port flags.
         let mut vips: HashMap<VipKey, u32> = HashMap::new();
-        for l in &cfg.listeners {
+        for l in &plan.listeners {
             *vips.entry(vip_key(l.vip)).or_default() += 1;
         }
         for (k, n) in &vips {
@@ -266,31 +286,46 @@ impl<D: Dataplane> Balancer<D> {
         self.vips = vips;
         self.write_port_flags(new_flags)?;
 
-        // 6. Targets no longer configured: inactive, so their flows re-balance on the next packet.
-        let gone: Vec<TargetAddr> = self
-            .target_ids
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .copied()
-            .collect();
-        for k in gone {
-            if let Some(id) = self.target_ids.remove(&k) {
-                self.dp.set_target(id, TargetValue::default())?;
+        // 6. Targets that may no longer carry flows, now that no ring points at them: inactive,
+        // so their flows are balanced afresh on the next packet. Targets the plan no longer
+        // names also give up their id.
+        let known: Vec<(TargetAddr, u32)> = self.target_ids.iter().map(|(k, v)| (*k, *v)).collect();
+        for ((address, port), id) in known {
+            let flags = wanted.get(&(address, port)).copied().unwrap_or(0);
+            if flags == 0 && self.target_flags.get(&id) != Some(&0) {
+                self.write_target(id, address, port, 0)?;
+            }
+            if !wanted.contains_key(&(address, port)) {
+                self.target_ids.remove(&(address, port));
+                self.target_flags.remove(&id);
                 report.targets_removed += 1;
             }
         }
 
-        self.interfaces = Some(cfg.interfaces.clone());
-        self.config = Some(cfg.clone());
+        self.interfaces = Some(plan.interfaces.clone());
+        self.plan = Some(plan.clone());
         Ok(report)
     }
 
-    fn ring_for(&self, cfg: &Config, l: &Listener) -> Vec<u32> {
-        let entries: Vec<maglev::Entry> = cfg
-            .group(&l.target_group)
-            .map(|g| {
-                g.targets
+    fn write_target(&mut self, id: u32, address: Ipv4Addr, port: u16, flags: u8) -> Result<(), DataplaneError> {
+        self.dp.set_target(id, TargetValue {
+            addr: addr_from_ipv4(address.octets()),
+            port: port.to_be_bytes(),
+            family: FAMILY_IPV4,
+            flags,
+        })?;
+        self.target_flags.insert(id, flags);
+        Ok(())
+    }
+
+    fn ring_for(&self, plan: &Plan, l: &Listener) -> Vec<u32> {
+        let entries: Vec<maglev::Entry> = plan
+            .groups
+            .get(&l.target_group)
+            .map(|targets| {
+                targets
                     .iter()
+                    .filter(|t| t.in_ring)
                     .map(|t| maglev::Entry {
                         id: self.target_ids[&(t.address, t.port)],
                         key: maglev::identity(t.address.octets(), t.port),
@@ -335,15 +370,13 @@ impl<D: Dataplane> Balancer<D> {
     }
 }
 
-fn port_flags_for(cfg: &Config) -> Vec<u8> {
+fn port_flags_for(plan: &Plan) -> Vec<u8> {
     let mut flags = vec![0u8; PORT_FLAG_ENTRIES as usize];
-    for l in &cfg.listeners {
+    for l in &plan.listeners {
         flags[usize::from(l.port)] |= PORT_LISTENER;
     }
-    for g in &cfg.target_groups {
-        for t in &g.targets {
-            flags[usize::from(t.port)] |= PORT_TARGET;
-        }
+    for t in plan.groups.values().flatten() {
+        flags[usize::from(t.port)] |= PORT_TARGET;
     }
     flags
 }

@@ -16,8 +16,15 @@ use lb_common::limits::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::health::{self, CheckProtocol, HealthCheck, Matcher};
+
 /// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xlb/xlb.sock";
+/// Where runtime registrations are kept across restarts unless the config says otherwise.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/xlb/state.json";
+/// Deregistration delay (seconds) of a group that names none, and its bounds (as AWS NLB).
+pub const DEFAULT_DEREGISTRATION_DELAY_S: u32 = 300;
+pub const MAX_DEREGISTRATION_DELAY_S: u32 = 3600;
 /// Largest weight of one target.
 pub const MAX_WEIGHT: u32 = 1000;
 const MAX_IFNAME_LEN: usize = 15;
@@ -85,6 +92,7 @@ impl Protocol {
 struct RawConfig {
     interfaces: Spanned<Vec<Spanned<String>>>,
     control_socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
     #[serde(default)]
     tables: Option<Spanned<RawTables>>,
     #[serde(default)]
@@ -119,6 +127,34 @@ struct RawGroup {
     port: Spanned<u32>,
     #[serde(default)]
     targets: Vec<Spanned<RawTarget>>,
+    deregistration_delay: Option<Spanned<u32>>,
+    unhealthy_flows: Option<Spanned<FlowPolicy>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    enabled: Option<bool>,
+    protocol: Option<Spanned<CheckProtocol>>,
+    port: Option<Spanned<u32>>,
+    path: Option<Spanned<String>>,
+    matcher: Option<Spanned<String>>,
+    interval: Option<Spanned<u32>>,
+    timeout: Option<Spanned<u32>>,
+    healthy_threshold: Option<Spanned<u32>>,
+    unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+/// What happens to a target's established flows when it turns unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowPolicy {
+    /// Removed: the client's next packet goes to a healthy target (fails fast).
+    #[default]
+    Rebalance,
+    /// Kept on the unhealthy target.
+    Keep,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +171,7 @@ struct RawTarget {
 pub struct Config {
     pub interfaces: Vec<String>,
     pub control_socket: PathBuf,
+    pub state_file: PathBuf,
     pub tables: Tables,
     pub listeners: Vec<Listener>,
     pub target_groups: Vec<TargetGroup>,
@@ -173,6 +210,9 @@ pub struct TargetGroup {
     pub name: String,
     pub port: u16,
     pub targets: Vec<Target>,
+    pub health_check: HealthCheck,
+    pub deregistration_delay: std::time::Duration,
+    pub unhealthy_flows: FlowPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -329,6 +369,7 @@ impl Validator<'_> {
             control_socket: raw
                 .control_socket
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            state_file: raw.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
             tables,
             listeners,
             target_groups,
@@ -424,10 +465,21 @@ impl Validator<'_> {
                 });
             }
             total += targets.len();
+            let health_check = self.health_check(r.health_check.as_ref());
+            let deregistration_delay = self.ranged(
+                &r.deregistration_delay,
+                "deregistration_delay",
+                0,
+                MAX_DEREGISTRATION_DELAY_S.into(),
+                DEFAULT_DEREGISTRATION_DELAY_S,
+            );
             out.push(TargetGroup {
                 name,
                 port,
                 targets,
+                health_check,
+                deregistration_delay: std::time::Duration::from_secs(deregistration_delay.into()),
+                unhealthy_flows: r.unhealthy_flows.as_ref().map(|p| *p.get_ref()).unwrap_or_default(),
             });
         }
         if total >= MAX_TARGETS as usize
@@ -439,6 +491,66 @@ impl Validator<'_> {
             );
         }
         out
+    }
+
+    fn health_check(&mut self, raw: Option<&Spanned<RawHealthCheck>>) -> HealthCheck {
+        let d = HealthCheck::default();
+        let Some(raw) = raw else { return d };
+        let h = raw.get_ref();
+        let protocol = h.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or(d.protocol);
+        let port = h.port.as_ref().map(|p| self.port(p, "health_check.port"));
+        let interval = self.ranged(&h.interval, "health_check.interval", health::MIN_INTERVAL_S.into(), health::MAX_INTERVAL_S.into(), health::DEFAULT_INTERVAL_S);
+        let default_timeout = match protocol {
+            CheckProtocol::Tcp => health::DEFAULT_TCP_TIMEOUT_S,
+            CheckProtocol::Http => health::DEFAULT_HTTP_TIMEOUT_S,
+        }
+        .min(interval);
+        let timeout = self.ranged(&h.timeout, "health_check.timeout", health::MIN_TIMEOUT_S.into(), health::MAX_TIMEOUT_S.into(), default_timeout);
+        if let Some(t) = &h.timeout
+            && timeout > interval
+        {
+            self.at(t, format!("health_check.timeout {timeout} s is longer than the interval ({interval} s)"));
+        }
+        let threshold = |v: &mut Self, s: &Option<Spanned<u32>>, what: &str, default: u32| {
+            v.ranged(s, what, health::MIN_THRESHOLD.into(), health::MAX_THRESHOLD.into(), default)
+        };
+        let healthy_threshold = threshold(self, &h.healthy_threshold, "health_check.healthy_threshold", d.healthy_threshold);
+        let unhealthy_threshold = threshold(self, &h.unhealthy_threshold, "health_check.unhealthy_threshold", d.unhealthy_threshold);
+        let http_only = |v: &mut Self, s: &Option<Spanned<String>>, what: &str| {
+            if let Some(x) = s
+                && protocol != CheckProtocol::Http
+            {
+                v.at(x, format!("health_check.{what} applies to HTTP health checks only"));
+            }
+        };
+        http_only(self, &h.path, "path");
+        http_only(self, &h.matcher, "matcher");
+        let path = match &h.path {
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['\r', '\n', ' ']) => {
+                self.at(p, format!("health_check.path {:?} must start with / and contain no spaces", p.get_ref()));
+                d.path.clone()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => d.path.clone(),
+        };
+        let matcher = match &h.matcher {
+            Some(m) => Matcher::parse(m.get_ref()).unwrap_or_else(|| {
+                self.at(m, format!("health_check.matcher {:?}: use codes 100-599 like \"200\", \"200-399\" or \"200,204\"", m.get_ref()));
+                d.matcher.clone()
+            }),
+            None => d.matcher.clone(),
+        };
+        HealthCheck {
+            enabled: h.enabled.unwrap_or(true),
+            protocol,
+            port,
+            path,
+            matcher,
+            interval: std::time::Duration::from_secs(interval.into()),
+            timeout: std::time::Duration::from_secs(timeout.into()),
+            healthy_threshold,
+            unhealthy_threshold,
+        }
     }
 
     fn listeners(
@@ -490,6 +602,17 @@ impl Validator<'_> {
                     DEFAULT_UDP_IDLE_TIMEOUT_S,
                 ),
             };
+            if protocol == Protocol::Udp
+                && let Some(g) = groups.iter().find(|g| &g.name == group)
+                && g.health_check.enabled
+                && g.health_check.port.is_none()
+            {
+                self.at(&r.protocol, format!(
+                    "UDP listener {name:?} uses target group {group:?}, whose health check has no port: \
+                     health checks run over TCP or HTTP, so set health_check.port in that group to a TCP \
+                     port its targets serve (or health_check.enabled = false)"
+                ));
+            }
             out.push(Listener {
                 name,
                 vip,

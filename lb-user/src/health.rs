@@ -38,6 +38,17 @@ pub enum CheckProtocol {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Matcher(Vec<(u16, u16)>);
 
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl Matcher {
     pub fn parse(s: &str) -> Option<Self> {
         let mut ranges = Vec::new();

@@ -6,6 +6,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod registry;
 pub mod status;
 
 /// The XDP object built by build.rs, aligned for the ELF parser.

@@ -8,7 +8,7 @@ use etherparse::PacketBuilder;
 use lb_common::Stat;
 use xlb::{
     EBPF_OBJECT,
-    balancer::Balancer,
+    balancer::{Balancer, Plan},
     config::{self, Config},
     dataplane::AyaDataplane,
 };
@@ -76,10 +76,12 @@ target_group = "echo"
 name = "web"
 port = 8080
 targets = [{}]
+health_check = {{ enabled = false }}
 [[target_group]]
 name = "echo"
 port = 9000
 targets = [{}]
+health_check = {{ enabled = false }}
 "#,
         list(8080),
         list(9000)
@@ -164,7 +166,7 @@ impl Lab {
         let dp =
             AyaDataplane::load(EBPF_OBJECT, &c.tables).expect("XDP program loads and verifies");
         let mut b = Balancer::new(dp, c.tables);
-        b.apply(&c).unwrap();
+        b.apply(&Plan::from_config(&c)).unwrap();
         let last_stats = b.snapshot().unwrap().stats;
         Self {
             b,
@@ -176,7 +178,7 @@ impl Lab {
     }
 
     pub fn apply(&mut self, web: &[u8]) {
-        self.b.apply(&cfg(web)).unwrap();
+        self.b.apply(&Plan::from_config(&cfg(web))).unwrap();
     }
 
     pub fn stats(&self) -> Vec<u64> {

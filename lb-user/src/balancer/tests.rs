@@ -33,6 +33,7 @@ targets = [{list}]
 name = "dns"
 port = 53
 targets = [{{ address = "198.18.9.9" }}]
+health_check = {{ enabled = false }}
 {extra}"#
     );
     config::parse(Path::new("t.toml"), &text).unwrap()
@@ -40,7 +41,7 @@ targets = [{{ address = "198.18.9.9" }}]
 
 fn balancer(c: &Config) -> Balancer<FakeDataplane> {
     let mut b = Balancer::new(FakeDataplane::default(), c.tables);
-    b.apply(c).unwrap();
+    b.apply(&Plan::from_config(c)).unwrap();
     b
 }
 
@@ -103,7 +104,7 @@ fn applying_the_same_config_again_writes_nothing() {
     let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
     let mut b = balancer(&c);
     b.dataplane_mut().log.clear();
-    let r = b.apply(&c).unwrap();
+    let r = b.apply(&Plan::from_config(&c)).unwrap();
     assert!(b.dataplane().log.is_empty(), "{:#?}", b.dataplane().log);
     assert_eq!(r.listeners_unchanged.len(), 2);
 }
@@ -118,7 +119,7 @@ fn adding_a_target_rewrites_the_idle_ring_then_flips_and_moves_about_a_third() {
     b.dataplane_mut().log.clear();
 
     let c2 = cfg(&["198.18.1.2", "198.18.2.2", "198.18.3.2"], "");
-    let r = b.apply(&c2).unwrap();
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
     let log = &b.dataplane().log;
     assert_eq!(r.listeners_changed, ["web"]);
     assert_eq!(
@@ -162,7 +163,7 @@ fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
     let mut b = balancer(&c1);
     let gone = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
     b.dataplane_mut().log.clear();
-    let r = b.apply(&cfg(&["198.18.1.2"], "")).unwrap();
+    let r = b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], ""))).unwrap();
     assert_eq!(r.targets_removed, 1);
     let log = &b.dataplane().log;
     assert!(pos(log, "listener 198.18.100.10:80/6") < pos(log, &format!("target {gone} flags=0")));
@@ -179,8 +180,8 @@ fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
 fn removed_target_ids_are_not_reused_at_once() {
     let mut b = balancer(&cfg(&["198.18.1.2", "198.18.2.2"], ""));
     let old = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
-    b.apply(&cfg(&["198.18.1.2"], "")).unwrap();
-    b.apply(&cfg(&["198.18.1.2", "198.18.4.2"], "")).unwrap();
+    b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], ""))).unwrap();
+    b.apply(&Plan::from_config(&cfg(&["198.18.1.2", "198.18.4.2"], ""))).unwrap();
     let new = b.target_id("198.18.4.2".parse().unwrap(), 8080).unwrap();
     assert_ne!(
         old, new,
@@ -194,7 +195,7 @@ fn removing_a_listener_removes_it_and_its_vip_and_port_flag_when_unused() {
     let mut b = balancer(&c);
     let mut only_web = c.clone();
     only_web.listeners.retain(|l| l.name == "web");
-    let r = b.apply(&only_web).unwrap();
+    let r = b.apply(&Plan::from_config(&only_web)).unwrap();
     assert_eq!(r.listeners_removed, ["dns"]);
     assert!(!b.dataplane().listeners.contains_key(&key(&c, "dns")));
     assert_eq!(
@@ -207,7 +208,7 @@ fn removing_a_listener_removes_it_and_its_vip_and_port_flag_when_unused() {
         "53 stays a target port of group dns"
     );
     only_web.listeners.clear();
-    b.apply(&only_web).unwrap();
+    b.apply(&Plan::from_config(&only_web)).unwrap();
     assert!(b.dataplane().vips.is_empty());
     assert_eq!(b.dataplane().port_flags[&80], 0);
 }
@@ -220,13 +221,13 @@ fn table_size_changes_are_refused_and_write_nothing() {
     let mut bigger = c.clone();
     bigger.tables.maglev_size = 257;
     assert!(matches!(
-        b.apply(&bigger),
+        b.apply(&Plan::from_config(&bigger)),
         Err(ApplyError::TablesChanged { .. })
     ));
     let mut other_if = c.clone();
     other_if.interfaces = vec!["eth1".into()];
     assert!(matches!(
-        b.apply(&other_if),
+        b.apply(&Plan::from_config(&other_if)),
         Err(ApplyError::InterfacesChanged { .. })
     ));
     assert!(b.dataplane().log.is_empty());
