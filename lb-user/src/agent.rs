@@ -52,7 +52,8 @@ fn preflight(cfg: &Config) -> anyhow::Result<()> {
         if !Path::new("/sys/class/net").join(i).exists() {
             anyhow::bail!("interface {i:?} does not exist");
         }
-        let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding")).unwrap_or_default();
+        let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
+            .unwrap_or_default();
         if fwd.trim() != "1" {
             log::warn!(
                 "{i}: IPv4 forwarding is off: balanced packets will be dropped (drop_fwd_disabled); \
@@ -65,7 +66,9 @@ fn preflight(cfg: &Config) -> anyhow::Result<()> {
 
 fn registry_failure(e: RegistryError) -> Failure {
     let kind = match e {
-        RegistryError::UnknownGroup(_) | RegistryError::NotRegistered { .. } => FailureKind::NotFound,
+        RegistryError::UnknownGroup(_) | RegistryError::NotRegistered { .. } => {
+            FailureKind::NotFound
+        }
         RegistryError::AlreadyRegistered { .. } => FailureKind::Conflict,
         RegistryError::BadWeight(_) => FailureKind::BadRequest,
     };
@@ -89,8 +92,14 @@ impl Agent {
 
         let dp = AyaDataplane::load(EBPF_OBJECT, &cfg.tables).context("loading the XDP program")?;
         let mut balancer = Balancer::new(dp, cfg.tables);
-        let report = balancer.apply(&registry.plan(&cfg)).context("filling the maps")?;
-        log::info!("loaded {} listener(s), {} target(s)", report.listeners_added.len(), report.targets_added);
+        let report = balancer
+            .apply(&registry.plan(&cfg))
+            .context("filling the maps")?;
+        log::info!(
+            "loaded {} listener(s), {} target(s)",
+            report.listeners_added.len(),
+            report.targets_added
+        );
         let mut attached = Vec::new();
         for i in &cfg.interfaces {
             // On error the dataplane drops here and detaches whatever was attached.
@@ -130,7 +139,8 @@ impl Agent {
 
     fn reconcile_probers(&mut self) {
         let wanted = self.registry.probes();
-        let keys: HashSet<(String, TargetAddr)> = wanted.iter().map(|(g, a, _)| (g.clone(), *a)).collect();
+        let keys: HashSet<(String, TargetAddr)> =
+            wanted.iter().map(|(g, a, _)| (g.clone(), *a)).collect();
         self.probers.retain(|k, (_, task)| {
             let keep = keys.contains(k);
             if !keep {
@@ -163,7 +173,12 @@ impl Agent {
     }
 
     fn on_probe(&mut self, (group, addr, probe): ProbeResult) {
-        let before = self.registry.groups.get(&group).and_then(|g| g.members.get(&addr)).map(|m| m.tracker.state);
+        let before = self
+            .registry
+            .groups
+            .get(&group)
+            .and_then(|g| g.members.get(&addr))
+            .map(|m| m.tracker.state);
         if self.registry.observe(&group, addr, &probe) {
             let m = &self.registry.groups[&group].members[&addr];
             log::info!(
@@ -190,15 +205,25 @@ impl Agent {
     }
 
     fn status(&self) -> Result<status::Status, Failure> {
-        status::collect(&self.balancer, &self.cfg, &self.registry, &self.config_path.display().to_string(), &self.attached)
-            .map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))
+        status::collect(
+            &self.balancer,
+            &self.cfg,
+            &self.registry,
+            &self.config_path.display().to_string(),
+            &self.attached,
+        )
+        .map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))
     }
 
     /// Re-read the config file; on any error nothing changes.
     pub fn reload(&mut self) -> Result<ApplyReport, Failure> {
         let rejected = |m: String| Failure::new(FailureKind::Rejected, m);
-        let cfg = config::load(&self.config_path).map_err(|e| rejected(format!("config rejected, nothing changed:\n{e}")))?;
-        if cfg.tables != self.cfg.tables || cfg.interfaces != self.cfg.interfaces || cfg.state_file != self.cfg.state_file {
+        let cfg = config::load(&self.config_path)
+            .map_err(|e| rejected(format!("config rejected, nothing changed:\n{e}")))?;
+        if cfg.tables != self.cfg.tables
+            || cfg.interfaces != self.cfg.interfaces
+            || cfg.state_file != self.cfg.state_file
+        {
             return Err(rejected(
                 "reload rejected, nothing changed: tables, interfaces and state_file take effect only on restart".into(),
             ));
@@ -208,12 +233,15 @@ impl Agent {
             log::info!("state file: {d}");
         }
         if overlay != self.overlay {
-            overlay.save(&cfg.state_file).map_err(|e| rejected(format!("reload rejected, nothing changed: {e}")))?;
+            overlay
+                .save(&cfg.state_file)
+                .map_err(|e| rejected(format!("reload rejected, nothing changed: {e}")))?;
         }
         self.registry.sync(&cfg, &overlay, Instant::now());
         self.cfg = cfg;
         self.overlay = overlay;
-        self.sync_dataplane().map_err(|e| Failure::new(FailureKind::Internal, format!("{e:#}")))
+        self.sync_dataplane()
+            .map_err(|e| Failure::new(FailureKind::Internal, format!("{e:#}")))
     }
 
     /// Register or deregister: checked and saved to the state file before anything changes.
@@ -223,16 +251,42 @@ impl Agent {
         let mut overlay = self.overlay.clone();
         let group_port = |g: &str| self.cfg.group(g).map(|g| g.port);
         let message = match req {
-            Request::Register { group, address, port, weight } => {
+            Request::Register {
+                group,
+                address,
+                port,
+                weight,
+            } => {
                 let port = port.or(group_port(&group)).unwrap_or(0);
                 let weight = weight.unwrap_or(1);
-                registry.register(&self.cfg, &mut overlay, &group, (address, port), weight, now).map_err(registry_failure)?;
-                format!("registered {address}:{port} in {group} (weight {weight}); initial health checks in progress")
+                registry
+                    .register(
+                        &self.cfg,
+                        &mut overlay,
+                        &group,
+                        (address, port),
+                        weight,
+                        now,
+                    )
+                    .map_err(registry_failure)?;
+                format!(
+                    "registered {address}:{port} in {group} (weight {weight}); initial health checks in progress"
+                )
             }
-            Request::Deregister { group, address, port } => {
+            Request::Deregister {
+                group,
+                address,
+                port,
+            } => {
                 let port = port.or(group_port(&group)).unwrap_or(0);
-                registry.deregister(&self.cfg, &mut overlay, &group, (address, port), now).map_err(registry_failure)?;
-                let delay = self.cfg.group(&group).map(|g| g.deregistration_delay.as_secs()).unwrap_or(0);
+                registry
+                    .deregister(&self.cfg, &mut overlay, &group, (address, port), now)
+                    .map_err(registry_failure)?;
+                let delay = self
+                    .cfg
+                    .group(&group)
+                    .map(|g| g.deregistration_delay.as_secs())
+                    .unwrap_or(0);
                 format!("deregistered {address}:{port} from {group}; draining for {delay} s")
             }
             _ => unreachable!("only register/deregister change targets"),
@@ -242,7 +296,8 @@ impl Agent {
             .map_err(|e| Failure::new(FailureKind::Internal, format!("not changed: {e}")))?;
         self.registry = registry;
         self.overlay = overlay;
-        self.sync_dataplane().map_err(|e| Failure::new(FailureKind::Internal, format!("{e:#}")))?;
+        self.sync_dataplane()
+            .map_err(|e| Failure::new(FailureKind::Internal, format!("{e:#}")))?;
         log::info!("{message}");
         Ok(message)
     }
@@ -256,7 +311,10 @@ impl Agent {
                 Some(g) => {
                     let found: Vec<_> = s.groups.into_iter().filter(|x| x.name == g).collect();
                     if found.is_empty() {
-                        Err(Failure::new(FailureKind::NotFound, format!("no target group {g:?}")))
+                        Err(Failure::new(
+                            FailureKind::NotFound,
+                            format!("no target group {g:?}"),
+                        ))
                     } else {
                         Ok(Reply::Health(found))
                     }
@@ -266,9 +324,9 @@ impl Agent {
                 log::info!("reloaded: {r:?}");
                 Reply::Reloaded(r)
             }),
-            change @ (Request::Register { .. } | Request::Deregister { .. }) => {
-                self.change(change).map(|message| Reply::Done(Message { message }))
-            }
+            change @ (Request::Register { .. } | Request::Deregister { .. }) => self
+                .change(change)
+                .map(|message| Reply::Done(Message { message })),
         };
         result.unwrap_or_else(|f| {
             log::warn!("control request failed: {}", f.message);
@@ -311,7 +369,10 @@ impl Agent {
         }
         let _ = std::fs::remove_file(&socket);
         self.balancer.dataplane_mut().detach_all();
-        log::info!("detached XDP from {} interface(s); bye", self.attached.len());
+        log::info!(
+            "detached XDP from {} interface(s); bye",
+            self.attached.len()
+        );
         Ok(())
     }
 }

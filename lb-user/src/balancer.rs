@@ -183,12 +183,18 @@ impl<D: Dataplane> Balancer<D> {
     /// Make the data plane match `plan`, touching only what differs.
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyReport, ApplyError> {
         if plan.tables != self.tables {
-            return Err(ApplyError::TablesChanged { old: self.tables, new: plan.tables });
+            return Err(ApplyError::TablesChanged {
+                old: self.tables,
+                new: plan.tables,
+            });
         }
         if let Some(old) = &self.interfaces
             && *old != plan.interfaces
         {
-            return Err(ApplyError::InterfacesChanged { old: old.clone(), new: plan.interfaces.clone() });
+            return Err(ApplyError::InterfacesChanged {
+                old: old.clone(),
+                new: plan.interfaces.clone(),
+            });
         }
         let mut report = ApplyReport::default();
 
@@ -220,7 +226,12 @@ impl<D: Dataplane> Balancer<D> {
 
         // 2. Port pre-filter: the union of old and new, so nothing new is filtered out early.
         let new_flags = port_flags_for(plan);
-        let union: Vec<u8> = self.port_flags.iter().zip(&new_flags).map(|(a, b)| a | b).collect();
+        let union: Vec<u8> = self
+            .port_flags
+            .iter()
+            .zip(&new_flags)
+            .map(|(a, b)| a | b)
+            .collect();
         self.write_port_flags(union)?;
 
         // 3+4. Listeners: write the idle ring, then flip the listener to it in one update.
@@ -238,9 +249,18 @@ impl<D: Dataplane> Balancer<D> {
                 udp_idle_timeout_s: l.udp_idle_timeout_s,
             };
             match self.listeners.remove(&key) {
-                Some(inst) if inst.ring == ring && inst.value.udp_idle_timeout_s == l.udp_idle_timeout_s => {
+                Some(inst)
+                    if inst.ring == ring
+                        && inst.value.udp_idle_timeout_s == l.udp_idle_timeout_s =>
+                {
                     report.listeners_unchanged.push(l.name.clone());
-                    keep.insert(key, Installed { name: l.name.clone(), ..inst });
+                    keep.insert(
+                        key,
+                        Installed {
+                            name: l.name.clone(),
+                            ..inst
+                        },
+                    );
                 }
                 Some(inst) => {
                     let generation = 1 - inst.generation;
@@ -250,7 +270,16 @@ impl<D: Dataplane> Balancer<D> {
                     let moved = inst.ring.iter().zip(&ring).filter(|(a, b)| a != b).count();
                     report.slots_moved.push((l.name.clone(), moved));
                     report.listeners_changed.push(l.name.clone());
-                    keep.insert(key, Installed { name: l.name.clone(), slot: inst.slot, generation, ring, value });
+                    keep.insert(
+                        key,
+                        Installed {
+                            name: l.name.clone(),
+                            slot: inst.slot,
+                            generation,
+                            ring,
+                            value,
+                        },
+                    );
                 }
                 None => {
                     let slot = self.free_slot(&keep)?;
@@ -258,7 +287,16 @@ impl<D: Dataplane> Balancer<D> {
                     self.dp.write_ring(value.ring_base, &ring)?;
                     self.dp.set_listener(key, value)?;
                     report.listeners_added.push(l.name.clone());
-                    keep.insert(key, Installed { name: l.name.clone(), slot, generation: 0, ring, value });
+                    keep.insert(
+                        key,
+                        Installed {
+                            name: l.name.clone(),
+                            slot,
+                            generation: 0,
+                            ring,
+                            value,
+                        },
+                    );
                 }
             }
         }
@@ -307,13 +345,22 @@ impl<D: Dataplane> Balancer<D> {
         Ok(report)
     }
 
-    fn write_target(&mut self, id: u32, address: Ipv4Addr, port: u16, flags: u8) -> Result<(), DataplaneError> {
-        self.dp.set_target(id, TargetValue {
-            addr: addr_from_ipv4(address.octets()),
-            port: port.to_be_bytes(),
-            family: FAMILY_IPV4,
-            flags,
-        })?;
+    fn write_target(
+        &mut self,
+        id: u32,
+        address: Ipv4Addr,
+        port: u16,
+        flags: u8,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_target(
+            id,
+            TargetValue {
+                addr: addr_from_ipv4(address.octets()),
+                port: port.to_be_bytes(),
+                family: FAMILY_IPV4,
+                flags,
+            },
+        )?;
         self.target_flags.insert(id, flags);
         Ok(())
     }

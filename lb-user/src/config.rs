@@ -479,7 +479,11 @@ impl Validator<'_> {
                 targets,
                 health_check,
                 deregistration_delay: std::time::Duration::from_secs(deregistration_delay.into()),
-                unhealthy_flows: r.unhealthy_flows.as_ref().map(|p| *p.get_ref()).unwrap_or_default(),
+                unhealthy_flows: r
+                    .unhealthy_flows
+                    .as_ref()
+                    .map(|p| *p.get_ref())
+                    .unwrap_or_default(),
             });
         }
         if total >= MAX_TARGETS as usize
@@ -497,37 +501,83 @@ impl Validator<'_> {
         let d = HealthCheck::default();
         let Some(raw) = raw else { return d };
         let h = raw.get_ref();
-        let protocol = h.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or(d.protocol);
+        let protocol = h
+            .protocol
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or(d.protocol);
         let port = h.port.as_ref().map(|p| self.port(p, "health_check.port"));
-        let interval = self.ranged(&h.interval, "health_check.interval", health::MIN_INTERVAL_S.into(), health::MAX_INTERVAL_S.into(), health::DEFAULT_INTERVAL_S);
+        let interval = self.ranged(
+            &h.interval,
+            "health_check.interval",
+            health::MIN_INTERVAL_S.into(),
+            health::MAX_INTERVAL_S.into(),
+            health::DEFAULT_INTERVAL_S,
+        );
         let default_timeout = match protocol {
             CheckProtocol::Tcp => health::DEFAULT_TCP_TIMEOUT_S,
             CheckProtocol::Http => health::DEFAULT_HTTP_TIMEOUT_S,
         }
         .min(interval);
-        let timeout = self.ranged(&h.timeout, "health_check.timeout", health::MIN_TIMEOUT_S.into(), health::MAX_TIMEOUT_S.into(), default_timeout);
+        let timeout = self.ranged(
+            &h.timeout,
+            "health_check.timeout",
+            health::MIN_TIMEOUT_S.into(),
+            health::MAX_TIMEOUT_S.into(),
+            default_timeout,
+        );
         if let Some(t) = &h.timeout
             && timeout > interval
         {
-            self.at(t, format!("health_check.timeout {timeout} s is longer than the interval ({interval} s)"));
+            self.at(
+                t,
+                format!(
+                    "health_check.timeout {timeout} s is longer than the interval ({interval} s)"
+                ),
+            );
         }
         let threshold = |v: &mut Self, s: &Option<Spanned<u32>>, what: &str, default: u32| {
-            v.ranged(s, what, health::MIN_THRESHOLD.into(), health::MAX_THRESHOLD.into(), default)
+            v.ranged(
+                s,
+                what,
+                health::MIN_THRESHOLD.into(),
+                health::MAX_THRESHOLD.into(),
+                default,
+            )
         };
-        let healthy_threshold = threshold(self, &h.healthy_threshold, "health_check.healthy_threshold", d.healthy_threshold);
-        let unhealthy_threshold = threshold(self, &h.unhealthy_threshold, "health_check.unhealthy_threshold", d.unhealthy_threshold);
+        let healthy_threshold = threshold(
+            self,
+            &h.healthy_threshold,
+            "health_check.healthy_threshold",
+            d.healthy_threshold,
+        );
+        let unhealthy_threshold = threshold(
+            self,
+            &h.unhealthy_threshold,
+            "health_check.unhealthy_threshold",
+            d.unhealthy_threshold,
+        );
         let http_only = |v: &mut Self, s: &Option<Spanned<String>>, what: &str| {
             if let Some(x) = s
                 && protocol != CheckProtocol::Http
             {
-                v.at(x, format!("health_check.{what} applies to HTTP health checks only"));
+                v.at(
+                    x,
+                    format!("health_check.{what} applies to HTTP health checks only"),
+                );
             }
         };
         http_only(self, &h.path, "path");
         http_only(self, &h.matcher, "matcher");
         let path = match &h.path {
             Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['\r', '\n', ' ']) => {
-                self.at(p, format!("health_check.path {:?} must start with / and contain no spaces", p.get_ref()));
+                self.at(
+                    p,
+                    format!(
+                        "health_check.path {:?} must start with / and contain no spaces",
+                        p.get_ref()
+                    ),
+                );
                 d.path.clone()
             }
             Some(p) => p.get_ref().clone(),

@@ -41,9 +41,20 @@ use crate::{
 pub enum Request {
     Status,
     Listeners,
-    Health { group: Option<String> },
-    Register { group: String, address: Ipv4Addr, port: Option<u16>, weight: Option<u32> },
-    Deregister { group: String, address: Ipv4Addr, port: Option<u16> },
+    Health {
+        group: Option<String>,
+    },
+    Register {
+        group: String,
+        address: Ipv4Addr,
+        port: Option<u16>,
+        weight: Option<u32>,
+    },
+    Deregister {
+        group: String,
+        address: Ipv4Addr,
+        port: Option<u16>,
+    },
     Reload,
 }
 
@@ -81,7 +92,10 @@ pub enum FailureKind {
 
 impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -117,7 +131,10 @@ pub enum ControlError {
     #[error("another xlb agent is already serving {0}")]
     InUse(PathBuf),
     #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A request waiting for the agent's answer.
@@ -127,12 +144,19 @@ pub type Pending = (Request, oneshot::Sender<Reply>);
 /// A missing directory is created 0700; an existing one is left as it is (it may be /tmp).
 pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     use std::os::unix::fs::DirBuilderExt;
-    let io = |source| ControlError::Io { path: path.to_owned(), source };
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -156,9 +180,17 @@ type Agent = mpsc::Sender<Pending>;
 async fn ask(agent: &Agent, req: Request) -> Reply {
     let (tx, rx) = oneshot::channel();
     if agent.send((req, tx)).await.is_err() {
-        return Reply::Error(Failure::new(FailureKind::Internal, "the agent is shutting down"));
+        return Reply::Error(Failure::new(
+            FailureKind::Internal,
+            "the agent is shutting down",
+        ));
     }
-    rx.await.unwrap_or_else(|_| Reply::Error(Failure::new(FailureKind::Internal, "the agent dropped the request")))
+    rx.await.unwrap_or_else(|_| {
+        Reply::Error(Failure::new(
+            FailureKind::Internal,
+            "the agent dropped the request",
+        ))
+    })
 }
 
 /// `address` or `address:port`.
@@ -173,7 +205,9 @@ pub fn parse_target(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
         }
         None => (s, None),
     };
-    let address = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+    let address = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
     Ok((address, p))
 }
 
@@ -250,9 +284,13 @@ pub async fn call(
     use hyper::body::Bytes;
 
     let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot reach the xlb agent at {} (is `xlb run` running, and are you root?)", socket.display())
+        format!(
+            "cannot reach the xlb agent at {} (is `xlb run` running, and are you root?)",
+            socket.display()
+        )
     })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -266,7 +304,11 @@ pub async fn call(
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .with_context(|| format!("bad response from the agent: {}", String::from_utf8_lossy(&bytes)))?;
+    let json = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "bad response from the agent: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
     Ok((status, json))
 }

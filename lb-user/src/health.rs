@@ -43,7 +43,13 @@ impl std::fmt::Display for Matcher {
         let parts: Vec<String> = self
             .0
             .iter()
-            .map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
             .collect();
         f.write_str(&parts.join(","))
     }

@@ -98,7 +98,10 @@ fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
                 for err in errs {
                     eprintln!("{err}");
                 }
-                eprintln!("xlb: {} error(s); nothing was attached or changed", errs.len());
+                eprintln!(
+                    "xlb: {} error(s); nothing was attached or changed",
+                    errs.len()
+                );
             }
             LoadError::Read { .. } => eprintln!("xlb: {e}"),
         }
@@ -107,7 +110,13 @@ fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 }
 
 /// Call the agent; print JSON or render the body; map HTTP errors to exit codes.
-async fn remote(r: &Remote, method: &str, path: &str, body: Option<Value>, render: impl Fn(Value) -> anyhow::Result<String>) -> ExitCode {
+async fn remote(
+    r: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    render: impl Fn(Value) -> anyhow::Result<String>,
+) -> ExitCode {
     match control::call(&r.socket, method, path, body).await {
         Err(e) => {
             eprintln!("xlb: {e:#}");
@@ -128,7 +137,11 @@ async fn remote(r: &Remote, method: &str, path: &str, body: Option<Value>, rende
             ExitCode::SUCCESS
         }
         Ok((code, v)) => {
-            let msg = v.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
             if r.json {
                 println!("{}", json!({"error": msg, "status": code}));
             }
@@ -143,10 +156,12 @@ fn message(v: Value) -> anyhow::Result<String> {
 }
 
 fn target_path(group: &str, target: &str) -> Result<String, ExitCode> {
-    parse_target(target).map(|_| format!("/v1/target-groups/{group}/targets/{target}")).map_err(|e| {
-        eprintln!("xlb: {e}");
-        ExitCode::from(EXIT_REJECTED)
-    })
+    parse_target(target)
+        .map(|_| format!("/v1/target-groups/{group}/targets/{target}"))
+        .map_err(|e| {
+            eprintln!("xlb: {e}");
+            ExitCode::from(EXIT_REJECTED)
+        })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -185,12 +200,18 @@ async fn main() -> ExitCode {
             }
         }
         Cmd::Status { remote: r } => {
-            remote(&r, "GET", "/v1/status", None, |v| Ok(status::render(&serde_json::from_value::<Status>(v)?))).await
+            remote(&r, "GET", "/v1/status", None, |v| {
+                Ok(status::render(&serde_json::from_value::<Status>(v)?))
+            })
+            .await
         }
         Cmd::Listeners { remote: r } => {
             remote(&r, "GET", "/v1/listeners", None, |v| {
                 let mut o = String::new();
-                status::render_listeners(&mut o, &serde_json::from_value::<Vec<ListenerStatus>>(v)?);
+                status::render_listeners(
+                    &mut o,
+                    &serde_json::from_value::<Vec<ListenerStatus>>(v)?,
+                );
                 Ok(o)
             })
             .await
@@ -211,11 +232,27 @@ async fn main() -> ExitCode {
             .await
         }
         Cmd::Targets { cmd } => match cmd {
-            TargetsCmd::Register { group, target, weight, remote: r } => {
+            TargetsCmd::Register {
+                group,
+                target,
+                weight,
+                remote: r,
+            } => {
                 let body = json!({ "address": target, "weight": weight });
-                remote(&r, "POST", &format!("/v1/target-groups/{group}/targets"), Some(body), message).await
+                remote(
+                    &r,
+                    "POST",
+                    &format!("/v1/target-groups/{group}/targets"),
+                    Some(body),
+                    message,
+                )
+                .await
             }
-            TargetsCmd::Deregister { group, target, remote: r } => match target_path(&group, &target) {
+            TargetsCmd::Deregister {
+                group,
+                target,
+                remote: r,
+            } => match target_path(&group, &target) {
                 Ok(path) => remote(&r, "DELETE", &path, None, message).await,
                 Err(code) => code,
             },

@@ -5,12 +5,7 @@
 //! file on every change, so a restart keeps them. An overlay entry disappears once the file
 //! says the same thing (a registered target written into the file, a deregistered one removed
 //! from it), so the file stays the place to make a change permanent.
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::Path,
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +22,17 @@ pub enum RegistryError {
     #[error("no target group {0:?}")]
     UnknownGroup(String),
     #[error("{address}:{port} is already registered in group {group:?}")]
-    AlreadyRegistered { group: String, address: Ipv4Addr, port: u16 },
+    AlreadyRegistered {
+        group: String,
+        address: Ipv4Addr,
+        port: u16,
+    },
     #[error("{address}:{port} is not registered in group {group:?}")]
-    NotRegistered { group: String, address: Ipv4Addr, port: u16 },
+    NotRegistered {
+        group: String,
+        address: Ipv4Addr,
+        port: u16,
+    },
     #[error("weight {0} is out of range (0-{max})", max = crate::config::MAX_WEIGHT)]
     BadWeight(u32),
 }
@@ -37,9 +40,17 @@ pub enum RegistryError {
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
     #[error("state file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("state file {path} is not valid ({source}); fix or remove it (it holds runtime registrations)")]
-    Corrupt { path: String, source: serde_json::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is not valid ({source}); fix or remove it (it holds runtime registrations)"
+    )]
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Runtime changes on top of the config file, per group.
@@ -62,15 +73,23 @@ impl Overlay {
     pub fn load(path: &Path) -> Result<Self, StateFileError> {
         match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(StateFileError::Io { path: path.display().to_string(), source }),
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StateFileError::Corrupt { path: path.display().to_string(), source }),
+            Err(source) => Err(StateFileError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateFileError::Corrupt {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
     /// Write atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
-        let io = |source| StateFileError::Io { path: path.display().to_string(), source };
+        let io = |source| StateFileError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -90,9 +109,16 @@ impl Overlay {
             .copied()
             .collect();
         for &(address, port, weight) in o.map(|o| o.registered.as_slice()).unwrap_or_default() {
-            match out.iter_mut().find(|t| t.address == address && t.port == port) {
+            match out
+                .iter_mut()
+                .find(|t| t.address == address && t.port == port)
+            {
                 Some(t) => t.weight = weight,
-                None => out.push(Target { address, port, weight }),
+                None => out.push(Target {
+                    address,
+                    port,
+                    weight,
+                }),
             }
         }
         out
@@ -137,7 +163,10 @@ pub struct Member {
 
 impl Member {
     pub fn registered(&self) -> bool {
-        matches!(self.tracker.state, State::Initial | State::Healthy | State::Unhealthy)
+        matches!(
+            self.tracker.state,
+            State::Initial | State::Healthy | State::Unhealthy
+        )
     }
 }
 
@@ -151,7 +180,11 @@ impl Group {
     /// No registered target is healthy, but some are registered: traffic goes to all of them.
     pub fn fail_open(&self) -> bool {
         let mut registered = self.members.values().filter(|m| m.registered()).peekable();
-        registered.peek().is_some() && !self.members.values().any(|m| m.tracker.state == State::Healthy)
+        registered.peek().is_some()
+            && !self
+                .members
+                .values()
+                .any(|m| m.tracker.state == State::Healthy)
     }
 }
 
@@ -170,15 +203,21 @@ impl Registry {
             let group = self
                 .groups
                 .entry(spec.name.clone())
-                .or_insert_with(|| Group { spec: spec.clone(), members: BTreeMap::new() });
+                .or_insert_with(|| Group {
+                    spec: spec.clone(),
+                    members: BTreeMap::new(),
+                });
             let checks_changed = group.spec.health_check.enabled != spec.health_check.enabled;
             group.spec = spec.clone();
             for t in &wanted {
-                let m = group.members.entry((t.address, t.port)).or_insert_with(|| Member {
-                    weight: t.weight,
-                    tracker: Tracker::new(spec.health_check.enabled),
-                    drain_until: None,
-                });
+                let m = group
+                    .members
+                    .entry((t.address, t.port))
+                    .or_insert_with(|| Member {
+                        weight: t.weight,
+                        tracker: Tracker::new(spec.health_check.enabled),
+                        drain_until: None,
+                    });
                 m.weight = t.weight;
                 if !m.registered() || checks_changed {
                     m.tracker = Tracker::new(spec.health_check.enabled);
@@ -194,13 +233,28 @@ impl Registry {
     }
 
     /// Register `addr` at run time (in `overlay`, then in the registry).
-    pub fn register(&mut self, cfg: &Config, overlay: &mut Overlay, group: &str, addr: TargetAddr, weight: u32, now: Instant) -> Result<(), RegistryError> {
-        let g = self.groups.get(group).ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
+    pub fn register(
+        &mut self,
+        cfg: &Config,
+        overlay: &mut Overlay,
+        group: &str,
+        addr: TargetAddr,
+        weight: u32,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
         if weight > crate::config::MAX_WEIGHT {
             return Err(RegistryError::BadWeight(weight));
         }
         if g.members.get(&addr).is_some_and(Member::registered) {
-            return Err(RegistryError::AlreadyRegistered { group: group.into(), address: addr.0, port: addr.1 });
+            return Err(RegistryError::AlreadyRegistered {
+                group: group.into(),
+                address: addr.0,
+                port: addr.1,
+            });
         }
         let o = overlay.groups.entry(group.into()).or_default();
         o.deregistered.retain(|a| *a != addr);
@@ -212,10 +266,24 @@ impl Registry {
     }
 
     /// Deregister `addr` at run time: it drains, then becomes unused.
-    pub fn deregister(&mut self, cfg: &Config, overlay: &mut Overlay, group: &str, addr: TargetAddr, now: Instant) -> Result<(), RegistryError> {
-        let g = self.groups.get(group).ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
+    pub fn deregister(
+        &mut self,
+        cfg: &Config,
+        overlay: &mut Overlay,
+        group: &str,
+        addr: TargetAddr,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
         if !g.members.get(&addr).is_some_and(Member::registered) {
-            return Err(RegistryError::NotRegistered { group: group.into(), address: addr.0, port: addr.1 });
+            return Err(RegistryError::NotRegistered {
+                group: group.into(),
+                address: addr.0,
+                port: addr.1,
+            });
         }
         let o = overlay.groups.entry(group.into()).or_default();
         o.registered.retain(|(a, p, _)| (*a, *p) != addr);
@@ -229,7 +297,9 @@ impl Registry {
 
     /// Record a probe result; true if the target's state changed.
     pub fn observe(&mut self, group: &str, addr: TargetAddr, probe: &Probe) -> bool {
-        let Some(g) = self.groups.get_mut(group) else { return false };
+        let Some(g) = self.groups.get_mut(group) else {
+            return false;
+        };
         let hc = g.spec.health_check.clone();
         match g.members.get_mut(&addr) {
             Some(m) if m.registered() => m.tracker.observe(probe, &hc),
@@ -243,7 +313,8 @@ impl Registry {
         for g in self.groups.values_mut() {
             for m in g.members.values_mut() {
                 if m.tracker.state == State::Draining && m.drain_until.is_some_and(|t| t <= now) {
-                    m.tracker.set(State::Unused, "target deregistered; drain finished");
+                    m.tracker
+                        .set(State::Unused, "target deregistered; drain finished");
                     m.drain_until = None;
                     changed = true;
                 }
@@ -284,8 +355,15 @@ impl Registry {
                     let in_ring = state == State::Healthy || (open && m.registered());
                     let keeps_flows = in_ring
                         || matches!(state, State::Healthy | State::Initial | State::Draining)
-                        || (state == State::Unhealthy && g.spec.unhealthy_flows == FlowPolicy::Keep);
-                    PlannedTarget { address, port, weight: m.weight, in_ring, keeps_flows }
+                        || (state == State::Unhealthy
+                            && g.spec.unhealthy_flows == FlowPolicy::Keep);
+                    PlannedTarget {
+                        address,
+                        port,
+                        weight: m.weight,
+                        in_ring,
+                        keeps_flows,
+                    }
                 })
                 .collect();
             plan.groups.insert(name.clone(), targets);

@@ -99,7 +99,10 @@ pub fn collect<D: Dataplane>(
 ) -> Result<Status, DataplaneError> {
     let snap = b.snapshot()?;
     let traffic = |v: &Vec<Counters>, id: Option<u32>| -> Traffic {
-        id.and_then(|i| v.get(i as usize)).copied().unwrap_or_default().into()
+        id.and_then(|i| v.get(i as usize))
+            .copied()
+            .unwrap_or_default()
+            .into()
     };
     let listeners = cfg
         .listeners
@@ -122,7 +125,10 @@ pub fn collect<D: Dataplane>(
             let health_check = if !hc.enabled {
                 "disabled".to_owned()
             } else {
-                let port = hc.port.map(|p| p.to_string()).unwrap_or_else(|| "traffic port".into());
+                let port = hc
+                    .port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "traffic port".into());
                 let what = match hc.protocol {
                     CheckProtocol::Tcp => format!("tcp {port}"),
                     CheckProtocol::Http => format!("http {port} {} codes {}", hc.path, hc.matcher),
@@ -149,7 +155,9 @@ pub fn collect<D: Dataplane>(
                         weight: m.weight,
                         state: m.tracker.state.as_str().to_owned(),
                         reason: m.tracker.reason.clone(),
-                        drain_remaining_s: m.drain_until.map(|t| t.saturating_duration_since(now).as_secs()),
+                        drain_remaining_s: m
+                            .drain_until
+                            .map(|t| t.saturating_duration_since(now).as_secs()),
                         traffic: traffic(&snap.targets, b.target_id(address, port)),
                     })
                     .collect(),
@@ -207,12 +215,20 @@ pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
 
 pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
     for g in groups {
-        let open = if g.fail_open { "  FAIL-OPEN: no healthy target, all registered targets take traffic" } else { "" };
-        let _ = writeln!(o, "target group {} (health check: {}){open}", g.name, g.health_check);
+        let open = if g.fail_open {
+            "  FAIL-OPEN: no healthy target, all registered targets take traffic"
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
-            "  {:<22} {:>6} {:<10} {:>10} {:>9}  {}",
-            "TARGET", "WEIGHT", "STATE", "PACKETS", "NEW", "REASON"
+            "target group {} (health check: {}){open}",
+            g.name, g.health_check
+        );
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>6} {:<10} {:>10} {:>9}  REASON",
+            "TARGET", "WEIGHT", "STATE", "PACKETS", "NEW"
         );
         for t in &g.targets {
             let reason = match t.drain_remaining_s {
@@ -235,7 +251,11 @@ pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
 /// The full status for people. Reasons with no packets are left out (`--json` has them all).
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
-    let ifs: Vec<String> = s.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
+    let ifs: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
     let _ = writeln!(o, "config:     {}", s.config);
     let _ = writeln!(o, "interfaces: {}", ifs.join(", "));
     let _ = writeln!(o);

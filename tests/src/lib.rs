@@ -5,4 +5,4 @@ pub mod netns;
 pub mod rig;
 
 pub use netns::{Netns, sh};
-pub use rig::{Rig, RigSpec};
+pub use rig::{Rig, RigSpec, Setup};

@@ -31,6 +31,32 @@ pub fn target_addr(k: usize) -> String {
     format!("198.18.{k}.2")
 }
 
+/// What a rig config holds beyond the fixed listeners.
+pub struct Setup {
+    /// Registered targets (1-based host numbers).
+    pub targets: Vec<usize>,
+    /// Weights, in the order of `targets` (missing: 1).
+    pub weights: Vec<u32>,
+    pub interval_s: u32,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub deregistration_delay_s: u32,
+}
+
+impl Setup {
+    /// The demo's settings: quick health checks and a short drain, so changes show quickly.
+    pub fn demo(targets: &[usize]) -> Self {
+        Self {
+            targets: targets.to_vec(),
+            weights: Vec::new(),
+            interval_s: 2,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            deregistration_delay_s: 10,
+        }
+    }
+}
+
 pub struct RigSpec {
     /// Namespace prefix, starting with `xlb`: namespaces are `{prefix}-client`, `{prefix}-lb`,
     /// `{prefix}-t1`...
@@ -106,20 +132,35 @@ impl Rig {
         v
     }
 
-    /// A config for this rig: TCP 80 -> group `web` on 8080 and UDP 9000 -> group `echo`, with
-    /// the targets numbered in `targets` (1-based).
-    pub fn config(&self, socket: &Path, targets: &[usize]) -> String {
+    /// A config for this rig: TCP 80 -> group `web` on 8080 (HTTP health check) and UDP 9000
+    /// -> group `echo` (probed on TCP 8080), with the targets and settings of `s`. The state
+    /// file sits next to the control socket.
+    pub fn config(&self, socket: &Path, s: &Setup) -> String {
         let list = |port: u16| {
-            targets
+            s.targets
                 .iter()
-                .map(|k| format!("{{ address = \"{}\", port = {port} }}", target_addr(*k)))
+                .enumerate()
+                .map(|(i, k)| {
+                    let w = s.weights.get(i).copied().unwrap_or(1);
+                    format!(
+                        "{{ address = \"{}\", port = {port}, weight = {w} }}",
+                        target_addr(*k)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let hc = |proto_port: &str| {
+            format!(
+                "{{ {proto_port}interval = {}, timeout = 1, healthy_threshold = {}, unhealthy_threshold = {} }}",
+                s.interval_s, s.healthy_threshold, s.unhealthy_threshold
+            )
+        };
         format!(
-            r#"# xlb demo rig: the balancer node's interfaces toward the client and the targets.
+            r#"# xlb rig config: the balancer node's interfaces toward the client and the targets.
 interfaces = [{ifs}]
 control_socket = "{sock}"
+state_file = "{state}"
 
 [tables]
 maglev_size = 65537
@@ -141,12 +182,17 @@ target_group = "echo"
 [[target_group]]
 name = "web"
 port = {HTTP_PORT}
+deregistration_delay = {delay}
 targets = [{web}]
+health_check = {web_hc}
 
 [[target_group]]
 name = "echo"
 port = {UDP_PORT}
+deregistration_delay = {delay}
 targets = [{echo}]
+# UDP targets are probed over TCP: the backends' HTTP port.
+health_check = {echo_hc}
 "#,
             ifs = self
                 .lb_interfaces()
@@ -155,8 +201,12 @@ targets = [{echo}]
                 .collect::<Vec<_>>()
                 .join(", "),
             sock = socket.display(),
+            state = socket.with_extension("state.json").display(),
             web = list(HTTP_PORT),
             echo = list(UDP_PORT),
+            delay = s.deregistration_delay_s,
+            web_hc = hc("protocol = \"http\", path = \"/\", "),
+            echo_hc = hc(&format!("port = {HTTP_PORT}, ")),
         )
     }
 

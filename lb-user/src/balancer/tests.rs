@@ -163,7 +163,9 @@ fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
     let mut b = balancer(&c1);
     let gone = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
     b.dataplane_mut().log.clear();
-    let r = b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], ""))).unwrap();
+    let r = b
+        .apply(&Plan::from_config(&cfg(&["198.18.1.2"], "")))
+        .unwrap();
     assert_eq!(r.targets_removed, 1);
     let log = &b.dataplane().log;
     assert!(pos(log, "listener 198.18.100.10:80/6") < pos(log, &format!("target {gone} flags=0")));
@@ -180,8 +182,10 @@ fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
 fn removed_target_ids_are_not_reused_at_once() {
     let mut b = balancer(&cfg(&["198.18.1.2", "198.18.2.2"], ""));
     let old = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
-    b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], ""))).unwrap();
-    b.apply(&Plan::from_config(&cfg(&["198.18.1.2", "198.18.4.2"], ""))).unwrap();
+    b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], "")))
+        .unwrap();
+    b.apply(&Plan::from_config(&cfg(&["198.18.1.2", "198.18.4.2"], "")))
+        .unwrap();
     let new = b.target_id("198.18.4.2".parse().unwrap(), 8080).unwrap();
     assert_ne!(
         old, new,

@@ -269,9 +269,14 @@ fn primes() {
 
 #[test]
 fn a_udp_listener_needs_a_health_check_port_on_its_group() {
-    let text = format!("{GOOD}\n[[listener]]\nname = \"dns\"\nvip = \"198.18.100.10\"\nport = 53\nprotocol = \"udp\"\ntarget_group = \"web\"\n");
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"dns\"\nvip = \"198.18.100.10\"\nport = 53\nprotocol = \"udp\"\ntarget_group = \"web\"\n"
+    );
     one_error(&text, 19, "set health_check.port");
-    let off = GOOD.replace("targets = [", "health_check = { enabled = false }\ntargets = [");
+    let off = GOOD.replace(
+        "targets = [",
+        "health_check = { enabled = false }\ntargets = [",
+    );
     assert!(parse(Path::new("x"), &format!("{off}\n[[listener]]\nname = \"dns\"\nvip = \"198.18.100.10\"\nport = 53\nprotocol = \"udp\"\ntarget_group = \"web\"\n")).is_ok());
 }
 
@@ -284,33 +289,91 @@ fn health_check_defaults_are_a_cloud_nlbs() {
     let c = parse(Path::new("x"), GOOD).unwrap();
     let h = &c.target_groups[0].health_check;
     assert!(h.enabled);
-    assert_eq!((h.interval.as_secs(), h.timeout.as_secs(), h.healthy_threshold, h.unhealthy_threshold), (30, 10, 5, 2));
+    assert_eq!(
+        (
+            h.interval.as_secs(),
+            h.timeout.as_secs(),
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (30, 10, 5, 2)
+    );
     assert_eq!(c.target_groups[0].deregistration_delay.as_secs(), 300);
     assert_eq!(c.target_groups[0].unhealthy_flows, FlowPolicy::Rebalance);
-    let c = parse(Path::new("x"), &with_health("protocol = \"http\"\ninterval = 1")).unwrap();
+    let c = parse(
+        Path::new("x"),
+        &with_health("protocol = \"http\"\ninterval = 1"),
+    )
+    .unwrap();
     let h = &c.target_groups[0].health_check;
-    assert_eq!((h.interval.as_secs(), h.timeout.as_secs(), h.path.as_str()), (1, 1, "/"), "timeout follows a short interval");
+    assert_eq!(
+        (h.interval.as_secs(), h.timeout.as_secs(), h.path.as_str()),
+        (1, 1, "/"),
+        "timeout follows a short interval"
+    );
     assert!(h.matcher.matches(200) && h.matcher.matches(399) && !h.matcher.matches(404));
 }
 
 #[test]
 fn health_check_errors() {
-    one_error(&with_health("interval = 0"), 15, "health_check.interval 0 is out of range (1-300)");
-    one_error(&with_health("interval = 5\ntimeout = 6"), 16, "longer than the interval");
-    one_error(&with_health("healthy_threshold = 1"), 15, "out of range (2-10)");
-    one_error(&with_health("protocol = \"http\"\nmatcher = \"2xx\""), 16, "health_check.matcher");
-    one_error(&with_health("protocol = \"http\"\npath = \"health\""), 16, "must start with /");
-    one_error(&with_health("path = \"/health\""), 15, "HTTP health checks only");
+    one_error(
+        &with_health("interval = 0"),
+        15,
+        "health_check.interval 0 is out of range (1-300)",
+    );
+    one_error(
+        &with_health("interval = 5\ntimeout = 6"),
+        16,
+        "longer than the interval",
+    );
+    one_error(
+        &with_health("healthy_threshold = 1"),
+        15,
+        "out of range (2-10)",
+    );
+    one_error(
+        &with_health("protocol = \"http\"\nmatcher = \"2xx\""),
+        16,
+        "health_check.matcher",
+    );
+    one_error(
+        &with_health("protocol = \"http\"\npath = \"health\""),
+        16,
+        "must start with /",
+    );
+    one_error(
+        &with_health("path = \"/health\""),
+        15,
+        "HTTP health checks only",
+    );
     one_error(&with_health("protocol = \"udp\""), 15, "");
-    one_error(&with_health("port = 0"), 15, "health_check.port 0 is out of range");
+    one_error(
+        &with_health("port = 0"),
+        15,
+        "health_check.port 0 is out of range",
+    );
 }
 
 #[test]
 fn deregistration_delay_and_flow_policy() {
-    let g = GOOD.replace("port = 8080\n", "port = 8080\nderegistration_delay = 0\nunhealthy_flows = \"keep\"\n");
+    let g = GOOD.replace(
+        "port = 8080\n",
+        "port = 8080\nderegistration_delay = 0\nunhealthy_flows = \"keep\"\n",
+    );
     let c = parse(Path::new("x"), &g).unwrap();
     assert_eq!(c.target_groups[0].deregistration_delay.as_secs(), 0);
     assert_eq!(c.target_groups[0].unhealthy_flows, FlowPolicy::Keep);
-    one_error(&GOOD.replace("port = 8080\n", "port = 8080\nderegistration_delay = 3601\n"), 13, "deregistration_delay 3601 is out of range (0-3600)");
-    one_error(&GOOD.replace("port = 8080\n", "port = 8080\nunhealthy_flows = \"drop\"\n"), 13, "");
+    one_error(
+        &GOOD.replace(
+            "port = 8080\n",
+            "port = 8080\nderegistration_delay = 3601\n",
+        ),
+        13,
+        "deregistration_delay 3601 is out of range (0-3600)",
+    );
+    one_error(
+        &GOOD.replace("port = 8080\n", "port = 8080\nunhealthy_flows = \"drop\"\n"),
+        13,
+        "",
+    );
 }

@@ -41,7 +41,10 @@ fn state(r: &Registry, a: TargetAddr) -> State {
 }
 
 fn planned(r: &Registry, c: &Config, a: TargetAddr) -> Option<PlannedTarget> {
-    r.plan(c).groups["web"].iter().find(|t| (t.address, t.port) == a).copied()
+    r.plan(c).groups["web"]
+        .iter()
+        .find(|t| (t.address, t.port) == a)
+        .copied()
 }
 
 /// Drive a target to a state with probe results.
@@ -60,7 +63,10 @@ fn new_targets_start_initial_and_the_group_fails_open_until_one_is_healthy() {
     probe_until(&mut r, T1, Probe::Ok, 1);
     assert!(!r.groups["web"].fail_open());
     assert!(planned(&r, &c, T1).unwrap().in_ring);
-    assert!(!planned(&r, &c, T2).unwrap().in_ring, "initial targets take no new flows once one is healthy");
+    assert!(
+        !planned(&r, &c, T2).unwrap().in_ring,
+        "initial targets take no new flows once one is healthy"
+    );
 }
 
 #[test]
@@ -100,8 +106,14 @@ fn deregistering_drains_for_the_delay_then_the_target_is_unused() {
     r.deregister(&c, &mut o, "web", T2, now).unwrap();
     assert_eq!(state(&r, T2), State::Draining);
     let p = planned(&r, &c, T2).unwrap();
-    assert!(!p.in_ring && p.keeps_flows, "no new flows, established ones continue");
-    assert!(!r.probes().iter().any(|(_, a, _)| *a == T2), "draining targets are not probed");
+    assert!(
+        !p.in_ring && p.keeps_flows,
+        "no new flows, established ones continue"
+    );
+    assert!(
+        !r.probes().iter().any(|(_, a, _)| *a == T2),
+        "draining targets are not probed"
+    );
     assert!(!r.tick(now + Duration::from_secs(9)));
     assert!(r.tick(now + Duration::from_secs(10)));
     assert_eq!(state(&r, T2), State::Unused);
@@ -122,10 +134,22 @@ fn a_zero_delay_makes_a_deregistered_target_unused_at_once() {
 #[test]
 fn register_and_deregister_errors() {
     let (c, mut o, mut r, now) = setup("");
-    assert_eq!(r.register(&c, &mut o, "api", T3, 1, now), Err(RegistryError::UnknownGroup("api".into())));
-    assert!(matches!(r.register(&c, &mut o, "web", T1, 1, now), Err(RegistryError::AlreadyRegistered { .. })));
-    assert!(matches!(r.deregister(&c, &mut o, "web", T3, now), Err(RegistryError::NotRegistered { .. })));
-    assert_eq!(r.register(&c, &mut o, "web", T3, 5000, now), Err(RegistryError::BadWeight(5000)));
+    assert_eq!(
+        r.register(&c, &mut o, "api", T3, 1, now),
+        Err(RegistryError::UnknownGroup("api".into()))
+    );
+    assert!(matches!(
+        r.register(&c, &mut o, "web", T1, 1, now),
+        Err(RegistryError::AlreadyRegistered { .. })
+    ));
+    assert!(matches!(
+        r.deregister(&c, &mut o, "web", T3, now),
+        Err(RegistryError::NotRegistered { .. })
+    ));
+    assert_eq!(
+        r.register(&c, &mut o, "web", T3, 5000, now),
+        Err(RegistryError::BadWeight(5000))
+    );
     assert_eq!(o, Overlay::default(), "failed calls change nothing");
 }
 
@@ -141,7 +165,11 @@ fn runtime_registration_lives_in_the_overlay_until_the_file_says_the_same() {
     assert_eq!(fresh.groups["web"].members[&T3].weight, 2);
     // The file now lists it with the same weight: the overlay entry is dropped.
     let mut c2 = c.clone();
-    c2.target_groups[0].targets.push(config::Target { address: T3.0, port: T3.1, weight: 2 });
+    c2.target_groups[0].targets.push(config::Target {
+        address: T3.0,
+        port: T3.1,
+        weight: 2,
+    });
     let dropped = o.normalise(&c2);
     assert_eq!(dropped.len(), 1);
     assert!(o.groups.is_empty());
@@ -160,7 +188,9 @@ fn reregistering_a_draining_target_brings_it_back() {
 fn removing_a_target_from_the_file_drains_it_too() {
     let (c, o, mut r, now) = setup("");
     let mut c2 = c.clone();
-    c2.target_groups[0].targets.retain(|t| (t.address, t.port) != T2);
+    c2.target_groups[0]
+        .targets
+        .retain(|t| (t.address, t.port) != T2);
     r.sync(&c2, &o, now);
     assert_eq!(state(&r, T2), State::Draining);
 }
@@ -170,12 +200,22 @@ fn the_overlay_survives_a_round_trip_through_the_state_file_and_a_corrupt_file_i
     let dir = std::env::temp_dir().join(format!("xlb-overlay-{}", std::process::id()));
     let path = dir.join("state.json");
     let mut o = Overlay::default();
-    o.groups.entry("web".into()).or_default().registered.push((T3.0, T3.1, 4));
+    o.groups
+        .entry("web".into())
+        .or_default()
+        .registered
+        .push((T3.0, T3.1, 4));
     o.save(&path).unwrap();
     assert_eq!(Overlay::load(&path).unwrap(), o);
     std::fs::write(&path, b"{ not json").unwrap();
-    assert!(matches!(Overlay::load(&path), Err(StateFileError::Corrupt { .. })));
-    assert_eq!(Overlay::load(&dir.join("missing.json")).unwrap(), Overlay::default());
+    assert!(matches!(
+        Overlay::load(&path),
+        Err(StateFileError::Corrupt { .. })
+    ));
+    assert_eq!(
+        Overlay::load(&dir.join("missing.json")).unwrap(),
+        Overlay::default()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

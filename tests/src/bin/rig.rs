@@ -8,7 +8,7 @@ use signal_hook::{
     consts::{SIGINT, SIGTERM},
     iterator::Signals,
 };
-use xlb_rig::{Rig, RigSpec, rig::VIP, sh};
+use xlb_rig::{Rig, RigSpec, Setup, rig::VIP, sh};
 
 #[derive(Parser)]
 struct Cli {
@@ -50,7 +50,10 @@ fn main() -> anyhow::Result<()> {
             })?;
             rig.start_backends(&backend)?;
             let cfg = std::env::temp_dir().join("xlb-demo.toml");
-            std::fs::write(&cfg, rig.config(DEMO_SOCKET.as_ref(), &[1, 2]))?;
+            std::fs::write(
+                &cfg,
+                rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
+            )?;
             println!("rig is up; a config for it: {}", cfg.display());
             println!(
                 "run the agent: ip netns exec xlb-lb target/release/xlb run --config {}",
@@ -70,7 +73,10 @@ fn main() -> anyhow::Result<()> {
             })?;
             rig.start_backends(&backend)?;
             let cfg = std::env::temp_dir().join("xlb-demo.toml");
-            std::fs::write(&cfg, rig.config(DEMO_SOCKET.as_ref(), &[1, 2]))?;
+            std::fs::write(
+                &cfg,
+                rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
+            )?;
             rig.start_agent(&xlb, &cfg).context("starting the agent")?;
             let x = xlb.display();
             println!(
@@ -83,7 +89,9 @@ Try it from another shell:
   for i in $(seq 10); do ip netns exec xlb-client curl -s http://{VIP}/; done
   echo hello | ip netns exec xlb-client nc -u -w1 {VIP} 9000  # UDP echo
   {x} status                                             # listeners, targets, counters
-  {x} status --json
+  {x} targets health                                     # health checks, states, reasons
+  {x} targets deregister web 198.18.2.2             # drain backend-2 (10 s here)
+  {x} targets register web 198.18.2.2               # and back
   edit {cfg}, then {x} reload                      # live reload
 
 Ctrl-C stops the agent, detaches XDP and removes the rig.",
