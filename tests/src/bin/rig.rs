@@ -111,6 +111,10 @@ Ctrl-C stops the agent, detaches XDP and removes the rig.",
             }
             let status = rig.stop("xlb").or(exited);
             drop(rig);
+            // The demo's runtime registrations belong to a rig that no longer exists.
+            let _ = std::fs::remove_file(
+                std::path::Path::new(DEMO_SOCKET).with_extension("state.json"),
+            );
             println!(
                 "agent exited ({}); rig removed",
                 status.map(|s| s.to_string()).unwrap_or_default()
