@@ -32,6 +32,7 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
+    pub const BENCH: &str = "BENCH";
 }
 
 /// Name of the XDP entry point in the object.
@@ -160,6 +161,34 @@ impl Counters {
     }
 }
 
+/// Bytes of the benchmark's template packet that the measuring wrapper restores after each
+/// repetition (Ethernet + IPv4 + TCP headers fit).
+pub const BENCH_RESTORE_BYTES: usize = 56;
+
+/// Program/benchmark modes of [`BenchPacket`].
+pub const BENCH_SAME_FLOW: u32 = 0;
+/// Each repetition gets a new TCP source port: a new flow every time.
+pub const BENCH_NEW_FLOW: u32 = 1;
+
+/// `BENCH[0]`: the packet the measuring wrapper restores (benchmark only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPacket {
+    pub mode: u32,
+    pub _pad: u32,
+    pub bytes: [u8; BENCH_RESTORE_BYTES],
+}
+
+impl Default for BenchPacket {
+    fn default() -> Self {
+        Self {
+            mode: BENCH_SAME_FLOW,
+            _pad: 0,
+            bytes: [0; BENCH_RESTORE_BYTES],
+        }
+    }
+}
+
 // Padding-free layouts: a size different from the sum of the fields means hidden padding.
 const _: () = assert!(size_of::<ListenerKey>() == 20);
 const _: () = assert!(size_of::<ListenerValue>() == 20);
@@ -169,6 +198,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);
+const _: () = assert!(size_of::<BenchPacket>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -190,4 +220,6 @@ mod pod {
     unsafe impl aya::Pod for ReverseValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BenchPacket {}
 }

@@ -5,6 +5,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod balance;
+mod bench;
 mod forward;
 mod hdr;
 mod maps;
@@ -21,12 +22,6 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     let (action, stat) = pipeline::run(&ctx);
     stats::count(stat);
     action
-}
-
-/// The benchmark's baseline: the harness's own cost. Never attached by the agent.
-#[xdp]
-pub fn xlb_bench_pass(_ctx: XdpContext) -> u32 {
-    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(target_arch = "bpf")]

@@ -1,6 +1,6 @@
 //! The maps. Sizes here are placeholders: the agent sets the real ones from the config at load.
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -19,11 +19,12 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
 #[map]
 pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
 
-/// Maglev rings of all listeners, back to back: entry = target id, 0 = empty.
+/// Maglev rings of all listeners, back to back: entry = target id, 0 = empty. Mappable, so
+/// the agent writes a whole table with one copy instead of M syscalls.
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(
     DEFAULT_MAX_LISTENERS * RINGS_PER_LISTENER * DEFAULT_RING_SIZE,
-    0,
+    BPF_F_MMAPABLE,
 );
 
 #[map]

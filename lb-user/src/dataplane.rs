@@ -28,6 +28,10 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("ring write at {base}+{len} is outside the RINGS map")]
+    RingOutOfBounds { base: usize, len: usize },
+    #[error("mapping RINGS into memory: {0}")]
+    Mmap(std::io::Error),
     #[error(
         "interface {iface}: cannot attach XDP in native mode ({native}) nor in generic mode ({generic})"
     )]
@@ -77,7 +81,7 @@ pub struct AyaDataplane {
     ebpf: Ebpf,
     listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
     vips: BpfHashMap<MapData, VipKey, u32>,
-    rings: Array<MapData, u32>,
+    ring_memory: RingMemory,
     targets: Array<MapData, TargetValue>,
     port_flags: Array<MapData, u8>,
     stats: PerCpuArray<MapData, u64>,
@@ -114,10 +118,24 @@ impl AyaDataplane {
             .load(object)?;
         let prog: &mut Xdp = program_mut(&mut ebpf)?;
         prog.load()?;
+        let ring_map = ebpf
+            .take_map(maps::RINGS)
+            .ok_or(DataplaneError::MissingMap(maps::RINGS))?;
+        let ring_fd = match &ring_map {
+            aya::maps::Map::Array(d) => {
+                use std::os::fd::AsFd;
+                d.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(DataplaneError::Mmap)?
+            }
+            _ => return Err(DataplaneError::MissingMap(maps::RINGS)),
+        };
+        let ring_memory = RingMemory::map(ring_fd, rings)?;
         Ok(Self {
             listeners: take(&mut ebpf, maps::LISTENERS)?,
             vips: take(&mut ebpf, maps::VIPS)?,
-            rings: take(&mut ebpf, maps::RINGS)?,
+            ring_memory,
             targets: take(&mut ebpf, maps::TARGETS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
             stats: take(&mut ebpf, maps::STATS)?,
@@ -133,7 +151,12 @@ impl AyaDataplane {
         program_mut(&mut self.ebpf)
     }
 
-    /// Another XDP program of the object (the benchmark's baseline), loaded on first use.
+    /// A map the agent does not use itself (the benchmark's template).
+    pub fn extra_map(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
+    /// Another XDP program of the object (the benchmark's programs), loaded on first use.
     pub fn extra_program(&mut self, name: &str) -> Result<&mut Xdp> {
         let prog: &mut Xdp = self
             .ebpf
@@ -196,6 +219,66 @@ impl Drop for AyaDataplane {
     }
 }
 
+/// The RINGS array mapped into the agent's memory (the map is BPF_F_MMAPABLE). The kernel
+/// stores array elements 8-byte aligned, so each u32 slot is the low half of a u64 here.
+///
+/// Only the idle copy of a listener's table is ever written; the program starts reading it
+/// after the listener update that flips to it, a syscall that orders the writes before it.
+struct RingMemory {
+    ptr: std::ptr::NonNull<u64>,
+    entries: usize,
+    len: usize,
+    /// Keeps the map alive as long as the mapping.
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl RingMemory {
+    fn map(fd: std::os::fd::OwnedFd, entries: u32) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let entries = entries as usize;
+        let len = (entries * std::mem::size_of::<u64>()).div_ceil(page) * page;
+        let raw = fd.as_raw_fd();
+        // SAFETY: mapping `len` bytes of a BPF_F_MMAPABLE array map of at least that size,
+        // shared, from offset 0; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                raw,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u64>())
+            .ok_or(DataplaneError::Mmap(std::io::ErrorKind::Other.into()))?;
+        Ok(Self {
+            ptr,
+            entries,
+            len,
+            _fd: fd,
+        })
+    }
+
+    fn slots(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping holds `entries` 8-byte slots, lives until drop, and `&mut self` makes
+        // this the only view of it in the agent.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.entries) }
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let prog = ebpf
         .program_mut(lb_common::PROGRAM_NAME)
@@ -221,8 +304,16 @@ impl Dataplane for AyaDataplane {
     }
 
     fn write_ring(&mut self, base: u32, ring: &[u32]) -> Result<()> {
-        for (i, id) in (base..).zip(ring) {
-            self.rings.set(i, *id, 0).map_err(map_err(maps::RINGS))?;
+        let base = base as usize;
+        let slots = self.ring_memory.slots();
+        let Some(dst) = slots.get_mut(base..base + ring.len()) else {
+            return Err(DataplaneError::RingOutOfBounds {
+                base,
+                len: ring.len(),
+            });
+        };
+        for (slot, id) in dst.iter_mut().zip(ring) {
+            *slot = u64::from(*id);
         }
         Ok(())
     }
