@@ -82,6 +82,8 @@ pub struct AyaDataplane {
     listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
     vips: BpfHashMap<MapData, VipKey, u32>,
     ring_memory: RingMemory,
+    /// Kept open: programs loaded later (the benchmark's) are relocated against its fd.
+    _ring_map: aya::maps::Map,
     targets: Array<MapData, TargetValue>,
     port_flags: Array<MapData, u8>,
     stats: PerCpuArray<MapData, u64>,
@@ -136,6 +138,7 @@ impl AyaDataplane {
             listeners: take(&mut ebpf, maps::LISTENERS)?,
             vips: take(&mut ebpf, maps::VIPS)?,
             ring_memory,
+            _ring_map: ring_map,
             targets: take(&mut ebpf, maps::TARGETS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
             stats: take(&mut ebpf, maps::STATS)?,

@@ -11,12 +11,24 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker's LLVM must match rustc's (22 in the pinned 1.95.0): 0.10.4 loads rustc's own.
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the rig, the demo and the tests use, by the command that shows each is there.
+/// Debian packages the rig, the demo, the tests and the benchmark use, each with the shell
+/// condition that shows it is there.
 const APT: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("ethtool", "ethtool"),
-    ("curl", "curl"),
-    ("nc", "netcat-openbsd"),
+    ("command -v ip", "iproute2"),
+    ("command -v ethtool", "ethtool"),
+    ("command -v curl", "curl"),
+    ("command -v nc", "netcat-openbsd"),
+    ("command -v setpriv", "util-linux"),
+    // The benchmark's plot: fontconfig (built against) and a font.
+    ("command -v pkg-config", "pkg-config"),
+    (
+        "test -f /usr/include/fontconfig/fontconfig.h",
+        "libfontconfig1-dev",
+    ),
+    (
+        "test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 #[derive(Parser)]
@@ -140,8 +152,16 @@ fn run() -> anyhow::Result<()> {
             setup()?;
             need_root("bench")?;
             build(&["--release"])?;
-            step("xlb-bench: program cost through BPF_PROG_TEST_RUN");
-            run_cmd(Command::new(root.join("target/release/xlb-bench")).args(&args))
+            step("xlb-bench: program cost, control plane; writes BENCHMARKS.md");
+            let bin = root.join("target/release");
+            run_cmd(
+                Command::new(bin.join("xlb-bench"))
+                    .arg("--xlb")
+                    .arg(bin.join("xlb"))
+                    .arg("--backend")
+                    .arg(bin.join("xlb-backend"))
+                    .args(&args),
+            )
         }
         Cmd::Rig { action } => {
             setup()?;
@@ -254,7 +274,7 @@ fn setup() -> anyhow::Result<()> {
 
     let missing: Vec<&str> = APT
         .iter()
-        .filter(|(cmd, _)| !ok(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))
+        .filter(|(check, _)| !ok(Command::new("sh").args(["-c", check])))
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

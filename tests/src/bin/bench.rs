@@ -1,116 +1,613 @@
-//! `xlb-bench`: what one packet costs the XDP program, via BPF_PROG_TEST_RUN, against a bare
-//! `XDP_PASS` program measured the same way in the same run.
+//! `xlb-bench` (run by `cargo xtask bench`): what xlb costs, against baselines measured in the
+//! same run. Prints a table, writes JSON, a PNG plot and BENCHMARKS.md.
 //!
-//! Method: every figure is the median over many single runs (repeat = 1), because the kernel
-//! does not restore the packet between repetitions and a rewriting program would measure its
-//! own output from the second repetition on. Each single run carries the harness's fixed cost,
-//! which the bare program shows. Every run's verdict is checked.
-use std::time::Duration;
+//! Program cost: BPF_PROG_TEST_RUN with `repeat`. The kernel does not restore the packet
+//! between repetitions, so the balancer runs inside a measuring wrapper (`xlb_bench`) that puts
+//! the template packet back after each run; the wrapper alone (`xlb_bench_restore`) is measured
+//! too and subtracted, and the bare `XDP_PASS` program (the harness) added back, so every
+//! figure is comparable to the floor (MAC-swap `XDP_TX`) and to `XDP_PASS`. Verdicts and
+//! counters are checked for every measured configuration, and the real program's output
+//! packet is checked once per case with etherparse.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunOptions},
+};
 use clap::Parser;
-use xlb_rig::lab::{CLIENT, Flags, Lab, VIP, XDP_PASS, XDP_REDIRECT, run_once, tcp};
+use etherparse::SlicedPacket;
+use lb_common::{BENCH_NEW_FLOW, BENCH_RESTORE_BYTES, BENCH_SAME_FLOW, BenchPacket, Stat, maps};
+use serde::Serialize;
+use xlb::{
+    balancer::{Balancer, Plan},
+    config,
+    dataplane::AyaDataplane,
+    maglev,
+};
+use xlb_rig::{
+    Rig, RigSpec, Setup,
+    lab::{CLIENT, Flags, Lab, VIP, XDP_PASS, XDP_REDIRECT, run_once, target, tcp},
+};
 
 #[derive(Parser)]
 struct Args {
-    /// Single runs per measurement.
-    #[arg(long, default_value_t = 20_000)]
-    runs: u32,
-    /// Repetitions of every measurement (min/median/max over them).
+    /// Repetitions per BPF_PROG_TEST_RUN call.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Times every figure is measured (min/median/max over them).
     #[arg(long, default_value_t = 3)]
-    reps: u32,
+    reps: usize,
+    /// The agent binary (for the health-check detection latency).
+    #[arg(long)]
+    xlb: PathBuf,
+    /// The backend binary.
+    #[arg(long)]
+    backend: PathBuf,
+    /// Where JSON and the plot go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The Markdown report to (re)write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    report: PathBuf,
+    /// The plot that the report shows.
+    #[arg(long, default_value = "docs/bench.png")]
+    plot: PathBuf,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// One measured figure: min/median/max over the repetitions, and its ratio to a baseline.
+#[derive(Serialize, Clone)]
+struct Figure {
+    section: &'static str,
+    name: String,
+    unit: &'static str,
+    min: f64,
+    median: f64,
+    max: f64,
+    baseline: Option<String>,
+    ratio: Option<f64>,
+    /// The goal from the issue, if any, and whether this run met it.
+    goal: Option<String>,
+    met: Option<bool>,
 }
 
-/// Median ns of `runs` single runs; `packet(i)` is the i-th input, `want` the verdict.
-fn measure(
-    lab: &mut Lab,
-    bare: bool,
-    runs: u32,
-    want: u32,
-    packet: &dyn Fn(u32) -> Vec<u8>,
-) -> f64 {
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn figure(section: &'static str, name: &str, unit: &'static str, v: Vec<f64>) -> Figure {
+    let (min, median, max) = spread(v);
+    Figure {
+        section,
+        name: name.into(),
+        unit,
+        min,
+        median,
+        max,
+        baseline: None,
+        ratio: None,
+        goal: None,
+        met: None,
+    }
+}
+
+impl Figure {
+    fn vs(mut self, base: &Figure) -> Self {
+        self.baseline = Some(base.name.clone());
+        self.ratio = Some(self.median / base.median);
+        self
+    }
+    fn goal(mut self, text: &str, met: bool) -> Self {
+        self.goal = Some(text.into());
+        self.met = Some(met);
+        self
+    }
+}
+
+// ---- 1. program cost ----
+
+/// ns per repetition of `program` on `pkt` (kernel-timed average over `repeat`).
+fn timed(lab: &mut Lab, program: &str, pkt: &[u8], repeat: u32, want: u32) -> f64 {
     let in0 = lab.in0;
-    let prog = if bare {
-        lab.b
-            .dataplane_mut()
-            .extra_program("xlb_bench_pass")
-            .unwrap()
-    } else {
-        lab.b.dataplane_mut().program().unwrap()
-    };
-    let mut d = Vec::with_capacity(runs as usize);
-    for i in 0..runs {
-        let (ret, _, t) = run_once(prog, &packet(i), in0);
-        assert_eq!(ret, want, "run {i}: unexpected verdict");
-        d.push(t);
-    }
-    median(d).as_nanos() as f64
+    let prog = lab.b.dataplane_mut().extra_program(program).unwrap();
+    let md: [u32; 6] = [0, u32::try_from(pkt.len()).unwrap(), 0, in0, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = vec![0u8; pkt.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, want, "{program}: unexpected verdict");
+    // The wrapper restores the template: what comes out is what went in (new-flow mode
+    // changes the source port only).
+    assert_eq!(out[..12], pkt[..12], "{program}: output MACs not restored");
+    r.duration.as_nanos() as f64
 }
 
-fn main() {
-    let args = Args::parse();
-    let mut lab = Lab::new("bench", &[1, 2]);
-    // An established flow: its entry exists before the timed runs.
-    let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
-    let (ret, _, _) = run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
-    assert_eq!(ret, XDP_REDIRECT);
+fn set_template(lab: &mut Lab, pkt: &[u8], mode: u32) {
+    let mut t = BenchPacket {
+        mode,
+        ..BenchPacket::default()
+    };
+    t.bytes.copy_from_slice(&pkt[..BENCH_RESTORE_BYTES]);
+    let map = lab
+        .b
+        .dataplane_mut()
+        .extra_map(maps::BENCH)
+        .expect("BENCH map");
+    let mut a: Array<&mut aya::maps::MapData, BenchPacket> = Array::try_from(map).unwrap();
+    a.set(0, t, 0).unwrap();
+}
 
-    type Case<'a> = (&'a str, bool, u32, Box<dyn Fn(u32) -> Vec<u8>>);
-    let cases: Vec<Case> = vec![
-        (
-            "bare XDP_PASS program (harness)",
-            true,
-            XDP_PASS,
-            Box::new(|_| tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64)),
-        ),
-        (
-            "xlb: non-listener packet (pass)",
-            false,
-            XDP_PASS,
-            Box::new(|_| tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64)),
-        ),
-        (
-            "xlb: established TCP flow",
-            false,
-            XDP_REDIRECT,
-            Box::new(move |_| est.clone()),
-        ),
-        (
-            "xlb: new TCP flow (SYN)",
-            false,
-            XDP_REDIRECT,
-            Box::new(|i| tcp(CLIENT, 1024 + (i % 60_000) as u16, VIP, 80, Flags::Syn, 64)),
-        ),
+struct Case {
+    name: &'static str,
+    packet: Vec<u8>,
+    mode: u32,
+    verdict: u32,
+    stat: Stat,
+}
+
+fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
+    let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
+    let cases = [
+        Case {
+            name: "xlb: established TCP flow",
+            packet: est.clone(),
+            mode: BENCH_SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb: new TCP flow (SYN)",
+            packet: tcp(CLIENT, 1024, VIP, 80, Flags::Syn, 64),
+            mode: BENCH_NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb: non-listener packet",
+            packet: tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
+            mode: BENCH_SAME_FLOW,
+            verdict: XDP_PASS,
+            stat: Stat::PassNotListener,
+        },
     ];
-    let mut rows = Vec::new();
-    for (name, bare, want, pkt) in &cases {
-        let mut figures: Vec<f64> = (0..args.reps)
-            .map(|_| measure(&mut lab, *bare, args.runs, *want, pkt.as_ref()))
-            .collect();
-        figures.sort_by(f64::total_cmp);
-        rows.push((*name, figures));
+    // The real program, once per case: verdict and the rewritten packet.
+    let prog = lab.b.dataplane_mut().program().unwrap();
+    for c in &cases {
+        let (ret, out, _) = run_once(prog, &c.packet, lab.in0);
+        assert_eq!(ret, c.verdict, "{}", c.name);
+        let p = SlicedPacket::from_ethernet(&out).unwrap();
+        let etherparse::NetSlice::Ipv4(ip) = p.net.unwrap() else {
+            panic!()
+        };
+        let dst = ip.header().destination();
+        if c.verdict == XDP_REDIRECT {
+            assert!(
+                (1..=2).any(|k| dst == target(k)),
+                "{}: sent to a target",
+                c.name
+            );
+        } else {
+            assert_eq!(out, c.packet, "{}: passed untouched", c.name);
+        }
     }
-    let base = rows[0].1[rows[0].1.len() / 2];
-    println!(
-        "BPF_PROG_TEST_RUN, one packet per run, median of {} runs; min/median/max over {} repetitions",
-        args.runs, args.reps
+    let mut pass = Vec::new();
+    let mut floor = Vec::new();
+    let mut wrapper = Vec::new();
+    let mut per_case: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..args.reps {
+        pass.push(timed(lab, "xlb_bench_pass", &est, args.repeat, XDP_PASS));
+        floor.push(timed(lab, "xlb_bench_floor", &est, args.repeat, 3));
+        set_template(lab, &est, BENCH_SAME_FLOW);
+        let w = timed(lab, "xlb_bench_restore", &est, args.repeat, XDP_PASS);
+        wrapper.push(w);
+        for (i, c) in cases.iter().enumerate() {
+            set_template(lab, &c.packet, c.mode);
+            let before = lab.stats();
+            let t = timed(lab, "xlb_bench", &c.packet, args.repeat, c.verdict);
+            let after = lab.stats();
+            let moved = after[c.stat as usize] - before[c.stat as usize];
+            assert_eq!(
+                moved,
+                u64::from(args.repeat),
+                "{}: {:?} must count every repetition",
+                c.name,
+                c.stat
+            );
+            per_case[i].push(t - w + pass[pass.len() - 1]);
+        }
+    }
+    let pass = figure(
+        "program",
+        "bare XDP_PASS program (harness)",
+        "ns/packet",
+        pass,
     );
-    println!(
-        "{:<36} {:>8} {:>8} {:>8} {:>10}",
-        "case", "min ns", "med ns", "max ns", "x bare"
+    let floor = figure(
+        "program",
+        "floor: MAC-swap XDP_TX program",
+        "ns/packet",
+        floor,
+    )
+    .vs(&pass);
+    let wrapper = figure(
+        "program",
+        "measuring wrapper alone (subtracted)",
+        "ns/packet",
+        wrapper,
     );
-    for (name, f) in &rows {
-        let med = f[f.len() / 2];
-        println!(
-            "{name:<36} {:>8.0} {med:>8.0} {:>8.0} {:>9.2}x",
-            f[0],
-            f[f.len() - 1],
-            med / base
+    let mut out = vec![pass.clone(), floor.clone(), wrapper];
+    for (c, v) in cases.iter().zip(per_case) {
+        let f = figure("program", c.name, "ns/packet", v);
+        let f = match c.mode {
+            BENCH_NEW_FLOW => {
+                let met = f.median <= 210.0;
+                f.vs(&floor).goal("<= 210 ns", met)
+            }
+            _ if c.verdict == XDP_PASS => {
+                let met = f.median <= 1.5 * pass.median;
+                f.vs(&pass).goal("<= 1.5x XDP_PASS", met)
+            }
+            _ => {
+                let met = f.median <= 100.0;
+                f.vs(&floor).goal("<= 100 ns", met)
+            }
+        };
+        out.push(f);
+    }
+    out
+}
+
+// ---- 2. control plane ----
+
+fn maglev_builds(reps: usize) -> Vec<Figure> {
+    [10u32, 100, 1000]
+        .iter()
+        .map(|&n| {
+            let entries: Vec<maglev::Entry> = (1..=n)
+                .map(|i| maglev::Entry {
+                    id: i,
+                    key: maglev::identity([198, 18, (i >> 8) as u8, i as u8], 8080),
+                    weight: 1,
+                })
+                .collect();
+            let v = (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    let table = maglev::build(&entries, 65_537);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    assert!(table.iter().all(|&s| s != 0));
+                    ms
+                })
+                .collect();
+            let f = figure(
+                "control",
+                &format!("Maglev table, {n} targets, M = 65,537"),
+                "ms",
+                v,
+            );
+            if n == 1000 {
+                let met = f.median < 20.0;
+                f.goal("< 20 ms", met)
+            } else {
+                f
+            }
+        })
+        .collect()
+}
+
+fn thousand_listeners(reps: usize) -> Vec<Figure> {
+    let mut text = String::from(
+        "interfaces = [\"lo\"]\n[tables]\nmaglev_size = 65537\nmax_listeners = 1000\n",
+    );
+    for i in 0..1000u32 {
+        text += &format!(
+            "[[listener]]\nname = \"l{i}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"g{}\"\n",
+            200 + i / 250,
+            i % 250 + 1,
+            i % 100
         );
     }
-    println!("(each single run includes the harness's fixed cost, shown by the bare program)");
+    for g in 0..100u32 {
+        text += &format!(
+            "[[target_group]]\nname = \"g{g}\"\nport = 8080\nhealth_check = {{ enabled = false }}\ntargets = ["
+        );
+        text += &(1..=10u32)
+            .map(|t| format!("{{ address = \"198.18.{}.{t}\" }}", g + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        text += "]\n";
+    }
+    let cfg =
+        config::parse(Path::new("bench-1000.toml"), &text).expect("benchmark config is valid");
+    let plan = Plan::from_config(&cfg);
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let dp =
+            AyaDataplane::load(xlb::EBPF_OBJECT, &cfg.tables).expect("load with 1,000 listeners");
+        let mut b = Balancer::new(dp, cfg.tables);
+        let t = Instant::now();
+        let r = b.apply(&plan).unwrap();
+        first.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.listeners_added.len(), 1000);
+        let t = Instant::now();
+        let r = b.apply(&plan).unwrap();
+        again.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.listeners_unchanged.len(), 1000);
+    }
+    vec![
+        figure(
+            "control",
+            "apply 1,000 listeners (100 groups x 10 targets) to the data plane",
+            "ms",
+            first,
+        ),
+        figure(
+            "control",
+            "re-apply the same 1,000 listeners (no change)",
+            "ms",
+            again,
+        ),
+    ]
+}
+
+fn health_detection(args: &Args) -> Figure {
+    let mut v = Vec::new();
+    for rep in 0..args.reps {
+        let mut rig = Rig::up(&RigSpec {
+            prefix: "xlb-bench".into(),
+            targets: 2,
+        })
+        .unwrap();
+        rig.start_backends(&args.backend).unwrap();
+        let dir = std::env::temp_dir().join("xlb-bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, socket) = (dir.join("xlb.toml"), dir.join("xlb.sock"));
+        let setup = Setup {
+            interval_s: 1,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            ..Setup::demo(&[1, 2])
+        };
+        std::fs::write(&config, rig.config(&socket, &setup)).unwrap();
+        rig.start_agent(&args.xlb, &config).unwrap();
+        let state = || {
+            let out = Command::new(&args.xlb)
+                .args(["targets", "health", "web", "--json", "--socket"])
+                .arg(&socket)
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v[0]["targets"]
+                .as_array()
+                .and_then(|t| {
+                    t.iter()
+                        .find(|t| t["address"] == "198.18.2.2")
+                        .map(|t| t["state"].as_str().unwrap_or("").to_owned())
+                })
+                .unwrap_or_default()
+        };
+        let wait = |want: &str| {
+            let t0 = Instant::now();
+            while state() != want {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "backend-2 never became {want}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            t0.elapsed()
+        };
+        wait("healthy");
+        rig.stop("backend-2");
+        let took = wait("unhealthy");
+        eprintln!(
+            "  health detection, run {}: {:.0} ms",
+            rep + 1,
+            took.as_secs_f64() * 1000.0
+        );
+        v.push(took.as_secs_f64() * 1000.0);
+        drop(rig);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let f = figure(
+        "control",
+        "health-check detection (interval 1 s, unhealthy threshold 2)",
+        "ms",
+        v,
+    );
+    let met = f.median <= 3000.0;
+    f.goal("<= interval x threshold + interval", met)
+}
+
+// ---- output ----
+
+fn table(figs: &[Figure]) -> String {
+    let mut o = format!(
+        "| {:<62} | {:>10} | {:>10} | {:>10} | {:<9} | {:>24} | {:<28} |\n",
+        "what", "min", "median", "max", "unit", "ratio (median)", "goal (this run)"
+    );
+    o += &format!(
+        "|{:-<64}|{:->12}|{:->12}|{:->12}|{:-<11}|{:->26}|{:-<30}|\n",
+        "", "", "", "", "", "", ""
+    );
+    for f in figs {
+        let ratio = match (&f.ratio, &f.baseline) {
+            (Some(r), Some(b)) => format!("{r:.2}x {}", short(b)),
+            _ => String::new(),
+        };
+        let goal = match (&f.goal, f.met) {
+            (Some(g), Some(true)) => format!("{g}: met"),
+            (Some(g), Some(false)) => format!("{g}: NOT met"),
+            _ => String::new(),
+        };
+        o += &format!(
+            "| {:<62} | {:>10.1} | {:>10.1} | {:>10.1} | {:<9} | {:>24} | {:<28} |\n",
+            f.name, f.min, f.median, f.max, f.unit, ratio, goal
+        );
+    }
+    o
+}
+
+fn short(baseline: &str) -> &str {
+    if baseline.starts_with("floor") {
+        "floor"
+    } else if baseline.starts_with("bare") {
+        "XDP_PASS"
+    } else {
+        baseline
+    }
+}
+
+fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let bars: Vec<&Figure> = figs
+        .iter()
+        .filter(|f| f.section == "program" && !f.name.starts_with("measuring"))
+        .collect();
+    let max = bars.iter().map(|f| f.max).fold(0.0, f64::max) * 1.15;
+    let root = BitMapBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "xlb: cost per packet (BPF_PROG_TEST_RUN, median; whiskers min-max)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0f64..max, (0..bars.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("ns per packet")
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars
+                .get(*i)
+                .map(|f| f.name.replace("xlb: ", "xlb "))
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    for (i, f) in bars.iter().enumerate() {
+        let color = if f.name.starts_with("xlb") {
+            RGBColor(31, 119, 180)
+        } else {
+            RGBColor(150, 150, 150)
+        };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (f.median, SegmentValue::Exact(i + 1)),
+            ],
+            color.filled(),
+        )))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![
+                (f.min, SegmentValue::CenterOf(i)),
+                (f.max, SegmentValue::CenterOf(i)),
+            ],
+            BLACK.stroke_width(2),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out)?;
+    eprintln!(
+        "1/3 program cost: repeat {} x {} repetitions per figure",
+        args.repeat, args.reps
+    );
+    let mut lab = Lab::new("bench", &[1, 2]);
+    let mut figs = program_cost(&args, &mut lab);
+    drop(lab);
+    eprintln!("2/3 control plane: Maglev builds, 1,000 listeners");
+    figs.extend(maglev_builds(args.reps));
+    figs.extend(thousand_listeners(args.reps));
+    eprintln!("3/3 health-check detection on the rig");
+    figs.push(health_detection(&args));
+
+    let t = table(&figs);
+    println!("{t}");
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_vec_pretty(&figs)?,
+    )?;
+    if let Some(dir) = args.plot.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    plot(&args.plot, &figs)?;
+    let when = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let report = format!(
+        "# Benchmarks\n\nReproduce: `cargo xtask bench` (as root). This file, `{plot}` and `{json}` are written by it.\n\n\
+Last run: {when}, on {machine}. Every figure is min/median/max over {reps} repetitions; ratios compare medians \
+with a baseline measured in the same run. The machine is shared and noisy: compare ratios, not absolute figures \
+across runs.\n\n![cost per packet]({plot})\n\n{t}\n\
+## Method\n\n\
+- **Program cost**: BPF_PROG_TEST_RUN with repeat = {repeat}. The kernel does not restore the packet between \
+repetitions, so the balancer runs inside a measuring wrapper (`xlb_bench` in `lb-ebpf/src/bench.rs`) that \
+writes the template packet back after each run; the wrapper alone is measured and subtracted, and the bare \
+`XDP_PASS` program (the harness's own cost) added back, so each xlb figure compares with the floor (a MAC-swap \
+`XDP_TX` program) and with `XDP_PASS` as measured in the same harness. Each configuration's verdict is checked, \
+its verdict counter must rise by exactly `repeat`, and the real program's output packet is checked once per \
+case. The established flow's entry exists before timing; the new-flow case gives each repetition a new source \
+port, so every repetition inserts into the connection table (and, once it is full, evicts). The packet goes \
+through `bpf_fib_lookup` with static neighbours, as on the rig.\n\
+- **Control plane**: wall-clock time of `maglev::build` (weights 1) and of `Balancer::apply` on the real data \
+plane (rings written through the mmap of the `RINGS` array). Detection: the agent on the demo rig with interval \
+1 s and unhealthy threshold 2, from stopping a backend to `xlb targets health` showing it unhealthy (polled \
+every 20 ms).\n\n\
+## Not measured yet\n\n\
+Packet rate through the rig (live-frames generator, XDP sink) against an XDP forwarding floor, plain routing \
+and nftables DNAT, and real clients (wrk, iperf3) against HAProxy and nftables: see the open benchmark issue.\n",
+        plot = args.plot.display(),
+        json = args.out.join("results.json").display(),
+        machine = machine(),
+        reps = args.reps,
+        repeat = args.repeat,
+    );
+    std::fs::write(&args.report, report)?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        args.report.display(),
+        args.plot.display(),
+        args.out.join("results.json").display()
+    );
+    let _ = Ipv4Addr::LOCALHOST;
+    Ok(())
 }
