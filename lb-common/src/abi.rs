@@ -33,6 +33,7 @@ pub mod maps {
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
     pub const BENCH: &str = "BENCH";
+    pub const VIP_HINTS: &str = "VIP_HINTS";
 }
 
 /// Name of the XDP entry point in the object.
@@ -51,6 +52,12 @@ pub const fn addr_from_ipv4(octets: [u8; 4]) -> [u8; 16] {
 /// The IPv4 octets of a 16-byte address slot.
 pub const fn ipv4_of(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// `VIP_HINTS[index]` is non-zero when some VIP's last two octets give `index`: a packet whose
+/// hint is zero is certainly not for a VIP, and skips the VIPS hash lookup.
+pub const fn vip_hint_index(addr: [u8; 4]) -> u32 {
+    ((addr[2] as u32) << 8) | addr[3] as u32
 }
 
 /// Listener lookup key: (VIP, port, protocol), the address family in every key.
@@ -161,9 +168,9 @@ impl Counters {
     }
 }
 
-/// Bytes of the benchmark's template packet that the measuring wrapper restores after each
-/// repetition (Ethernet + IPv4 + TCP headers fit).
-pub const BENCH_RESTORE_BYTES: usize = 56;
+/// 8-byte words of the benchmark's template packet that the measuring wrapper restores after
+/// each repetition (56 bytes: Ethernet + IPv4 + TCP headers fit).
+pub const BENCH_RESTORE_WORDS: usize = 7;
 
 /// Program/benchmark modes of [`BenchPacket`].
 pub const BENCH_SAME_FLOW: u32 = 0;
@@ -176,7 +183,8 @@ pub const BENCH_NEW_FLOW: u32 = 1;
 pub struct BenchPacket {
     pub mode: u32,
     pub _pad: u32,
-    pub bytes: [u8; BENCH_RESTORE_BYTES],
+    /// The packet's first bytes, as native-endian words.
+    pub words: [u64; BENCH_RESTORE_WORDS],
 }
 
 impl Default for BenchPacket {
@@ -184,7 +192,7 @@ impl Default for BenchPacket {
         Self {
             mode: BENCH_SAME_FLOW,
             _pad: 0,
-            bytes: [0; BENCH_RESTORE_BYTES],
+            words: [0; BENCH_RESTORE_WORDS],
         }
     }
 }

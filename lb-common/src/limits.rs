@@ -37,3 +37,10 @@ pub const PORT_FLAG_ENTRIES: u32 = 65_536;
 
 /// Number of slots in the per-reason counter array (see [`crate::Stat`]).
 pub const STAT_SLOTS: u32 = 32;
+
+/// Entries of the VIP pre-filter array (indexed by a VIP's last two octets).
+pub const VIP_HINT_ENTRIES: u32 = 65_536;
+
+/// How long the program reuses a target's next hop (egress interface and MACs) from its last
+/// FIB lookup before asking the kernel again: a route or neighbour change is seen within this.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;

@@ -8,7 +8,7 @@ use lb_common::{
 
 use crate::{
     hdr::{TCP_ACK, TCP_SYN},
-    maps::{FLOWS, LISTENERS, PORT_FLAGS, REVERSE, RINGS, TARGETS, VIPS},
+    maps::{FLOWS, LISTENERS, PORT_FLAGS, REVERSE, RINGS, TARGETS, VIP_HINTS, VIPS},
     parse::{Flow, Verdict},
     stats,
 };
@@ -46,6 +46,14 @@ pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
 
 #[inline(always)]
 pub fn is_vip(dst: [u8; 4]) -> bool {
+    if VIP_HINTS
+        .get(lb_common::vip_hint_index(dst))
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        return false;
+    }
     let key = VipKey {
         addr: addr_from_ipv4(dst),
         family: FAMILY_IPV4,

@@ -9,11 +9,11 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{BENCH_NEW_FLOW, BENCH_RESTORE_BYTES, BenchPacket};
+use lb_common::{BENCH_NEW_FLOW, BenchPacket};
 
 use crate::{
-    hdr::{ETH_LEN, Eth, Header, IPV4_MIN_LEN},
-    packet::header_mut,
+    hdr::{ETH_LEN, Eth, IPV4_MIN_LEN, Tcp},
+    packet::{header_mut, write_words},
     pipeline, stats,
 };
 
@@ -23,18 +23,10 @@ static BENCH: Array<BenchPacket> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_SEQ: PerCpuArray<u16> = PerCpuArray::with_max_entries(1, 0);
 
-#[repr(C)]
-struct Restore {
-    bytes: [u8; BENCH_RESTORE_BYTES],
-}
-// SAFETY: a repr(C) byte array.
-unsafe impl Header for Restore {}
-
 /// Put the template back; in new-flow mode give it the next TCP source port first.
 #[inline(always)]
 fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
-    let view = header_mut::<Restore>(ctx, 0)?;
-    view.bytes = t.bytes;
+    write_words(ctx, &t.words)?;
     if t.mode == BENCH_NEW_FLOW {
         let seq = BENCH_SEQ.get_ptr_mut(0)?;
         // SAFETY: a per-CPU array slot, written only by this CPU.
@@ -42,8 +34,7 @@ fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
             *seq = (*seq).wrapping_add(1).max(1024);
             *seq
         };
-        let sport = ETH_LEN + IPV4_MIN_LEN;
-        view.bytes[sport..sport + 2].copy_from_slice(&port.to_be_bytes());
+        header_mut::<Tcp>(ctx, ETH_LEN + IPV4_MIN_LEN)?.src = port.to_be_bytes();
     }
     Some(())
 }

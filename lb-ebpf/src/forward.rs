@@ -8,30 +8,44 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::Stat;
+use lb_common::{Stat, limits::NEXT_HOP_TTL_NS};
 
 use crate::{
     hdr::{ETH_LEN, Eth, Ipv4},
+    maps::{NEXT_HOPS, NextHop},
     packet::header_mut,
     parse::Verdict,
 };
 
 const AF_INET: u8 = 2;
 
+/// Send the packet on. `target`: the target it goes to, whose next hop may be cached; `None`
+/// for replies (many client addresses: always a FIB lookup).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext) -> Verdict {
+pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
     let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
     let ingress = ctx.ingress_ifindex() as u32;
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let cached = target.and_then(|id| NEXT_HOPS.get_ptr_mut(id));
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(nh) = cached {
+        // SAFETY: a per-CPU array slot, written only by this CPU.
+        let nh = unsafe { *nh };
+        if nh.expires_ns > now && nh.ingress == ingress && tot_len <= nh.max_len {
+            return send(ctx, ingress, nh.egress, nh.smac, nh.dmac);
+        }
+    }
     // SAFETY: a plain C struct of integers; all-zero is its documented initial state.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
@@ -46,19 +60,46 @@ pub fn forward(ctx: &XdpContext) -> Verdict {
         BPF_FIB_LKUP_RET_FWD_DISABLED => return Verdict::drop(Stat::DropFwdDisabled),
         _ => return Verdict::drop(Stat::DropNoRoute),
     }
+    if let Some(nh) = cached {
+        // SAFETY: a per-CPU array slot, written only by this CPU.
+        let nh = unsafe { &mut *nh };
+        let fresh = nh.expires_ns > now && nh.ingress == ingress && nh.egress == p.ifindex;
+        *nh = NextHop {
+            expires_ns: if fresh {
+                nh.expires_ns
+            } else {
+                now + NEXT_HOP_TTL_NS
+            },
+            ingress,
+            egress: p.ifindex,
+            max_len: if fresh {
+                nh.max_len.max(tot_len)
+            } else {
+                tot_len
+            },
+            smac: p.smac,
+            dmac: p.dmac,
+            _pad: [0; 2],
+        };
+    }
+    send(ctx, ingress, p.ifindex, p.smac, p.dmac)
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, ingress: u32, egress: u32, smac: [u8; 6], dmac: [u8; 6]) -> Verdict {
     let Some(eth) = header_mut::<Eth>(ctx, 0) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
-    eth.dst = p.dmac;
-    eth.src = p.smac;
-    if p.ifindex == ingress {
+    eth.dst = dmac;
+    eth.src = smac;
+    if egress == ingress {
         return Verdict {
             action: xdp_action::XDP_TX,
             stat: Stat::FwdTx,
         };
     }
     // SAFETY: a helper taking plain integers.
-    let action = unsafe { bpf_redirect(p.ifindex, 0) };
+    let action = unsafe { bpf_redirect(egress, 0) };
     Verdict {
         action: action as u32,
         stat: Stat::FwdRedirect,

@@ -8,7 +8,7 @@ use lb_common::{
     Counters, FlowKey, FlowValue, ListenerKey, ListenerValue, ReverseValue, TargetValue, VipKey,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
-        PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS,
+        PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS, VIP_HINT_ENTRIES,
     },
 };
 
@@ -45,6 +45,27 @@ pub static REVERSE: LruHashMap<FlowKey, ReverseValue> =
 /// Pre-filter indexed by port: `PORT_LISTENER` / `PORT_TARGET` bits.
 #[map]
 pub static PORT_FLAGS: Array<u8> = Array::with_max_entries(PORT_FLAG_ENTRIES, 0);
+
+/// Pre-filter before `VIPS`: see `lb_common::vip_hint_index`.
+#[map]
+pub static VIP_HINTS: Array<u8> = Array::with_max_entries(VIP_HINT_ENTRIES, 0);
+
+/// A target's next hop as the FIB last gave it, per CPU (see `forward`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub expires_ns: u64,
+    pub ingress: u32,
+    pub egress: u32,
+    /// Largest IPv4 total length that passed the FIB's MTU check on this route.
+    pub max_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
 /// Packets per verdict / event code (`lb_common::Stat`).
 #[map]

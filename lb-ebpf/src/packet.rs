@@ -29,3 +29,23 @@ pub fn header_mut<T: Header>(ctx: &XdpContext, offset: usize) -> Option<&mut T> 
 pub fn len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
+
+/// Overwrite the packet's first `N * 8` bytes with `words` (the benchmark's restore); `None`
+/// if the packet is shorter. Benchmark programs only: their frames come from
+/// BPF_PROG_TEST_RUN, which places data after a 256-byte headroom, so the start is 8-byte
+/// aligned (the verifier forbids checking that on a packet pointer here).
+#[inline(always)]
+pub fn write_words<const N: usize>(ctx: &XdpContext, words: &[u64; N]) -> Option<()> {
+    let start = ctx.data();
+    if start + N * 8 > ctx.data_end() {
+        return None;
+    }
+    let mut i = 0;
+    while i < N {
+        // SAFETY: in bounds (checked above) and 8-byte aligned (BPF_PROG_TEST_RUN frames, the
+        // only caller's input; see above).
+        unsafe { *((start + i * 8) as *mut u64) = words[i] };
+        i += 1;
+    }
+    Some(())
+}

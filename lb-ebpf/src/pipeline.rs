@@ -45,7 +45,7 @@ fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
             return Verdict::drop(Stat::DropL4Truncated);
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
-        return forward::forward(ctx);
+        return forward::forward(ctx, None);
     }
     if balance::is_vip(f.dst) {
         return Verdict::drop(Stat::DropVipNoListener);
@@ -78,5 +78,5 @@ fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) ->
         },
         bytes,
     );
-    forward::forward(ctx)
+    forward::forward(ctx, Some(pick.target_id))
 }

@@ -50,6 +50,8 @@ struct Installed {
     name: String,
     slot: u32,
     generation: u32,
+    /// What the table was built from: (target id, identity, weight) of the in-table targets.
+    members: Vec<(u32, u64, u32)>,
     ring: Vec<u32>,
     value: ListenerValue,
 }
@@ -236,9 +238,36 @@ impl<D: Dataplane> Balancer<D> {
 
         // 3+4. Listeners: write the idle ring, then flip the listener to it in one update.
         let mut keep = HashMap::new();
+        // Listeners of one group share their table: build each distinct one once.
+        let mut built: HashMap<Vec<(u32, u64, u32)>, Vec<u32>> = HashMap::new();
         for l in &plan.listeners {
             let key = listener_key(l);
-            let ring = self.ring_for(plan, l);
+            let members = self.members_for(plan, l);
+            if let Some(inst) = self.listeners.get(&key)
+                && inst.members == members
+                && inst.value.udp_idle_timeout_s == l.udp_idle_timeout_s
+            {
+                let inst = self.listeners.remove(&key).expect("present");
+                report.listeners_unchanged.push(l.name.clone());
+                keep.insert(
+                    key,
+                    Installed {
+                        name: l.name.clone(),
+                        ..inst
+                    },
+                );
+                continue;
+            }
+            let ring = built
+                .entry(members.clone())
+                .or_insert_with(|| {
+                    let entries: Vec<maglev::Entry> = members
+                        .iter()
+                        .map(|&(id, key, weight)| maglev::Entry { id, key, weight })
+                        .collect();
+                    maglev::build(&entries, self.tables.maglev_size)
+                })
+                .clone();
             let value_for = |slot: u32, generation: u32, id: u32| ListenerValue {
                 id,
                 ring_base: (slot * RINGS_PER_LISTENER + generation) * self.tables.maglev_size,
@@ -258,6 +287,7 @@ impl<D: Dataplane> Balancer<D> {
                         key,
                         Installed {
                             name: l.name.clone(),
+                            members,
                             ..inst
                         },
                     );
@@ -276,6 +306,7 @@ impl<D: Dataplane> Balancer<D> {
                             name: l.name.clone(),
                             slot: inst.slot,
                             generation,
+                            members,
                             ring,
                             value,
                         },
@@ -293,6 +324,7 @@ impl<D: Dataplane> Balancer<D> {
                             name: l.name.clone(),
                             slot,
                             generation: 0,
+                            members,
                             ring,
                             value,
                         },
@@ -311,6 +343,12 @@ impl<D: Dataplane> Balancer<D> {
         for l in &plan.listeners {
             *vips.entry(vip_key(l.vip)).or_default() += 1;
         }
+        let hint = |k: &VipKey| lb_common::vip_hint_index(lb_common::ipv4_of(&k.addr));
+        let old_hints: std::collections::HashSet<u32> = self.vips.keys().map(hint).collect();
+        let new_hints: std::collections::HashSet<u32> = vips.keys().map(hint).collect();
+        for h in new_hints.difference(&old_hints) {
+            self.dp.set_vip_hint(*h, true)?;
+        }
         for (k, n) in &vips {
             if self.vips.get(k) != Some(n) {
                 self.dp.set_vip(*k, *n)?;
@@ -320,6 +358,9 @@ impl<D: Dataplane> Balancer<D> {
             if !vips.contains_key(k) {
                 self.dp.remove_vip(k)?;
             }
+        }
+        for h in old_hints.difference(&new_hints) {
+            self.dp.set_vip_hint(*h, false)?;
         }
         self.vips = vips;
         self.write_port_flags(new_flags)?;
@@ -365,23 +406,24 @@ impl<D: Dataplane> Balancer<D> {
         Ok(())
     }
 
-    fn ring_for(&self, plan: &Plan, l: &Listener) -> Vec<u32> {
-        let entries: Vec<maglev::Entry> = plan
-            .groups
+    /// The in-table targets of a listener's group: (target id, identity, weight).
+    fn members_for(&self, plan: &Plan, l: &Listener) -> Vec<(u32, u64, u32)> {
+        plan.groups
             .get(&l.target_group)
             .map(|targets| {
                 targets
                     .iter()
                     .filter(|t| t.in_ring)
-                    .map(|t| maglev::Entry {
-                        id: self.target_ids[&(t.address, t.port)],
-                        key: maglev::identity(t.address.octets(), t.port),
-                        weight: t.weight,
+                    .map(|t| {
+                        (
+                            self.target_ids[&(t.address, t.port)],
+                            maglev::identity(t.address.octets(), t.port),
+                            t.weight,
+                        )
                     })
                     .collect()
             })
-            .unwrap_or_default();
-        maglev::build(&entries, self.tables.maglev_size)
+            .unwrap_or_default()
     }
 
     fn allocate_target_id(&mut self) -> Result<u32, ApplyError> {

@@ -65,6 +65,8 @@ pub trait Dataplane {
     fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()>;
+    /// `VIP_HINTS[index]`: non-zero when some VIP maps to `index`.
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()>;
     fn snapshot(&self) -> Result<Snapshot>;
 }
 
@@ -86,6 +88,7 @@ pub struct AyaDataplane {
     _ring_map: aya::maps::Map,
     targets: Array<MapData, TargetValue>,
     port_flags: Array<MapData, u8>,
+    vip_hints: Array<MapData, u8>,
     stats: PerCpuArray<MapData, u64>,
     listener_stats: PerCpuArray<MapData, Counters>,
     target_stats: PerCpuArray<MapData, Counters>,
@@ -141,6 +144,7 @@ impl AyaDataplane {
             _ring_map: ring_map,
             targets: take(&mut ebpf, maps::TARGETS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
+            vip_hints: take(&mut ebpf, maps::VIP_HINTS)?,
             stats: take(&mut ebpf, maps::STATS)?,
             listener_stats: take(&mut ebpf, maps::LISTENER_STATS)?,
             target_stats: take(&mut ebpf, maps::TARGET_STATS)?,
@@ -347,6 +351,12 @@ impl Dataplane for AyaDataplane {
             .map_err(map_err(maps::PORT_FLAGS))
     }
 
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()> {
+        self.vip_hints
+            .set(index, u8::from(on), 0)
+            .map_err(map_err(maps::VIP_HINTS))
+    }
+
     fn snapshot(&self) -> Result<Snapshot> {
         let mut s = Snapshot::default();
         for i in 0..STAT_SLOTS {
@@ -379,6 +389,7 @@ pub struct FakeDataplane {
     pub listeners: HashMap<ListenerKey, ListenerValue>,
     pub vips: HashMap<VipKey, u32>,
     pub port_flags: HashMap<u16, u8>,
+    pub vip_hints: HashMap<u32, bool>,
     /// One line per write, e.g. "target 3", "ring 0", "listener 198.18.100.10:80/6".
     pub log: Vec<String>,
 }
@@ -437,6 +448,11 @@ impl Dataplane for FakeDataplane {
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()> {
         self.log.push(format!("port {port} {flags}"));
         self.port_flags.insert(port, flags);
+        Ok(())
+    }
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()> {
+        self.log.push(format!("vip hint {index} {on}"));
+        self.vip_hints.insert(index, on);
         Ok(())
     }
     fn snapshot(&self) -> Result<Snapshot> {

@@ -77,8 +77,13 @@ fn first_apply_writes_targets_then_rings_then_listeners_then_vips() {
     assert_eq!(b.dataplane().port_flags[&80], PORT_LISTENER);
     assert_eq!(b.dataplane().port_flags[&8080], PORT_TARGET);
     assert_eq!(b.dataplane().port_flags[&53], PORT_LISTENER | PORT_TARGET);
+    let hint = lb_common::vip_hint_index([198, 18, 100, 10]);
+    assert!(b.dataplane().vip_hints[&hint]);
+    assert!(
+        pos(log, &format!("vip hint {hint} true")) < pos(log, "vip ["),
+        "the hint goes in before the VIP"
+    );
 }
-
 #[test]
 fn the_ring_in_the_dataplane_is_the_maglev_table_of_the_group() {
     let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
@@ -215,6 +220,7 @@ fn removing_a_listener_removes_it_and_its_vip_and_port_flag_when_unused() {
     b.apply(&Plan::from_config(&only_web)).unwrap();
     assert!(b.dataplane().vips.is_empty());
     assert_eq!(b.dataplane().port_flags[&80], 0);
+    assert!(!b.dataplane().vip_hints[&lb_common::vip_hint_index([198, 18, 100, 10])]);
 }
 
 #[test]

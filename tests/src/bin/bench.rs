@@ -21,7 +21,7 @@ use aya::{
 };
 use clap::Parser;
 use etherparse::SlicedPacket;
-use lb_common::{BENCH_NEW_FLOW, BENCH_RESTORE_BYTES, BENCH_SAME_FLOW, BenchPacket, Stat, maps};
+use lb_common::{BENCH_NEW_FLOW, BENCH_RESTORE_WORDS, BENCH_SAME_FLOW, BenchPacket, Stat, maps};
 use serde::Serialize;
 use xlb::{
     balancer::{Balancer, Plan},
@@ -139,7 +139,13 @@ fn set_template(lab: &mut Lab, pkt: &[u8], mode: u32) {
         mode,
         ..BenchPacket::default()
     };
-    t.bytes.copy_from_slice(&pkt[..BENCH_RESTORE_BYTES]);
+    for (w, chunk) in t
+        .words
+        .iter_mut()
+        .zip(pkt[..BENCH_RESTORE_WORDS * 8].chunks_exact(8))
+    {
+        *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+    }
     let map = lab
         .b
         .dataplane_mut()
