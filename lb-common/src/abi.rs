@@ -61,10 +61,15 @@ pub const fn vip_hint_index(addr: [u8; 4]) -> u32 {
 }
 
 /// Listener lookup key: (VIP, port, protocol), the address family in every key.
+///
+/// Hash-map keys are sized for IPv4 (4-byte addresses): the kernel's hashing cost grows with
+/// the key's length, and it was the largest single cost of a packet in the profile (see
+/// BENCHMARKS.md). IPv6 gets maps of its own with 16-byte addresses. Map *values* keep a
+/// 16-byte address slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
-    pub addr: [u8; 16],
+    pub addr: [u8; 4],
     /// Network byte order.
     pub port: [u8; 2],
     pub proto: u8,
@@ -91,7 +96,7 @@ pub struct ListenerValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
-    pub addr: [u8; 16],
+    pub addr: [u8; 4],
     pub family: u8,
     pub _pad: [u8; 3],
 }
@@ -111,8 +116,8 @@ pub struct TargetValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -198,11 +203,11 @@ impl Default for BenchPacket {
 }
 
 // Padding-free layouts: a size different from the sum of the fields means hidden padding.
-const _: () = assert!(size_of::<ListenerKey>() == 20);
+const _: () = assert!(size_of::<ListenerKey>() == 8);
 const _: () = assert!(size_of::<ListenerValue>() == 20);
-const _: () = assert!(size_of::<VipKey>() == 20);
+const _: () = assert!(size_of::<VipKey>() == 8);
 const _: () = assert!(size_of::<TargetValue>() == 20);
-const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);

@@ -23,19 +23,23 @@ fn port_flags(port: [u8; 2]) -> u8 {
         .unwrap_or(0)
 }
 
-/// (listener?, reply?) pre-filter: one array read per port, before any hash lookup.
+/// Could this packet be for a listener? Only if its destination may be a VIP and its port is
+/// some listener's: array reads only, before any hash lookup.
 #[inline(always)]
-pub fn port_hints(f: &Flow) -> (bool, bool) {
-    (
-        port_flags(f.dport) & PORT_LISTENER != 0,
-        port_flags(f.sport) & PORT_TARGET != 0,
-    )
+pub fn maybe_listener(f: &Flow) -> bool {
+    may_be_vip(f.dst) && port_flags(f.dport) & PORT_LISTENER != 0
+}
+
+/// Could this packet be a reply from a target? Only if its source port is some target's.
+#[inline(always)]
+pub fn maybe_reply(f: &Flow) -> bool {
+    port_flags(f.sport) & PORT_TARGET != 0
 }
 
 #[inline(always)]
 pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
     let key = ListenerKey {
-        addr: addr_from_ipv4(f.dst),
+        addr: f.dst,
         port: f.dport,
         proto: f.proto,
         family: FAMILY_IPV4,
@@ -44,18 +48,23 @@ pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
     unsafe { LISTENERS.get(key) }
 }
 
+/// False: `dst` is certainly not a VIP (one array read). True: it may be.
 #[inline(always)]
-pub fn is_vip(dst: [u8; 4]) -> bool {
-    if VIP_HINTS
+pub fn may_be_vip(dst: [u8; 4]) -> bool {
+    VIP_HINTS
         .get(lb_common::vip_hint_index(dst))
         .copied()
         .unwrap_or(0)
-        == 0
-    {
+        != 0
+}
+
+#[inline(always)]
+pub fn is_vip(dst: [u8; 4]) -> bool {
+    if !may_be_vip(dst) {
         return false;
     }
     let key = VipKey {
-        addr: addr_from_ipv4(dst),
+        addr: dst,
         family: FAMILY_IPV4,
         _pad: [0; 3],
     };
@@ -65,8 +74,8 @@ pub fn is_vip(dst: [u8; 4]) -> bool {
 #[inline(always)]
 fn forward_key(f: &Flow) -> FlowKey {
     FlowKey {
-        src: addr_from_ipv4(f.src),
-        dst: addr_from_ipv4(f.dst),
+        src: f.src,
+        dst: f.dst,
         sport: f.sport,
         dport: f.dport,
         proto: f.proto,
@@ -130,7 +139,7 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         last_seen_ns: now,
     };
     let reply_key = FlowKey {
-        src: target.addr,
+        src: lb_common::ipv4_of(&target.addr),
         dst: key.src,
         sport: target.port,
         dport: f.sport,
@@ -139,7 +148,7 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         _pad: [0; 2],
     };
     let reverse = ReverseValue {
-        vip: key.dst,
+        vip: addr_from_ipv4(key.dst),
         vport: f.dport,
         family: FAMILY_IPV4,
         _pad: 0,

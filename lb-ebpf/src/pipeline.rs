@@ -32,11 +32,14 @@ pub fn run(ctx: &XdpContext) -> (u32, Stat) {
 
 #[inline(always)]
 fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
-    let (maybe_listener, maybe_reply) = balance::port_hints(f);
-    if maybe_listener && let Some(l) = balance::listener(f) {
+    if balance::maybe_listener(f)
+        && let Some(l) = balance::listener(f)
+    {
         return to_target(ctx, f, l);
     }
-    if maybe_reply && let Some(r) = balance::reply(f) {
+    if balance::maybe_reply(f)
+        && let Some(r) = balance::reply(f)
+    {
         if f.ttl <= 1 {
             return Verdict::pass(Stat::PassTtlExceeded);
         }

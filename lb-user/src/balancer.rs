@@ -127,7 +127,7 @@ pub struct Balancer<D> {
 
 pub fn listener_key(l: &Listener) -> ListenerKey {
     ListenerKey {
-        addr: addr_from_ipv4(l.vip.octets()),
+        addr: l.vip.octets(),
         port: l.port.to_be_bytes(),
         proto: l.protocol.number(),
         family: FAMILY_IPV4,
@@ -136,7 +136,7 @@ pub fn listener_key(l: &Listener) -> ListenerKey {
 
 fn vip_key(a: Ipv4Addr) -> VipKey {
     VipKey {
-        addr: addr_from_ipv4(a.octets()),
+        addr: a.octets(),
         family: FAMILY_IPV4,
         _pad: [0; 3],
     }
@@ -343,7 +343,7 @@ impl<D: Dataplane> Balancer<D> {
         for l in &plan.listeners {
             *vips.entry(vip_key(l.vip)).or_default() += 1;
         }
-        let hint = |k: &VipKey| lb_common::vip_hint_index(lb_common::ipv4_of(&k.addr));
+        let hint = |k: &VipKey| lb_common::vip_hint_index(k.addr);
         let old_hints: std::collections::HashSet<u32> = self.vips.keys().map(hint).collect();
         let new_hints: std::collections::HashSet<u32> = vips.keys().map(hint).collect();
         for h in new_hints.difference(&old_hints) {

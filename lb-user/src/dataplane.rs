@@ -432,16 +432,12 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
     fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()> {
-        self.log.push(format!(
-            "vip {:?} {listeners}",
-            lb_common::ipv4_of(&key.addr)
-        ));
+        self.log.push(format!("vip {:?} {listeners}", key.addr));
         self.vips.insert(key, listeners);
         Ok(())
     }
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.log
-            .push(format!("remove vip {:?}", lb_common::ipv4_of(&key.addr)));
+        self.log.push(format!("remove vip {:?}", key.addr));
         self.vips.remove(key);
         Ok(())
     }
@@ -465,7 +461,7 @@ impl Dataplane for FakeDataplane {
 }
 
 fn describe(k: &ListenerKey) -> String {
-    let a = lb_common::ipv4_of(&k.addr);
+    let a = k.addr;
     format!(
         "{}.{}.{}.{}:{}/{}",
         a[0],

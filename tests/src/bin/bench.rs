@@ -57,6 +57,9 @@ struct Args {
     /// The plot that the report shows.
     #[arg(long, default_value = "docs/bench.png")]
     plot: PathBuf,
+    /// Only loop the established-flow case for SECONDS (to sample with `perf record`).
+    #[arg(long)]
+    profile: Option<u64>,
 }
 
 /// One measured figure: min/median/max over the repetitions, and its ratio to a baseline.
@@ -555,6 +558,16 @@ fn main() -> anyhow::Result<()> {
         args.repeat, args.reps
     );
     let mut lab = Lab::new("bench", &[1, 2]);
+    if let Some(secs) = args.profile {
+        let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
+        run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
+        set_template(&mut lab, &est, BENCH_SAME_FLOW);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            timed(&mut lab, "xlb_bench", &est, args.repeat, XDP_REDIRECT);
+        }
+        return Ok(());
+    }
     let mut figs = program_cost(&args, &mut lab);
     drop(lab);
     eprintln!("2/3 control plane: Maglev builds, 1,000 listeners");
