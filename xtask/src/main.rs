@@ -11,6 +11,14 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker's LLVM must match rustc's (22 in the pinned 1.95.0): 0.10.4 loads rustc's own.
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// What only the benchmark compares against.
+const BENCH_APT: &[(&str, &str)] = &[
+    ("command -v wrk", "wrk"),
+    ("command -v haproxy", "haproxy"),
+    ("command -v nft", "nftables"),
+    ("command -v iperf3", "iperf3"),
+];
+
 /// Debian packages the rig, the demo, the tests and the benchmark use, each with the shell
 /// condition that shows it is there.
 const APT: &[(&str, &str)] = &[
@@ -150,6 +158,7 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Bench { args } => {
             setup()?;
+            apt_install(BENCH_APT)?;
             need_root("bench")?;
             build(&["--release"])?;
             step("xlb-bench: program cost, control plane; writes BENCHMARKS.md");
@@ -272,7 +281,12 @@ fn setup() -> anyhow::Result<()> {
         ]))?;
     }
 
-    let missing: Vec<&str> = APT
+    apt_install(APT)
+}
+
+/// Install the packages whose check fails (root), or say which are missing.
+fn apt_install(list: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .filter(|(check, _)| !ok(Command::new("sh").args(["-c", check])))
         .map(|(_, pkg)| *pkg)
