@@ -470,7 +470,7 @@ this noisy machine).
 - **Real clients on the veth rig** (five runs on 2026-11-28, ratios to routed): xlb 0.78-1.05x
   with keep-alive and 0.74-0.96x with `Connection: close`; nftables DNAT 0.85-1.14x and
   0.85-1.16x; HAProxy
-  0.74-0.92x and 0.54-0.90x, using the most CPU per request. The routed baseline reaches one
+  0.73-0.92x and 0.54-0.90x, using the most CPU per request. The routed baseline reaches one
   target while the balanced paths spread over two backends, so a balancer can exceed 1.0x.
   The early runs measured the paths one after another; they are now interleaved per repetition,
   as machine load drifts. Profiled during wrk through xlb (`perf record -a -g`): the xlb
