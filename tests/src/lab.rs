@@ -208,6 +208,13 @@ impl Lab {
 
 /// One BPF_PROG_TEST_RUN of `prog` (repeat 1): return value, output packet, kernel-timed cost.
 pub fn run_once(prog: &Xdp, pkt: &[u8], ingress: u32) -> (u32, Vec<u8>, Duration) {
+    run_repeated(prog, pkt, ingress, 1)
+}
+
+/// BPF_PROG_TEST_RUN of `prog` on `pkt` arriving on `ingress`, `repeat` times: the last return
+/// value, the output packet, and the kernel's average time per repetition.
+pub fn run_repeated(prog: &Xdp, pkt: &[u8], ingress: u32, repeat: u32) -> (u32, Vec<u8>, Duration) {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let md: [u32; 6] = [0, u32::try_from(pkt.len()).unwrap(), 0, ingress, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut out = vec![0u8; pkt.len() + 256];
@@ -216,7 +223,7 @@ pub fn run_once(prog: &Xdp, pkt: &[u8], ingress: u32) -> (u32, Vec<u8>, Duration
             data_in: Some(pkt),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
-            repeat: 1,
+            repeat,
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN");

@@ -20,6 +20,16 @@ fn fast(targets: &[usize]) -> Setup {
     }
 }
 
+fn group(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap()
+        .clone()
+}
+
 fn count(names: &[String], n: &str) -> usize {
     names.iter().filter(|x| *x == n).count()
 }
@@ -182,13 +192,7 @@ fn all_targets_down_fails_open_and_says_so() {
         "unhealthy",
         Duration::from_secs(4),
     );
-    let s = env.status_json();
-    let web = s["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "web")
-        .unwrap();
+    let web = group(&env.status_json(), "web");
     assert_eq!(web["fail_open"], true);
     let text = String::from_utf8(env.xlb(&["status"]).stdout).unwrap();
     assert!(text.contains("FAIL-OPEN"), "{text}");
@@ -196,13 +200,7 @@ fn all_targets_down_fails_open_and_says_so() {
     assert!(env.reason("drop_no_target") == 0);
     env.rig.start_backend(common::backend_bin(), 1).unwrap();
     env.wait_state("web", "198.18.1.2", 8080, "healthy", Duration::from_secs(4));
-    let s = env.status_json();
-    let web = s["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "web")
-        .unwrap();
+    let web = group(&env.status_json(), "web");
     assert_eq!(web["fail_open"], false);
     assert!(env.new_connections(10).iter().all(|n| n == "backend-1"));
 }

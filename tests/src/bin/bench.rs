@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::Array,
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::Array;
 use clap::Parser;
 use etherparse::SlicedPacket;
 use lb_common::{BENCH_NEW_FLOW, BENCH_RESTORE_WORDS, BENCH_SAME_FLOW, BenchPacket, Stat, maps};
@@ -31,7 +28,7 @@ use xlb::{
 };
 use xlb_rig::{
     Rig, RigSpec, Setup,
-    lab::{CLIENT, Flags, Lab, VIP, XDP_PASS, XDP_REDIRECT, run_once, target, tcp},
+    lab::{CLIENT, Flags, Lab, VIP, XDP_PASS, XDP_REDIRECT, run_once, run_repeated, target, tcp},
 };
 
 #[derive(Parser)]
@@ -118,23 +115,12 @@ impl Figure {
 fn timed(lab: &mut Lab, program: &str, pkt: &[u8], repeat: u32, want: u32) -> f64 {
     let in0 = lab.in0;
     let prog = lab.b.dataplane_mut().extra_program(program).unwrap();
-    let md: [u32; 6] = [0, u32::try_from(pkt.len()).unwrap(), 0, in0, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let mut out = vec![0u8; pkt.len() + 256];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(pkt),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    assert_eq!(r.return_value, want, "{program}: unexpected verdict");
+    let (ret, out, duration) = run_repeated(prog, pkt, in0, repeat);
+    assert_eq!(ret, want, "{program}: unexpected verdict");
     // The wrapper restores the template: what comes out is what went in (new-flow mode
     // changes the source port only).
     assert_eq!(out[..12], pkt[..12], "{program}: output MACs not restored");
-    r.duration.as_nanos() as f64
+    duration.as_nanos() as f64
 }
 
 fn set_template(lab: &mut Lab, pkt: &[u8], mode: u32) {
@@ -524,8 +510,16 @@ fn cpu_busy() -> u64 {
     v.iter().sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
 }
 
-/// (requests/s, p50 ms, p99 ms, machine CPU µs per request) of one bounded wrk run.
-fn wrk(rig: &Rig, url: &str, close: bool) -> (f64, f64, f64, f64) {
+/// What one bounded wrk run found.
+#[derive(Clone, Copy)]
+struct WrkResult {
+    rps: f64,
+    p99_ms: f64,
+    /// Busy CPU of the whole machine per request.
+    cpu_us: f64,
+}
+
+fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
     let busy = cpu_busy();
     let mut c = rig.client.command("wrk");
     c.args(["-t1", "-c32", "-d3s", "--timeout", "2s", "--latency"]);
@@ -554,12 +548,11 @@ fn wrk(rig: &Rig, url: &str, close: bool) -> (f64, f64, f64, f64) {
     let rps = field("Requests/sec:").unwrap_or_else(|| panic!("wrk printed no rate: {text}"));
     let requests = rps * 3.0;
     let cpu_us = jiffies as f64 * 10_000.0 / requests.max(1.0);
-    (
+    WrkResult {
         rps,
-        field("50%").unwrap_or(f64::NAN),
-        field("99%").unwrap_or(f64::NAN),
+        p99_ms: field("99%").unwrap_or(f64::NAN),
         cpu_us,
-    )
+    }
 }
 
 const NFT_RULES: &str = "table ip xlb_bench {
@@ -597,7 +590,7 @@ fn real_clients(args: &Args) -> Vec<Figure> {
     std::fs::create_dir_all(&dir).unwrap();
     let paths = [Path4::Routed, Path4::Xlb, Path4::Nftables, Path4::Haproxy];
     // (path, close) -> per-repetition results
-    let mut results: Vec<((Path4, bool), Vec<(f64, f64, f64, f64)>)> = Vec::new();
+    let mut results: Vec<((Path4, bool), Vec<WrkResult>)> = Vec::new();
     rig.client
         .exec("ip route add 198.18.1.0/24 via 198.18.0.1")
         .unwrap();
@@ -699,7 +692,7 @@ fn real_clients(args: &Args) -> Vec<Figure> {
             "clients",
             &format!("wrk {conn}: {}", Path4::Routed.name()),
             "req/s",
-            runs(Path4::Routed).iter().map(|r| r.0).collect(),
+            runs(Path4::Routed).iter().map(|r| r.rps).collect(),
         );
         for &p in &paths {
             let r = runs(p);
@@ -707,7 +700,7 @@ fn real_clients(args: &Args) -> Vec<Figure> {
                 "clients",
                 &format!("wrk {conn}: {}", p.name()),
                 "req/s",
-                r.iter().map(|x| x.0).collect(),
+                r.iter().map(|x| x.rps).collect(),
             );
             let f = if p == Path4::Routed {
                 f
@@ -722,13 +715,13 @@ fn real_clients(args: &Args) -> Vec<Figure> {
                 "clients",
                 &format!("wrk {conn}: {} p99 latency", p.name()),
                 "ms",
-                r.iter().map(|x| x.2).collect(),
+                r.iter().map(|x| x.p99_ms).collect(),
             ));
             figs.push(figure(
                 "clients",
                 &format!("wrk {conn}: {} machine CPU per request", p.name()),
                 "us",
-                r.iter().map(|x| x.3).collect(),
+                r.iter().map(|x| x.cpu_us).collect(),
             ));
         }
     }

@@ -43,17 +43,7 @@ fn main() -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     match Cli::parse().cmd {
         Cmd::Up { backend } => {
-            down()?;
-            let mut rig = Rig::up(&RigSpec {
-                prefix: PREFIX.into(),
-                targets: TARGETS,
-            })?;
-            rig.start_backends(&backend)?;
-            let cfg = std::env::temp_dir().join("xlb-demo.toml");
-            std::fs::write(
-                &cfg,
-                rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
-            )?;
+            let (rig, cfg) = bring_up(&backend)?;
             println!("rig is up; a config for it: {}", cfg.display());
             println!(
                 "run the agent: ip netns exec xlb-lb target/release/xlb run --config {}",
@@ -66,17 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Down => down(),
         Cmd::Demo { xlb, backend } => {
-            down()?;
-            let mut rig = Rig::up(&RigSpec {
-                prefix: PREFIX.into(),
-                targets: TARGETS,
-            })?;
-            rig.start_backends(&backend)?;
-            let cfg = std::env::temp_dir().join("xlb-demo.toml");
-            std::fs::write(
-                &cfg,
-                rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
-            )?;
+            let (mut rig, cfg) = bring_up(&backend)?;
             rig.start_agent(&xlb, &cfg).context("starting the agent")?;
             let x = xlb.display();
             println!(
@@ -122,6 +102,22 @@ Ctrl-C stops the agent, detaches XDP and removes the rig.",
             Ok(())
         }
     }
+}
+
+/// A fresh rig with its backends running, and its config written: (rig, config path).
+fn bring_up(backend: &std::path::Path) -> anyhow::Result<(Rig, PathBuf)> {
+    down()?;
+    let mut rig = Rig::up(&RigSpec {
+        prefix: PREFIX.into(),
+        targets: TARGETS,
+    })?;
+    rig.start_backends(backend)?;
+    let cfg = std::env::temp_dir().join("xlb-demo.toml");
+    std::fs::write(
+        &cfg,
+        rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
+    )?;
+    Ok((rig, cfg))
 }
 
 /// Remove a rig left by `up` or by a demo that was killed: stop what runs inside its
