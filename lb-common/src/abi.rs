@@ -33,6 +33,7 @@ pub mod maps {
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
     pub const BENCH: &str = "BENCH";
+    pub const BENCH_SINK: &str = "BENCH_SINK";
     pub const VIP_HINTS: &str = "VIP_HINTS";
 }
 
@@ -131,7 +132,7 @@ pub struct FlowKey {
 pub struct FlowValue {
     pub target_id: u32,
     pub listener_id: u32,
-    /// bpf_ktime_get_ns() of the last packet (kept for UDP flows only).
+    /// bpf_ktime_get_coarse_ns() of the last packet (kept for UDP flows only).
     pub last_seen_ns: u64,
 }
 
@@ -181,6 +182,10 @@ pub const BENCH_RESTORE_WORDS: usize = 7;
 pub const BENCH_SAME_FLOW: u32 = 0;
 /// Each repetition gets a new TCP source port: a new flow every time.
 pub const BENCH_NEW_FLOW: u32 = 1;
+/// Source ports cycle through [`BENCH_FLOWS`] values: many flows, each seen again and again.
+pub const BENCH_MANY_FLOWS: u32 = 2;
+/// Flows of [`BENCH_MANY_FLOWS`].
+pub const BENCH_FLOWS: u16 = 1000;
 
 /// `BENCH[0]`: the packet the measuring wrapper restores (benchmark only).
 #[repr(C)]

@@ -1,5 +1,5 @@
 //! Stages 2-4: listener lookup, connection table, Maglev ring.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET,
     PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey, addr_from_ipv4,
@@ -104,9 +104,10 @@ pub struct Pick {
 #[inline(always)]
 pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
     let key = forward_key(f);
+    // The coarse clock (jiffies resolution) is ample for idle timeouts in seconds, and cheaper.
     let now = if f.proto == PROTO_UDP {
         // SAFETY: a helper with no arguments.
-        unsafe { bpf_ktime_get_ns() }
+        unsafe { bpf_ktime_get_coarse_ns() }
     } else {
         0
     };

@@ -9,10 +9,11 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{BENCH_NEW_FLOW, BenchPacket};
+use lb_common::{BENCH_FLOWS, BENCH_MANY_FLOWS, BENCH_NEW_FLOW, BenchPacket, PROTO_UDP, csum};
 
 use crate::{
-    hdr::{ETH_LEN, Eth, IPV4_MIN_LEN, Tcp},
+    forward,
+    hdr::{ETH_LEN, Eth, IPV4_MIN_LEN, Ipv4, Tcp, Udp},
     packet::{header_mut, write_words},
     pipeline, stats,
 };
@@ -23,18 +24,43 @@ static BENCH: Array<BenchPacket> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_SEQ: PerCpuArray<u16> = PerCpuArray::with_max_entries(1, 0);
 
+/// Frames counted by the packet-rate sink (and by the XDP_DROP baseline).
+#[map]
+static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Put the template back; in new-flow mode give it the next TCP source port first.
 #[inline(always)]
 fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
     write_words(ctx, &t.words)?;
-    if t.mode == BENCH_NEW_FLOW {
+    if t.mode == BENCH_NEW_FLOW || t.mode == BENCH_MANY_FLOWS {
         let seq = BENCH_SEQ.get_ptr_mut(0)?;
         // SAFETY: a per-CPU array slot, written only by this CPU.
-        let port = unsafe {
-            *seq = (*seq).wrapping_add(1).max(1024);
+        let n = unsafe {
+            *seq = (*seq).wrapping_add(1);
             *seq
         };
-        header_mut::<Tcp>(ctx, ETH_LEN + IPV4_MIN_LEN)?.src = port.to_be_bytes();
+        // Ports 1024..65535 in turn (new flows), or 1024..1024+BENCH_FLOWS (many flows).
+        let span = if t.mode == BENCH_NEW_FLOW {
+            u16::MAX - 1024
+        } else {
+            BENCH_FLOWS
+        };
+        let port = 1024 + n % span;
+        // Keep the L4 checksum valid (conntrack drops a bad one): the template's port was
+        // 1024 (TCP and UDP both start with the source port).
+        let l4 = ETH_LEN + IPV4_MIN_LEN;
+        if header_mut::<Ipv4>(ctx, ETH_LEN)?.proto == PROTO_UDP {
+            let udp = header_mut::<Udp>(ctx, l4)?;
+            let old = u16::from_be_bytes(udp.src);
+            let c = u16::from_be_bytes(udp.check);
+            udp.check = csum::udp_fixup(c, csum::replace16(c, old, port)).to_be_bytes();
+            udp.src = port.to_be_bytes();
+        } else {
+            let tcp = header_mut::<Tcp>(ctx, l4)?;
+            let old = u16::from_be_bytes(tcp.src);
+            tcp.check = csum::replace16(u16::from_be_bytes(tcp.check), old, port).to_be_bytes();
+            tcp.src = port.to_be_bytes();
+        }
     }
     Some(())
 }
@@ -79,4 +105,45 @@ pub fn xlb_bench_floor(ctx: XdpContext) -> u32 {
     };
     core::mem::swap(&mut eth.src, &mut eth.dst);
     xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn count_sink() {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Packet generator for BPF_PROG_TEST_RUN's live-frames mode: frames are recycled, so every
+/// header of every frame is written from the template (a forwarder may have edited them).
+#[xdp]
+pub fn xlb_bench_gen(ctx: XdpContext) -> u32 {
+    let Some(t) = BENCH.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if restore(&ctx, t).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Packet-rate sink: count and drop.
+#[xdp]
+pub fn xlb_bench_sink(_ctx: XdpContext) -> u32 {
+    count_sink();
+    xdp_action::XDP_DROP
+}
+
+/// Packet-rate baseline at the balancer's ingress: count and drop.
+#[xdp]
+pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
+    count_sink();
+    xdp_action::XDP_DROP
+}
+
+/// The XDP forwarding floor: a FIB lookup and a redirect, nothing else.
+#[xdp]
+pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
+    forward::forward(&ctx, None).action
 }

@@ -92,7 +92,8 @@ pub struct AyaDataplane {
     stats: PerCpuArray<MapData, u64>,
     listener_stats: PerCpuArray<MapData, Counters>,
     target_stats: PerCpuArray<MapData, Counters>,
-    links: Vec<(String, XdpLinkId, AttachMode)>,
+    /// (program, interface, link, mode)
+    links: Vec<(String, String, XdpLinkId, AttachMode)>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -180,7 +181,21 @@ impl AyaDataplane {
 
     /// Attach in native (driver) mode, falling back to generic (SKB) mode.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
-        let prog = program_mut(&mut self.ebpf)?;
+        self.attach_program(lb_common::PROGRAM_NAME, iface)
+    }
+
+    /// Attach the object's program `name` (the balancer, or a benchmark program) to `iface`.
+    pub fn attach_program(&mut self, name: &str, iface: &str) -> Result<AttachMode> {
+        if name != lb_common::PROGRAM_NAME {
+            self.extra_program(name)?;
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program(
+                aya::programs::ProgramError::UnexpectedProgramType,
+            ))?
+            .try_into()?;
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Native),
             Err(native) => match prog.attach(iface, XdpMode::Skb) {
@@ -199,22 +214,24 @@ impl AyaDataplane {
                 }
             },
         };
-        self.links.push((iface.to_owned(), id, mode));
+        self.links
+            .push((name.to_owned(), iface.to_owned(), id, mode));
         Ok(mode)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.links.iter().map(|(i, _, m)| (i.as_str(), *m))
+        self.links.iter().map(|(_, i, _, m)| (i.as_str(), *m))
     }
 
     /// Detach from every interface (also done on drop).
     pub fn detach_all(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        if let Ok(prog) = program_mut(&mut self.ebpf) {
-            for (iface, id, _) in links {
-                if let Err(e) = prog.detach(id) {
-                    log::warn!("{iface}: detach failed: {e}");
-                }
+        for (name, iface, id, _) in std::mem::take(&mut self.links) {
+            let prog: Option<&mut Xdp> =
+                self.ebpf.program_mut(&name).and_then(|p| p.try_into().ok());
+            match prog.map(|p| p.detach(id)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => log::warn!("{iface}: detach failed: {e}"),
+                None => log::warn!("{iface}: program {name} is gone"),
             }
         }
     }
