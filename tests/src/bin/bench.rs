@@ -460,10 +460,10 @@ this noisy machine).
   ~10 ns, so the same absolute cost is a larger ratio. A packet that cannot be for a VIP now
   skips the listener lookup after one array read (`VIP_HINTS`).
 - **Packet rate** (generator -> balancer -> sink on direct veths, one core for the whole chain):
-  xlb forwards TCP SYNs over 1,000 flows at ~0.9x the XDP forwarding floor and ~4x nftables
-  DNAT (first run: 3.1 vs 3.3 vs 0.75 Mpps; XDP_DROP baseline 5.0, kernel routing 1.1). UDP
-  was slower (0.74x floor): each UDP packet read the full-precision clock for its idle
-  timeout; it now reads the coarse clock.
+  xlb forwards TCP SYNs over 1,000 flows at 0.86-0.92x the XDP forwarding floor and 3.2-4.1x
+  nftables DNAT (two runs). UDP first ran at 0.74x the floor: each UDP packet read the
+  full-precision clock for its idle timeout. With the coarse clock it runs at 0.99x the floor
+  and 3.7x nftables.
 - **Real clients on the veth rig** (five runs on 2026-11-28, ratios to routed): xlb 0.78-1.05x
   with keep-alive and 0.74-0.96x with `Connection: close`; nftables DNAT 0.85-1.14x and
   0.85-1.16x; HAProxy
