@@ -166,13 +166,7 @@ impl AyaDataplane {
 
     /// Another XDP program of the object (the benchmark's programs), loaded on first use.
     pub fn extra_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program(
-                aya::programs::ProgramError::UnexpectedProgramType,
-            ))?
-            .try_into()?;
+        let prog = program_named(&mut self.ebpf, name)?;
         if prog.fd().is_err() {
             prog.load()?;
         }
@@ -186,16 +180,11 @@ impl AyaDataplane {
 
     /// Attach the object's program `name` (the balancer, or a benchmark program) to `iface`.
     pub fn attach_program(&mut self, name: &str, iface: &str) -> Result<AttachMode> {
-        if name != lb_common::PROGRAM_NAME {
-            self.extra_program(name)?;
-        }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program(
-                aya::programs::ProgramError::UnexpectedProgramType,
-            ))?
-            .try_into()?;
+        let prog = if name == lb_common::PROGRAM_NAME {
+            program_named(&mut self.ebpf, name)?
+        } else {
+            self.extra_program(name)?
+        };
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Native),
             Err(native) => match prog.attach(iface, XdpMode::Skb) {
@@ -304,11 +293,13 @@ impl Drop for RingMemory {
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let prog = ebpf
-        .program_mut(lb_common::PROGRAM_NAME)
-        .ok_or(DataplaneError::Program(
-            aya::programs::ProgramError::UnexpectedProgramType,
-        ))?;
+    program_named(ebpf, lb_common::PROGRAM_NAME)
+}
+
+fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::Program(
+        aya::programs::ProgramError::UnexpectedProgramType,
+    ))?;
     Ok(prog.try_into()?)
 }
 
