@@ -437,7 +437,7 @@ const FINDINGS: &str = "## Findings (profiled 2026-11-28)
 
 Goals from the benchmark issue: established flow <= 100 ns, new flow <= 210 ns, non-listener
 <= 1.5x the bare `XDP_PASS` program, Maglev for 1,000 targets < 20 ms. Only the last is met in
-every run; the established flow meets its goal in some runs (medians 93-156 ns across runs on
+every run; the established flow meets its goal in some runs (medians 93-164 ns across runs on
 this noisy machine).
 
 - **Where an established packet's time went** (`xlb-bench --profile 6` under
@@ -455,7 +455,7 @@ this noisy machine).
   evicting: ~400-690 ns. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`, kept) against the common LRU:
   512 vs 637-694 ns median, so the common LRU does not help. Next steps: insert the return-path
   entry lazily, or key both directions in one map.
-- **Non-listener**: the extra over the bare program is ~15-20 ns (parse, two array reads, one
+- **Non-listener**: the extra over the bare program is ~15-50 ns (the noisiest figure) (parse, two array reads, one
   per-CPU counter). The 1.5x goal was set where the bare program cost 29 ns; here it costs
   ~10 ns, so the same absolute cost is a larger ratio. A packet that cannot be for a VIP now
   skips the listener lookup after one array read (`VIP_HINTS`).
@@ -476,6 +476,12 @@ this noisy machine).
   can run on it), redirects queued to the peer veth's ring and NAPI
   (`_raw_spin_unlock_irqrestore` ~11%, task switches ~6%). On a physical NIC XDP runs before
   an skb exists; this rig cannot show that. Not fixed here.
+- **iperf3** (one TCP stream; two runs: routed 5.2-5.5 Gbit/s, xlb 0.56-0.84x, nftables
+  0.68-0.72x, HAProxy 0.85-0.86x): attaching an XDP program to a veth turns TCP segmentation offload off on its peer
+  (checked with `ethtool -k`: `tcp-segmentation-offload` on -> off), so through xlb the client
+  sends MTU-sized frames while the skb paths carry 64 KB GSO super-packets, ~40x fewer per
+  byte. A physical NIC puts MTU-sized frames on the wire for every path. Multi-buffer XDP
+  (`xdp.frags`) would let veth keep GSO; not done.
 - **Control plane**: listeners whose target set did not change keep their table without a
   rebuild, and listeners sharing a group share one build: re-applying 1,000 listeners went from
   2.3 s to ~2 ms, the first apply from 3.1 s to ~0.8 s (tables written through an mmap of
@@ -829,6 +835,7 @@ const NFT_RULES: &str = "table ip xlb_bench {
   chain pre {
     type nat hook prerouting priority dstnat; policy accept;
     ip daddr 198.18.100.10 tcp dport 80 dnat ip to numgen inc mod 2 map { 0 : 198.18.1.2 . 8080, 1 : 198.18.2.2 . 8080 }
+    ip daddr 198.18.100.10 tcp dport 5201 dnat ip to 198.18.1.2:5201
   }
 }
 ";
@@ -847,7 +854,42 @@ backend targets
   balance roundrobin
   server t1 198.18.1.2:8080
   server t2 198.18.2.2:8080
+frontend iperf
+  bind 198.18.100.10:5201
+  default_backend iperf
+backend iperf
+  server t1 198.18.1.2:5201
 ";
+
+/// iperf3's control and data connections must reach the same server: a one-target group.
+const IPERF_LISTENER: &str = "
+[[listener]]
+name = \"iperf\"
+vip = \"198.18.100.10\"
+port = 5201
+protocol = \"tcp\"
+target_group = \"iperf\"
+
+[[target_group]]
+name = \"iperf\"
+port = 5201
+targets = [{ address = \"198.18.1.2\" }]
+health_check = { enabled = false }
+";
+
+/// Gbit/s received in one bounded iperf3 run (3 s) from the client namespace.
+fn iperf(rig: &Rig, host: &str) -> f64 {
+    let out = rig
+        .client
+        .command("iperf3")
+        .args(["-c", host, "-p", "5201", "-t", "3", "-J"])
+        .output()
+        .expect("iperf3 runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
+    bps.unwrap_or_else(|| panic!("iperf3 to {host}: {}", String::from_utf8_lossy(&out.stdout)))
+        / 1e9
+}
 
 fn real_clients(args: &Args) -> Vec<Figure> {
     let mut rig = Rig::up(&RigSpec {
@@ -861,6 +903,15 @@ fn real_clients(args: &Args) -> Vec<Figure> {
     let paths = [Path4::Routed, Path4::Xlb, Path4::Nftables, Path4::Haproxy];
     // (path, close) -> per-repetition results
     let mut results: Vec<((Path4, bool), Vec<WrkResult>)> = Vec::new();
+    let mut throughput: Vec<(Path4, Vec<f64>)> = paths.iter().map(|p| (*p, Vec::new())).collect();
+    let mut iperf_server = rig.targets[0]
+        .command("iperf3")
+        .args(["-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server starts");
+    std::thread::sleep(Duration::from_millis(300));
     rig.client
         .exec("ip route add 198.18.1.0/24 via 198.18.0.1")
         .unwrap();
@@ -877,7 +928,8 @@ fn real_clients(args: &Args) -> Vec<Figure> {
                 Path4::Routed => {}
                 Path4::Xlb => {
                     let (config, socket) = (dir.join("xlb.toml"), dir.join("xlb.sock"));
-                    std::fs::write(&config, rig.config(&socket, &Setup::demo(&[1, 2]))).unwrap();
+                    let text = rig.config(&socket, &Setup::demo(&[1, 2])) + IPERF_LISTENER;
+                    std::fs::write(&config, text).unwrap();
                     rig.start_agent(&args.xlb, &config).unwrap();
                 }
                 Path4::Nftables => {
@@ -924,6 +976,15 @@ fn real_clients(args: &Args) -> Vec<Figure> {
                     None => results.push(((path, close), vec![r])),
                 }
             }
+            let host = if path == Path4::Routed {
+                "198.18.1.2"
+            } else {
+                "198.18.100.10"
+            };
+            let gbps = iperf(&rig, host);
+            if let Some((_, v)) = throughput.iter_mut().find(|(p, _)| *p == path) {
+                v.push(gbps);
+            }
             match path {
                 Path4::Xlb => {
                     rig.stop("xlb");
@@ -942,9 +1003,30 @@ fn real_clients(args: &Args) -> Vec<Figure> {
             }
         }
     }
+    let _ = iperf_server.kill();
+    let _ = iperf_server.wait();
     drop(rig);
     let _ = std::fs::remove_dir_all(&dir);
     let mut figs = Vec::new();
+    let routed_gbps = figure(
+        "clients",
+        "iperf3 TCP, 3 s: routed (no balancer)",
+        "Gbit/s",
+        throughput[0].1.clone(),
+    );
+    for (p, v) in &throughput {
+        let f = figure(
+            "clients",
+            &format!("iperf3 TCP, 3 s: {}", p.name()),
+            "Gbit/s",
+            v.clone(),
+        );
+        figs.push(if *p == Path4::Routed {
+            f
+        } else {
+            f.vs(&routed_gbps)
+        });
+    }
     for close in [false, true] {
         let conn = if close {
             "Connection: close"
@@ -1197,10 +1279,11 @@ baseline is given too.\n\
 namespace of a rig like the demo's, through xlb, nftables DNAT (numgen round robin, conntrack), HAProxy \
 `mode tcp` (round robin) and routed with no balancer (to target 1 directly). All processes share the 2 cores: \
 \"machine CPU per request\" is the whole machine's busy time (client, targets and balancer) divided by \
-requests, not the balancer's alone. Paths are interleaved within each repetition.\n\n\
+requests, not the balancer's alone. Paths are interleaved within each repetition. iperf3 (one TCP stream, \
+3 s) runs to target 1 through each path (a one-target group or backend: its control and data connections \
+must meet the same server).\n\n\
 ## Not measured yet\n\n\
-iperf3 throughput through each path, and the balancer's own CPU share (all hosts share 2 cores here): see the \
-open benchmark issue.\n",
+The balancer's own CPU share (all hosts share 2 cores here): see the open benchmark issue.\n",
         plot = args.plot.display(),
         json = args.out.join("results.json").display(),
         machine = machine(),
