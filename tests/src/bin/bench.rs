@@ -790,6 +790,7 @@ fn cpu_busy() -> u64 {
 #[derive(Clone, Copy)]
 struct WrkResult {
     rps: f64,
+    p50_ms: f64,
     p99_ms: f64,
     /// Busy CPU of the whole machine per request.
     cpu_us: f64,
@@ -826,6 +827,7 @@ fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
     let cpu_us = jiffies as f64 * 10_000.0 / requests.max(1.0);
     WrkResult {
         rps,
+        p50_ms: field("50%").unwrap_or(f64::NAN),
         p99_ms: field("99%").unwrap_or(f64::NAN),
         cpu_us,
     }
@@ -1063,6 +1065,12 @@ fn real_clients(args: &Args) -> Vec<Figure> {
                 f.vs(&base)
             };
             figs.push(f);
+            figs.push(figure(
+                "clients",
+                &format!("wrk {conn}: {} p50 latency", p.name()),
+                "ms",
+                r.iter().map(|x| x.p50_ms).collect(),
+            ));
             figs.push(figure(
                 "clients",
                 &format!("wrk {conn}: {} p99 latency", p.name()),
