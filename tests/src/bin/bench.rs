@@ -452,18 +452,18 @@ this noisy machine).
 - **Measuring wrapper**: restoring the template with 8-byte stores instead of byte stores cut
   the subtracted overhead from 65 to ~10 ns, which tightened every figure.
 - **New flow** costs two LRU-hash inserts (connection and return path) into a full table, each
-  evicting: ~400-690 ns. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`, kept) against the common LRU:
+  evicting: ~380-740 ns. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`, kept) against the common LRU:
   512 vs 637-694 ns median, so the common LRU does not help. Next steps: insert the return-path
   entry lazily, or key both directions in one map.
 - **Non-listener**: the extra over the bare program is ~15-50 ns (the noisiest figure) (parse, two array reads, one
   per-CPU counter). The 1.5x goal was set where the bare program cost 29 ns; here it costs
   ~10 ns, so the same absolute cost is a larger ratio. A packet that cannot be for a VIP now
   skips the listener lookup after one array read (`VIP_HINTS`).
-- **Packet rate** (generator -> balancer -> sink on direct veths, one core for the whole chain):
-  xlb forwards TCP SYNs over 1,000 flows at 0.86-0.92x the XDP forwarding floor and 3.2-4.1x
-  nftables DNAT (two runs). UDP first ran at 0.74x the floor: each UDP packet read the
-  full-precision clock for its idle timeout. With the coarse clock it runs at 0.99x the floor
-  and 3.7x nftables.
+- **Packet rate** (generator -> balancer -> sink on direct veths, one core for the whole chain),
+  over five runs: xlb forwards TCP SYNs over 1,000 flows at 0.86-1.05x the XDP forwarding
+  floor and 3.0-4.1x nftables DNAT. UDP first ran at 0.74x the floor: each UDP packet read the
+  full-precision clock for its idle timeout. With the coarse clock it ran at 0.79-1.14x the
+  floor and 2.7-3.7x nftables; the machine's load moves these figures by +/-20%.
 - **Real clients on the veth rig** (five runs on 2026-11-28, ratios to routed): xlb 0.78-1.05x
   with keep-alive and 0.74-0.96x with `Connection: close`; nftables DNAT 0.85-1.14x and
   0.85-1.16x; HAProxy
@@ -476,8 +476,8 @@ this noisy machine).
   can run on it), redirects queued to the peer veth's ring and NAPI
   (`_raw_spin_unlock_irqrestore` ~11%, task switches ~6%). On a physical NIC XDP runs before
   an skb exists; this rig cannot show that. Not fixed here.
-- **iperf3** (one TCP stream; two runs: routed 5.2-5.5 Gbit/s, xlb 0.56-0.84x, nftables
-  0.68-0.72x, HAProxy 0.85-0.86x): attaching an XDP program to a veth turns TCP segmentation offload off on its peer
+- **iperf3** (one TCP stream; three runs: routed 4.6-5.5 Gbit/s, xlb 0.56-0.91x, nftables
+  0.68-0.83x, HAProxy 0.85-0.92x): attaching an XDP program to a veth turns TCP segmentation offload off on its peer
   (checked with `ethtool -k`: `tcp-segmentation-offload` on -> off), so through xlb the client
   sends MTU-sized frames while the skb paths carry 64 KB GSO super-packets, ~40x fewer per
   byte. A physical NIC puts MTU-sized frames on the wire for every path. Multi-buffer XDP
