@@ -1210,7 +1210,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
     eprintln!(
-        "1/3 program cost: repeat {} x {} repetitions per figure",
+        "1/5 program cost: repeat {} x {} repetitions per figure",
         args.repeat, args.reps
     );
     let mut lab = Lab::new("bench", &[1, 2]);
@@ -1226,17 +1226,17 @@ fn main() -> anyhow::Result<()> {
     }
     let mut figs = program_cost(&args, &mut lab);
     drop(lab);
-    eprintln!("2/4 control plane: Maglev builds, 1,000 listeners");
+    eprintln!("2/5 control plane: Maglev builds, 1,000 listeners");
     figs.extend(maglev_builds(args.reps));
     figs.extend(thousand_listeners(args.reps));
     eprintln!(
-        "2b/4 packet rate: generator -> balancer -> sink, {} frames per run",
+        "3/5 packet rate: generator -> balancer -> sink, {} frames per run",
         args.frames
     );
     figs.extend(packet_rate(&args));
-    eprintln!("3/4 health-check detection on the rig");
+    eprintln!("4/5 health-check detection on the rig");
     figs.push(health_detection(&args));
-    eprintln!("4/4 real clients: wrk through xlb, nftables DNAT, HAProxy, and routed");
+    eprintln!("5/5 real clients: wrk through xlb, nftables DNAT, HAProxy, and routed");
     figs.extend(real_clients(&args));
 
     let t = table(&figs);
