@@ -232,6 +232,15 @@ impl Registry {
         }
     }
 
+    /// Whether `addr` is registered (initial, healthy or unhealthy) in `group`.
+    fn is_registered(&self, group: &str, addr: TargetAddr) -> Result<bool, RegistryError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
+        Ok(g.members.get(&addr).is_some_and(Member::registered))
+    }
+
     /// Register `addr` at run time (in `overlay`, then in the registry).
     pub fn register(
         &mut self,
@@ -242,14 +251,11 @@ impl Registry {
         weight: u32,
         now: Instant,
     ) -> Result<(), RegistryError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
+        let registered = self.is_registered(group, addr)?;
         if weight > crate::config::MAX_WEIGHT {
             return Err(RegistryError::BadWeight(weight));
         }
-        if g.members.get(&addr).is_some_and(Member::registered) {
+        if registered {
             return Err(RegistryError::AlreadyRegistered {
                 group: group.into(),
                 address: addr.0,
@@ -274,11 +280,7 @@ impl Registry {
         addr: TargetAddr,
         now: Instant,
     ) -> Result<(), RegistryError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| RegistryError::UnknownGroup(group.into()))?;
-        if !g.members.get(&addr).is_some_and(Member::registered) {
+        if !self.is_registered(group, addr)? {
             return Err(RegistryError::NotRegistered {
                 group: group.into(),
                 address: addr.0,
@@ -287,7 +289,12 @@ impl Registry {
         }
         let o = overlay.groups.entry(group.into()).or_default();
         o.registered.retain(|(a, p, _)| (*a, *p) != addr);
-        if g.spec.targets.iter().any(|t| (t.address, t.port) == addr) {
+        if self.groups[group]
+            .spec
+            .targets
+            .iter()
+            .any(|t| (t.address, t.port) == addr)
+        {
             o.deregistered.push(addr);
         }
         overlay.normalise(cfg);
