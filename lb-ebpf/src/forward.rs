@@ -32,8 +32,13 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = u16::from_be_bytes(ip.tot_len);
     let cached = target.and_then(|id| NEXT_HOPS.get_ptr_mut(id));
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Only the cache needs the time: replies (no target) skip the clock.
+    let now = if cached.is_some() {
+        // SAFETY: a helper with no arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
+    };
     if let Some(nh) = cached {
         // SAFETY: a per-CPU array slot, written only by this CPU.
         let nh = unsafe { *nh };
