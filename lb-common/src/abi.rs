@@ -32,8 +32,6 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
-    pub const BENCH: &str = "BENCH";
-    pub const BENCH_SINK: &str = "BENCH_SINK";
     pub const VIP_HINTS: &str = "VIP_HINTS";
 }
 
@@ -174,39 +172,6 @@ impl Counters {
     }
 }
 
-/// 8-byte words of the benchmark's template packet that the measuring wrapper restores after
-/// each repetition (56 bytes: Ethernet + IPv4 + TCP headers fit).
-pub const BENCH_RESTORE_WORDS: usize = 7;
-
-/// Program/benchmark modes of [`BenchPacket`].
-pub const BENCH_SAME_FLOW: u32 = 0;
-/// Each repetition gets a new TCP source port: a new flow every time.
-pub const BENCH_NEW_FLOW: u32 = 1;
-/// Source ports cycle through [`BENCH_FLOWS`] values: many flows, each seen again and again.
-pub const BENCH_MANY_FLOWS: u32 = 2;
-/// Flows of [`BENCH_MANY_FLOWS`].
-pub const BENCH_FLOWS: u16 = 1000;
-
-/// `BENCH[0]`: the packet the measuring wrapper restores (benchmark only).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BenchPacket {
-    pub mode: u32,
-    pub _pad: u32,
-    /// The packet's first bytes, as native-endian words.
-    pub words: [u64; BENCH_RESTORE_WORDS],
-}
-
-impl Default for BenchPacket {
-    fn default() -> Self {
-        Self {
-            mode: BENCH_SAME_FLOW,
-            _pad: 0,
-            words: [0; BENCH_RESTORE_WORDS],
-        }
-    }
-}
-
 // Padding-free layouts: a size different from the sum of the fields means hidden padding.
 const _: () = assert!(size_of::<ListenerKey>() == 8);
 const _: () = assert!(size_of::<ListenerValue>() == 20);
@@ -216,9 +181,12 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);
-const _: () = assert!(size_of::<BenchPacket>() == 64);
 
 #[cfg(feature = "user")]
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe trait: each impl states why the type is plain data"
+)]
 mod pod {
     use super::*;
     // SAFETY: each type is repr(C), Copy, has no padding (asserted above) and every bit
@@ -238,6 +206,4 @@ mod pod {
     unsafe impl aya::Pod for ReverseValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counters {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for BenchPacket {}
 }

@@ -1,5 +1,4 @@
 //! Stages 2-4: listener lookup, connection table, Maglev ring.
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET,
     PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey, addr_from_ipv4,
@@ -10,7 +9,7 @@ use crate::{
     hdr::{TCP_ACK, TCP_SYN},
     maps::{FLOWS, LISTENERS, PORT_FLAGS, REVERSE, RINGS, TARGETS, VIP_HINTS, VIPS},
     parse::{Flow, Verdict},
-    stats,
+    stats, sys,
 };
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -44,8 +43,7 @@ pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
         proto: f.proto,
         family: FAMILY_IPV4,
     };
-    // SAFETY: the value is read, never held across a map update by this program.
-    unsafe { LISTENERS.get(key) }
+    sys::value(&LISTENERS, &key)
 }
 
 /// False: `dst` is certainly not a VIP (one array read). True: it may be.
@@ -106,27 +104,31 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
     let key = forward_key(f);
     // The coarse clock (jiffies resolution) is ample for idle timeouts in seconds, and cheaper.
     let now = if f.proto == PROTO_UDP {
-        // SAFETY: a helper with no arguments.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        sys::coarse_ns()
     } else {
         0
     };
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value pointer, valid for this program run.
-        let entry = unsafe { &mut *entry };
+    let hit = sys::with_value_mut(&FLOWS, &key, |entry| {
         let idle_out = f.proto == PROTO_UDP
             && now.saturating_sub(entry.last_seen_ns) > u64::from(l.udp_idle_timeout_s) * NS_PER_S;
-        if !idle_out && let Some(target) = active_target(entry.target_id) {
-            entry.last_seen_ns = now;
-            return Ok(Pick {
-                target_id: entry.target_id,
-                target,
-                new_flow: false,
-            });
+        if idle_out {
+            return None;
         }
-        stats::count(Stat::EvFlowRebalanced);
-    } else if f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        stats::count(Stat::EvMidFlowMiss);
+        let target = active_target(entry.target_id)?;
+        entry.last_seen_ns = now;
+        Some(Pick {
+            target_id: entry.target_id,
+            target,
+            new_flow: false,
+        })
+    });
+    match hit {
+        Some(Some(pick)) => return Ok(pick),
+        Some(None) => stats::count(Stat::EvFlowRebalanced),
+        None if f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN => {
+            stats::count(Stat::EvMidFlowMiss);
+        }
+        None => {}
     }
     let hash = flow_hash_v4(f.src, f.dst, f.sport, f.dport, f.proto);
     let slot = l.ring_base + hash % l.ring_size.max(1);
@@ -171,6 +173,5 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
 #[inline(always)]
 pub fn reply(f: &Flow) -> Option<&'static ReverseValue> {
     let key = forward_key(f);
-    // SAFETY: the value is read, never held across a map update by this program.
-    unsafe { REVERSE.get(key) }
+    sys::lru_value(&REVERSE, &key)
 }

@@ -1,14 +1,10 @@
 //! Stage 6: send the rewritten packet toward its next hop, with L2 addresses from the kernel's
 //! FIB and neighbour tables.
-use core::mem::size_of;
-
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_FIB_LKUP_RET_SUCCESS, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{Stat, limits::NEXT_HOP_TTL_NS};
@@ -16,8 +12,8 @@ use lb_common::{Stat, limits::NEXT_HOP_TTL_NS};
 use crate::{
     hdr::{ETH_LEN, Eth, Ipv4},
     maps::{NEXT_HOPS, NextHop},
-    packet::header_mut,
     parse::Verdict,
+    sys::{self, header_mut},
 };
 
 const AF_INET: u8 = 2;
@@ -31,23 +27,21 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
     };
     let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = u16::from_be_bytes(ip.tot_len);
-    let cached = target.and_then(|id| NEXT_HOPS.get_ptr_mut(id));
+    let cached = target.and_then(|id| sys::with_slot(&NEXT_HOPS, id, |nh| *nh));
     // Only the cache needs the time: replies (no target) skip the clock.
     let now = if cached.is_some() {
-        // SAFETY: a helper with no arguments.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        sys::coarse_ns()
     } else {
         0
     };
-    if let Some(nh) = cached {
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        let nh = unsafe { *nh };
-        if nh.expires_ns > now && nh.ingress == ingress && tot_len <= nh.max_len {
-            return send(ctx, ingress, nh.egress, nh.smac, nh.dmac);
-        }
+    if let Some(nh) = cached
+        && nh.expires_ns > now
+        && nh.ingress == ingress
+        && tot_len <= nh.max_len
+    {
+        return send(ctx, ingress, nh.egress, nh.smac, nh.dmac);
     }
-    // SAFETY: a plain C struct of integers; all-zero is its documented initial state.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let mut p = sys::fib_params();
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
     p.__bindgen_anon_1.tot_len = tot_len;
@@ -55,21 +49,16 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
     p.ifindex = ingress;
-    // SAFETY: `p` is a valid, initialised bpf_fib_lookup of the size passed; ctx is the
-    // program's own context.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
-    match rc as u32 {
+    match sys::fib_lookup(ctx, &mut p) {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Verdict::pass(Stat::PassNoNeigh),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::pass(Stat::PassFragNeeded),
         BPF_FIB_LKUP_RET_FWD_DISABLED => return Verdict::drop(Stat::DropFwdDisabled),
         _ => return Verdict::drop(Stat::DropNoRoute),
     }
-    if let Some(nh) = cached {
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        let nh = unsafe { &mut *nh };
+    if let (Some(id), Some(nh)) = (target, cached) {
         let fresh = nh.expires_ns > now && nh.ingress == ingress && nh.egress == p.ifindex;
-        *nh = NextHop {
+        let next = NextHop {
             expires_ns: if fresh {
                 nh.expires_ns
             } else {
@@ -86,6 +75,7 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
             dmac: p.dmac,
             _pad: [0; 2],
         };
+        sys::with_slot(&NEXT_HOPS, id, |slot| *slot = next);
     }
     send(ctx, ingress, p.ifindex, p.smac, p.dmac)
 }
@@ -103,10 +93,8 @@ fn send(ctx: &XdpContext, ingress: u32, egress: u32, smac: [u8; 6], dmac: [u8; 6
             stat: Stat::FwdTx,
         };
     }
-    // SAFETY: a helper taking plain integers.
-    let action = unsafe { bpf_redirect(egress, 0) };
     Verdict {
-        action: action as u32,
+        action: sys::redirect(egress),
         stat: Stat::FwdRedirect,
     }
 }

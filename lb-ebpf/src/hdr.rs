@@ -1,12 +1,6 @@
 //! Wire headers as byte arrays only: alignment 1 and every bit pattern valid, so a bounds-checked
-//! pointer into the packet may be viewed as one (see `packet`). Fields are read as integers or
-//! byte arrays, never as Rust enums.
-
-/// Marker for types that may be viewed in place in packet memory.
-///
-/// # Safety
-/// Implementors are `repr(C)`, have alignment 1 and accept every bit pattern.
-pub unsafe trait Header {}
+//! pointer into the packet may be viewed as one (`sys::header_mut`). Fields are read as
+//! integers or byte arrays, never as Rust enums.
 
 #[repr(C)]
 pub struct Eth {
@@ -60,15 +54,6 @@ pub struct Udp {
     pub check: [u8; 2],
 }
 pub const UDP_LEN: usize = 8;
-
-// SAFETY: all four are repr(C) structs of u8 and [u8; N] fields only.
-unsafe impl Header for Eth {}
-// SAFETY: as above.
-unsafe impl Header for Ipv4 {}
-// SAFETY: as above.
-unsafe impl Header for Tcp {}
-// SAFETY: as above.
-unsafe impl Header for Udp {}
 
 const _: () = assert!(core::mem::size_of::<Eth>() == ETH_LEN && core::mem::align_of::<Eth>() == 1);
 const _: () =

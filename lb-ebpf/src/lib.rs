@@ -1,3 +1,27 @@
-// The XDP object is the binary (src/main.rs); this empty library lets lb-user name the crate as a
-// build dependency so cargo rebuilds the object when its sources change.
+//! xlb's XDP data plane as a library of stages; the program's entry point is the binary
+//! (`src/main.rs`), and an object built for measuring (`bench-ebpf`) links the same stages.
+//! The pipeline is parse -> listener lookup -> connection table -> Maglev ring -> rewrite ->
+//! forward, each stage in its own module; every packet ends in exactly one counted verdict.
+//!
+//! `unsafe` lives in [`sys`] alone; the rest of the crate denies it.
 #![no_std]
+#![deny(unsafe_code)]
+
+pub mod balance;
+pub mod forward;
+pub mod hdr;
+pub mod maps;
+pub mod nat;
+pub mod parse;
+pub mod pipeline;
+pub mod stats;
+#[allow(unsafe_code)]
+pub mod sys;
+
+/// Run the balancer on one packet and count its verdict: what an XDP entry point returns.
+#[inline(always)]
+pub fn balance(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+    let (action, stat) = pipeline::run(ctx);
+    stats::count(stat);
+    action
+}

@@ -5,8 +5,8 @@ use lb_common::{PROTO_TCP, csum};
 
 use crate::{
     hdr::{ETH_LEN, Ipv4, Tcp, Udp},
-    packet::header_mut,
     parse::Flow,
+    sys::header_mut,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::{
         ETH_LEN, ETHERTYPE_IPV4, Eth, IPV4_MF, IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Ipv4,
         TCP_MIN_LEN, Tcp, Udp,
     },
-    packet::header_mut,
+    sys::header_mut,
 };
 
 /// The final action and the counter that explains it.

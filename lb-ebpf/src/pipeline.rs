@@ -5,9 +5,9 @@ use lb_common::Stat;
 use crate::{
     balance, forward,
     nat::{self, Side},
-    packet,
     parse::{self, Parsed, Verdict},
     stats::{self, Dir},
+    sys,
 };
 
 #[inline(always)]
@@ -43,7 +43,7 @@ fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
         if f.ttl <= 1 {
             return Verdict::pass(Stat::PassTtlExceeded);
         }
-        let bytes = packet::len(ctx);
+        let bytes = sys::packet_len(ctx);
         if nat::rewrite(ctx, f, Side::Source, lb_common::ipv4_of(&r.vip), r.vport).is_none() {
             return Verdict::drop(Stat::DropL4Truncated);
         }
@@ -68,7 +68,7 @@ fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) ->
     if f.has_options {
         stats::count(Stat::EvIpv4Options);
     }
-    let bytes = packet::len(ctx);
+    let bytes = sys::packet_len(ctx);
     let addr = lb_common::ipv4_of(&pick.target.addr);
     if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
         return Verdict::drop(Stat::DropL4Truncated);

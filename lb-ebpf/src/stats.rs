@@ -1,14 +1,14 @@
 //! Counting. Per-CPU slots only: no shared read-modify-write on the fast path.
 use lb_common::{Counters, Stat};
 
-use crate::maps::{LISTENER_STATS, STATS, TARGET_STATS};
+use crate::{
+    maps::{LISTENER_STATS, STATS, TARGET_STATS},
+    sys,
+};
 
 #[inline(always)]
 pub fn count(stat: Stat) {
-    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        unsafe { *slot += 1 };
-    }
+    sys::with_slot(&STATS, stat as u32, |n| *n += 1);
 }
 
 /// Which way a packet went through the balancer.
@@ -37,12 +37,6 @@ fn bump(c: &mut Counters, dir: Dir, bytes: u64) {
 
 #[inline(always)]
 pub fn traffic(listener_id: u32, target_id: u32, dir: Dir, bytes: u64) {
-    if let Some(c) = LISTENER_STATS.get_ptr_mut(listener_id) {
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        bump(unsafe { &mut *c }, dir, bytes);
-    }
-    if let Some(c) = TARGET_STATS.get_ptr_mut(target_id) {
-        // SAFETY: as above.
-        bump(unsafe { &mut *c }, dir, bytes);
-    }
+    sys::with_slot(&LISTENER_STATS, listener_id, |c| bump(c, dir, bytes));
+    sys::with_slot(&TARGET_STATS, target_id, |c| bump(c, dir, bytes));
 }

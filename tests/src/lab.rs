@@ -1,16 +1,21 @@
 //! A namespace wired for running the real XDP program through BPF_PROG_TEST_RUN with known
 //! routes, neighbours and MACs, so `bpf_fib_lookup` resolves to predictable next hops. Used by
 //! the packet fixtures and by the benchmark.
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 use lb_common::Stat;
 use xlb::{
     EBPF_OBJECT,
-    balancer::{Balancer, Plan},
-    config::{self, Config},
-    dataplane::AyaDataplane,
+    dataplane::{
+        AyaDataplane,
+        reconcile::{Plan, Reconciler},
+    },
+    model::{
+        Endpoint,
+        config::{self, Config},
+    },
 };
 
 use crate::{Netns, netns::veth};
@@ -95,7 +100,7 @@ pub fn cfg(web: &[u8]) -> Config {
 /// A namespace wired for the program: in0 faces the client, tK faces target K (K = 1..3).
 /// Both ends of each veth stay in the namespace, so deleting it removes everything.
 pub struct Lab {
-    pub b: Balancer<AyaDataplane>,
+    pub b: Reconciler<AyaDataplane>,
     pub in0: u32,
     pub t: Vec<u32>,
     last_stats: Vec<u64>,
@@ -133,6 +138,11 @@ impl Run {
 
 impl Lab {
     pub fn new(tag: &str, web: &[u8]) -> Self {
+        Self::with_object(tag, web, EBPF_OBJECT)
+    }
+
+    /// As [`Lab::new`], with another build of the balancer (one carrying measuring programs).
+    pub fn with_object(tag: &str, web: &[u8], object: &[u8]) -> Self {
         let ns = Netns::create(&format!("xlb-fx-{}-{tag}", std::process::id())).unwrap();
         ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
         veth(&ns, "in0", &ns, "c0").unwrap();
@@ -163,9 +173,8 @@ impl Lab {
             .map(|k| ns.ifindex(&format!("t{k}")).unwrap())
             .collect();
         let c = cfg(web);
-        let dp =
-            AyaDataplane::load(EBPF_OBJECT, &c.tables).expect("XDP program loads and verifies");
-        let mut b = Balancer::new(dp, c.tables);
+        let dp = AyaDataplane::load(object, &c.tables).expect("XDP program loads and verifies");
+        let mut b = Reconciler::new(dp, c.tables);
         b.apply(&Plan::from_config(&c)).unwrap();
         let last_stats = b.snapshot().unwrap().stats;
         Self {
@@ -232,8 +241,11 @@ pub fn run_repeated(prog: &Xdp, pkt: &[u8], ingress: u32, repeat: u32) -> (u32, 
 }
 
 impl Lab {
-    pub fn target_traffic(&self, k: u8) -> xlb::status::Traffic {
-        let id = self.b.target_id(Ipv4Addr::from(target(k)), 8080).unwrap();
+    pub fn target_traffic(&self, k: u8) -> xlb::api::Traffic {
+        let id = self
+            .b
+            .target_id(&Endpoint::new(IpAddr::from(target(k)), 8080))
+            .unwrap();
         self.b.snapshot().unwrap().targets[id as usize].into()
     }
 }

@@ -133,13 +133,17 @@ fn run() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            step("clippy, eBPF crate (bpfel-unknown-none)");
+            step("clippy, eBPF crates: the product's and the benchmark's (bpfel-unknown-none)");
             run_cmd(
                 Command::new("cargo")
                     .args([
                         "clippy",
                         "-p",
                         "lb-ebpf",
+                        "-p",
+                        "xlb-bench-ebpf",
+                        "--features",
+                        "xlb-bench-ebpf/programs",
                         "--release",
                         "--target",
                         "bpfel-unknown-none",

@@ -5,6 +5,10 @@
 //! node builds the same table for the same target set. Weights: in each round a target claims
 //! as many slots as its weight, so shares follow weights at any scale (1:10 gives 1:10).
 
+use std::net::IpAddr;
+
+use crate::model::Endpoint;
+
 /// One entry of a table: the target's data-plane id, its stable identity and its weight.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -14,12 +18,22 @@ pub struct Entry {
     pub weight: u32,
 }
 
-/// The stable identity of a target: its IPv4 address and port.
-pub fn identity(addr: [u8; 4], port: u16) -> u64 {
-    let mut bytes = [0u8; 6];
-    bytes[..4].copy_from_slice(&addr);
-    bytes[4..].copy_from_slice(&port.to_be_bytes());
-    fnv1a(&bytes, 0)
+/// The stable identity of a target: its address and port (an IPv4 target hashes its 4 address
+/// bytes and 2 port bytes, as it always has, so tables stay the same across versions).
+pub fn identity(e: &Endpoint) -> u64 {
+    let mut bytes = [0u8; 18];
+    let n = match e.addr {
+        IpAddr::V4(a) => {
+            bytes[..4].copy_from_slice(&a.octets());
+            4
+        }
+        IpAddr::V6(a) => {
+            bytes[..16].copy_from_slice(&a.octets());
+            16
+        }
+    };
+    bytes[n..n + 2].copy_from_slice(&e.port.to_be_bytes());
+    fnv1a(&bytes[..n + 2], 0)
 }
 
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
@@ -90,7 +104,10 @@ mod tests {
         (1..=n)
             .map(|i| Entry {
                 id: i,
-                key: identity([198, 18, (i >> 8) as u8, i as u8], 8080),
+                key: identity(&Endpoint::new(
+                    IpAddr::V4([198, 18, (i >> 8) as u8, i as u8].into()),
+                    8080,
+                )),
                 weight: 1,
             })
             .collect()

@@ -50,16 +50,14 @@ fn a_good_config_parses_with_defaults() {
     assert_eq!(
         g.targets[0],
         Target {
-            address: "198.18.1.2".parse().unwrap(),
-            port: 8080,
+            endpoint: Endpoint::new("198.18.1.2".parse().unwrap(), 8080),
             weight: 1
         }
     );
     assert_eq!(
         g.targets[1],
         Target {
-            address: "198.18.2.2".parse().unwrap(),
-            port: 8081,
+            endpoint: Endpoint::new("198.18.2.2".parse().unwrap(), 8081),
             weight: 3
         }
     );

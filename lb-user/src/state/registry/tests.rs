@@ -1,7 +1,10 @@
 use std::{path::Path, time::Duration};
 
 use super::*;
-use crate::config;
+use crate::{
+    model::config,
+    state::{Overlay, StateFileError},
+};
 
 fn cfg(extra_group_keys: &str) -> Config {
     let text = format!(
@@ -23,9 +26,23 @@ targets = [{{ address = "198.18.1.2" }}, {{ address = "198.18.2.2" }}]
     config::parse(Path::new("t.toml"), &text).unwrap()
 }
 
-const T1: TargetAddr = (Ipv4Addr::new(198, 18, 1, 2), 8080);
-const T2: TargetAddr = (Ipv4Addr::new(198, 18, 2, 2), 8080);
-const T3: TargetAddr = (Ipv4Addr::new(198, 18, 3, 2), 8080);
+const fn ep(k: u8) -> Endpoint {
+    Endpoint::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 18, k, 2)),
+        8080,
+    )
+}
+const T1: Endpoint = ep(1);
+const T2: Endpoint = ep(2);
+const T3: Endpoint = ep(3);
+
+/// How a user names an endpoint: address and port.
+fn named(e: Endpoint) -> TargetRef {
+    TargetRef {
+        addr: e.addr,
+        port: Some(e.port),
+    }
+}
 
 fn setup(extra: &str) -> (Config, Overlay, Registry, Instant) {
     let c = cfg(extra);
@@ -36,19 +53,19 @@ fn setup(extra: &str) -> (Config, Overlay, Registry, Instant) {
     (c, o, r, now)
 }
 
-fn state(r: &Registry, a: TargetAddr) -> State {
+fn state(r: &Registry, a: Endpoint) -> State {
     r.groups["web"].members[&a].tracker.state
 }
 
-fn planned(r: &Registry, c: &Config, a: TargetAddr) -> Option<PlannedTarget> {
+fn planned(r: &Registry, c: &Config, a: Endpoint) -> Option<PlannedTarget> {
     r.plan(c).groups["web"]
         .iter()
-        .find(|t| (t.address, t.port) == a)
+        .find(|t| t.target.endpoint == a)
         .copied()
 }
 
 /// Drive a target to a state with probe results.
-fn probe_until(r: &mut Registry, a: TargetAddr, p: Probe, n: usize) {
+fn probe_until(r: &mut Registry, a: Endpoint, p: Probe, n: usize) {
     for _ in 0..n {
         r.observe("web", a, &p);
     }
@@ -103,7 +120,7 @@ fn deregistering_drains_for_the_delay_then_the_target_is_unused() {
     let (c, mut o, mut r, now) = setup("");
     probe_until(&mut r, T1, Probe::Ok, 1);
     probe_until(&mut r, T2, Probe::Ok, 1);
-    r.deregister(&c, &mut o, "web", T2, now).unwrap();
+    r.deregister(&c, &mut o, "web", named(T2), now).unwrap();
     assert_eq!(state(&r, T2), State::Draining);
     let p = planned(&r, &c, T2).unwrap();
     assert!(
@@ -127,7 +144,7 @@ fn a_zero_delay_makes_a_deregistered_target_unused_at_once() {
     let mut c0 = c.clone();
     c0.target_groups[0].deregistration_delay = Duration::ZERO;
     r.sync(&c0, &o, now);
-    r.deregister(&c0, &mut o, "web", T1, now).unwrap();
+    r.deregister(&c0, &mut o, "web", named(T1), now).unwrap();
     assert_eq!(state(&r, T1), State::Unused);
 }
 
@@ -135,20 +152,20 @@ fn a_zero_delay_makes_a_deregistered_target_unused_at_once() {
 fn register_and_deregister_errors() {
     let (c, mut o, mut r, now) = setup("");
     assert_eq!(
-        r.register(&c, &mut o, "api", T3, 1, now),
+        r.register(&c, &mut o, "api", named(T3), Some(1), now),
         Err(RegistryError::UnknownGroup("api".into()))
     );
     assert!(matches!(
-        r.register(&c, &mut o, "web", T1, 1, now),
+        r.register(&c, &mut o, "web", named(T1), Some(1), now),
         Err(RegistryError::AlreadyRegistered { .. })
     ));
     assert!(matches!(
-        r.deregister(&c, &mut o, "web", T3, now),
+        r.deregister(&c, &mut o, "web", named(T3), now),
         Err(RegistryError::NotRegistered { .. })
     ));
     assert_eq!(
-        r.register(&c, &mut o, "web", T3, 5000, now),
-        Err(RegistryError::BadWeight(5000))
+        r.register(&c, &mut o, "web", named(T3), Some(5000), now),
+        Err(RegistryError::Invalid(ModelError::BadWeight(5000)))
     );
     assert_eq!(o, Overlay::default(), "failed calls change nothing");
 }
@@ -156,18 +173,24 @@ fn register_and_deregister_errors() {
 #[test]
 fn runtime_registration_lives_in_the_overlay_until_the_file_says_the_same() {
     let (c, mut o, mut r, now) = setup("");
-    r.register(&c, &mut o, "web", T3, 2, now).unwrap();
+    r.register(&c, &mut o, "web", named(T3), Some(2), now)
+        .unwrap();
     assert_eq!(state(&r, T3), State::Initial);
-    assert_eq!(o.groups["web"].registered, vec![(T3.0, T3.1, 2)]);
+    assert_eq!(
+        o.groups["web"].registered,
+        vec![Target {
+            endpoint: T3,
+            weight: 2
+        }]
+    );
     // A restart: a fresh registry from the same file and overlay has it again.
     let mut fresh = Registry::default();
     fresh.sync(&c, &o, now);
     assert_eq!(fresh.groups["web"].members[&T3].weight, 2);
     // The file now lists it with the same weight: the overlay entry is dropped.
     let mut c2 = c.clone();
-    c2.target_groups[0].targets.push(config::Target {
-        address: T3.0,
-        port: T3.1,
+    c2.target_groups[0].targets.push(Target {
+        endpoint: T3,
         weight: 2,
     });
     let dropped = o.normalise(&c2);
@@ -176,10 +199,24 @@ fn runtime_registration_lives_in_the_overlay_until_the_file_says_the_same() {
 }
 
 #[test]
+fn a_target_named_without_a_port_gets_the_group_port_and_weight_one() {
+    let (c, mut o, mut r, now) = setup("");
+    let t = r
+        .register(&c, &mut o, "web", "198.18.3.2".parse().unwrap(), None, now)
+        .unwrap();
+    assert_eq!((t.endpoint, t.weight), (T3, 1));
+    let e = r
+        .deregister(&c, &mut o, "web", "198.18.3.2".parse().unwrap(), now)
+        .unwrap();
+    assert_eq!(e, T3);
+}
+
+#[test]
 fn reregistering_a_draining_target_brings_it_back() {
     let (c, mut o, mut r, now) = setup("");
-    r.deregister(&c, &mut o, "web", T1, now).unwrap();
-    r.register(&c, &mut o, "web", T1, 1, now).unwrap();
+    r.deregister(&c, &mut o, "web", named(T1), now).unwrap();
+    r.register(&c, &mut o, "web", named(T1), Some(1), now)
+        .unwrap();
     assert_eq!(state(&r, T1), State::Initial);
     assert!(o.groups.is_empty(), "back to what the file says");
 }
@@ -188,9 +225,7 @@ fn reregistering_a_draining_target_brings_it_back() {
 fn removing_a_target_from_the_file_drains_it_too() {
     let (c, o, mut r, now) = setup("");
     let mut c2 = c.clone();
-    c2.target_groups[0]
-        .targets
-        .retain(|t| (t.address, t.port) != T2);
+    c2.target_groups[0].targets.retain(|t| t.endpoint != T2);
     r.sync(&c2, &o, now);
     assert_eq!(state(&r, T2), State::Draining);
 }
@@ -204,7 +239,10 @@ fn the_overlay_survives_a_round_trip_through_the_state_file_and_a_corrupt_file_i
         .entry("web".into())
         .or_default()
         .registered
-        .push((T3.0, T3.1, 4));
+        .push(Target {
+            endpoint: T3,
+            weight: 4,
+        });
     o.save(&path).unwrap();
     assert_eq!(Overlay::load(&path).unwrap(), o);
     std::fs::write(&path, b"{ not json").unwrap();

@@ -16,6 +16,7 @@ use lb_common::limits::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, ModelError, Protocol, Target};
 use crate::health::{self, CheckProtocol, HealthCheck, Matcher};
 
 /// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
@@ -25,8 +26,6 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/xlb/state.json";
 /// Deregistration delay (seconds) of a group that names none, and its bounds (as AWS NLB).
 pub const DEFAULT_DEREGISTRATION_DELAY_S: u32 = 300;
 pub const MAX_DEREGISTRATION_DELAY_S: u32 = 3600;
-/// Largest weight of one target.
-pub const MAX_WEIGHT: u32 = 1000;
 const MAX_IFNAME_LEN: usize = 15;
 
 /// One problem in a config file, located.
@@ -61,28 +60,6 @@ pub enum LoadError {
     },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigError>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => lb_common::PROTO_TCP,
-            Protocol::Udp => lb_common::PROTO_UDP,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
 }
 
 // ---- the file as written (with spans) ----
@@ -146,17 +123,6 @@ struct RawHealthCheck {
     unhealthy_threshold: Option<Spanned<u32>>,
 }
 
-/// What happens to a target's established flows when it turns unhealthy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowPolicy {
-    /// Removed: the client's next packet goes to a healthy target (fails fast).
-    #[default]
-    Rebalance,
-    /// Kept on the unhealthy target.
-    Keep,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
@@ -198,7 +164,7 @@ impl Default for Tables {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub target_group: String,
@@ -215,16 +181,25 @@ pub struct TargetGroup {
     pub unhealthy_flows: FlowPolicy,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub weight: u32,
-}
-
 impl Config {
     pub fn group(&self, name: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|g| g.name == name)
+    }
+
+    /// The settings that `new` changes but that take effect only on restart (empty: `new`
+    /// may be applied by a reload).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.tables != new.tables {
+            changed.push("tables");
+        }
+        if self.interfaces != new.interfaces {
+            changed.push("interfaces");
+        }
+        if self.state_file != new.state_file {
+            changed.push("state_file");
+        }
+        changed
     }
 }
 
@@ -297,22 +272,22 @@ impl Validator<'_> {
         }
     }
 
-    fn ipv4(&mut self, s: &Spanned<String>, what: &str) -> Ipv4Addr {
-        match s.get_ref().parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => a,
-            Ok(IpAddr::V6(_)) => {
+    fn addr(&mut self, s: &Spanned<String>, what: &str) -> IpAddr {
+        match super::parse_addr(s.get_ref()) {
+            Ok(a) => a,
+            Err(ModelError::Ipv6Unsupported(_)) => {
                 self.at(
                     s,
                     format!("{what} {:?}: IPv6 is not supported yet", s.get_ref()),
                 );
-                Ipv4Addr::UNSPECIFIED
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             }
             Err(_) => {
                 self.at(
                     s,
                     format!("{what} {:?} is not an IPv4 address", s.get_ref()),
                 );
-                Ipv4Addr::UNSPECIFIED
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             }
         }
     }
@@ -442,27 +417,26 @@ impl Validator<'_> {
             let mut targets: Vec<Target> = Vec::new();
             for t in &r.targets {
                 let rt = t.get_ref();
-                let address = self.ipv4(&rt.address, "target address");
-                let tport = match &rt.port {
-                    Some(p) => self.port(p, "target port"),
-                    None => port,
+                let target = super::TargetRef {
+                    addr: self.addr(&rt.address, "target address"),
+                    port: rt.port.as_ref().map(|p| self.port(p, "target port")),
                 };
-                let weight = self.ranged(&rt.weight, "target weight", 0, MAX_WEIGHT.into(), 1);
-                if targets
-                    .iter()
-                    .any(|o| o.address == address && o.port == tport)
-                {
+                let endpoint = target.resolve(port);
+                let weight = self.ranged(
+                    &rt.weight,
+                    "target weight",
+                    0,
+                    MAX_WEIGHT.into(),
+                    DEFAULT_WEIGHT,
+                );
+                if targets.iter().any(|o| o.endpoint == endpoint) {
                     self.at(
                         t,
-                        format!("target {address}:{tport} is listed twice in group {name:?}"),
+                        format!("target {endpoint} is listed twice in group {name:?}"),
                     );
                     continue;
                 }
-                targets.push(Target {
-                    address,
-                    port: tport,
-                    weight,
-                });
+                targets.push(Target { endpoint, weight });
             }
             total += targets.len();
             let health_check = self.health_check(r.health_check.as_ref());
@@ -611,7 +585,7 @@ impl Validator<'_> {
     ) -> Vec<Listener> {
         let mut out: Vec<Listener> = Vec::new();
         let mut names = HashSet::new();
-        let mut bound: HashMap<(Ipv4Addr, u16, Protocol), String> = HashMap::new();
+        let mut bound: HashMap<(IpAddr, u16, Protocol), String> = HashMap::new();
         for l in raw {
             let r = l.get_ref();
             let name = r.name.get_ref().clone();
@@ -620,14 +594,15 @@ impl Validator<'_> {
             } else if !names.insert(name.clone()) {
                 self.at(&r.name, format!("listener {name:?} is defined twice"));
             }
-            let vip = self.ipv4(&r.vip, "vip");
+            let vip = self.addr(&r.vip, "vip");
             let port = self.port(&r.port, "listener port");
             let protocol = *r.protocol.get_ref();
             if let Some(other) = bound.insert((vip, port, protocol), name.clone()) {
                 self.at(
                     l,
                     format!(
-                        "listener {name:?} uses {vip}:{port}/{} like listener {other:?}",
+                        "listener {name:?} uses {}/{} like listener {other:?}",
+                        Endpoint::new(vip, port),
                         protocol.as_str()
                     ),
                 );

@@ -1,7 +1,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::{config, dataplane::FakeDataplane};
+use crate::{
+    dataplane::fake::{FakeDataplane, Write},
+    model::config,
+};
 
 fn cfg(web_targets: &[&str], extra: &str) -> Config {
     let list = web_targets
@@ -39,37 +42,62 @@ health_check = {{ enabled = false }}
     config::parse(Path::new("t.toml"), &text).unwrap()
 }
 
-fn balancer(c: &Config) -> Balancer<FakeDataplane> {
-    let mut b = Balancer::new(FakeDataplane::default(), c.tables);
+fn reconciler(c: &Config) -> Reconciler<FakeDataplane> {
+    let mut b = Reconciler::new(FakeDataplane::default(), c.tables);
     b.apply(&Plan::from_config(c)).unwrap();
     b
 }
 
-fn pos(log: &[String], prefix: &str) -> usize {
-    log.iter()
-        .position(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in {log:#?}"))
+/// Where the first write matching `what` is.
+fn pos(b: &Reconciler<FakeDataplane>, what: impl Fn(&Write) -> bool) -> usize {
+    let dp = b.dataplane();
+    dp.position(what)
+        .unwrap_or_else(|| panic!("not in {:#?}", dp.log))
+}
+
+/// Where the last write matching `what` is.
+fn last(b: &Reconciler<FakeDataplane>, what: impl Fn(&Write) -> bool) -> usize {
+    let dp = b.dataplane();
+    dp.last_position(what)
+        .unwrap_or_else(|| panic!("not in {:#?}", dp.log))
 }
 
 fn key(c: &Config, name: &str) -> ListenerKey {
-    listener_key(c.listeners.iter().find(|l| l.name == name).unwrap())
+    keys::listener_key(c.listeners.iter().find(|l| l.name == name).unwrap()).unwrap()
+}
+
+fn ep(a: &str) -> Endpoint {
+    Endpoint::new(a.parse().unwrap(), 8080)
+}
+
+fn is_target(w: &Write) -> bool {
+    matches!(w, Write::Target { .. })
+}
+fn is_ring(w: &Write) -> bool {
+    matches!(w, Write::Ring { .. })
+}
+fn is_listener(w: &Write) -> bool {
+    matches!(w, Write::Listener { .. })
+}
+fn is_vip(w: &Write) -> bool {
+    matches!(w, Write::Vip { .. })
 }
 
 #[test]
 fn first_apply_writes_targets_then_rings_then_listeners_then_vips() {
     let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
-    let b = balancer(&c);
-    let log = &b.dataplane().log;
-    let last_target = log.iter().rposition(|l| l.starts_with("target ")).unwrap();
-    assert!(last_target < pos(log, "ring "));
-    assert!(pos(log, "port 80 ") < pos(log, "listener 198.18.100.10:80/6"));
-    assert!(pos(log, "ring ") < pos(log, "listener "));
+    let b = reconciler(&c);
+    let web = key(&c, "web");
+    assert!(last(&b, is_target) < pos(&b, is_ring));
     assert!(
-        log.iter()
-            .rposition(|l| l.starts_with("listener "))
-            .unwrap()
-            < pos(log, "vip ")
+        pos(&b, |w| matches!(w, Write::PortFlags { port: 80, .. }))
+            < pos(
+                &b,
+                |w| matches!(w, Write::Listener { key, .. } if *key == web)
+            )
     );
+    assert!(pos(&b, is_ring) < pos(&b, is_listener));
+    assert!(last(&b, is_listener) < pos(&b, is_vip));
     assert_eq!(
         b.dataplane().vips.values().copied().collect::<Vec<_>>(),
         vec![2]
@@ -80,18 +108,23 @@ fn first_apply_writes_targets_then_rings_then_listeners_then_vips() {
     let hint = lb_common::vip_hint_index([198, 18, 100, 10]);
     assert!(b.dataplane().vip_hints[&hint]);
     assert!(
-        pos(log, &format!("vip hint {hint} true")) < pos(log, "vip ["),
+        pos(&b, |w| *w
+            == Write::VipHint {
+                index: hint,
+                on: true
+            })
+            < pos(&b, is_vip),
         "the hint goes in before the VIP"
     );
 }
 #[test]
 fn the_ring_in_the_dataplane_is_the_maglev_table_of_the_group() {
     let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
-    let b = balancer(&c);
+    let b = reconciler(&c);
     let ring = b.dataplane().ring_of(&key(&c, "web"));
     let ids = [
-        b.target_id("198.18.1.2".parse().unwrap(), 8080).unwrap(),
-        b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap(),
+        b.target_id(&ep("198.18.1.2")).unwrap(),
+        b.target_id(&ep("198.18.2.2")).unwrap(),
     ];
     assert_eq!(ring.len(), 251);
     assert!(
@@ -107,7 +140,7 @@ fn the_ring_in_the_dataplane_is_the_maglev_table_of_the_group() {
 #[test]
 fn applying_the_same_config_again_writes_nothing() {
     let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
-    let mut b = balancer(&c);
+    let mut b = reconciler(&c);
     b.dataplane_mut().log.clear();
     let r = b.apply(&Plan::from_config(&c)).unwrap();
     assert!(b.dataplane().log.is_empty(), "{:#?}", b.dataplane().log);
@@ -117,7 +150,7 @@ fn applying_the_same_config_again_writes_nothing() {
 #[test]
 fn adding_a_target_rewrites_the_idle_ring_then_flips_and_moves_about_a_third() {
     let c1 = cfg(&["198.18.1.2", "198.18.2.2"], "");
-    let mut b = balancer(&c1);
+    let mut b = reconciler(&c1);
     let k = key(&c1, "web");
     let before = b.dataplane().ring_of(&k);
     let old_base = b.dataplane().listeners[&k].ring_base;
@@ -125,20 +158,37 @@ fn adding_a_target_rewrites_the_idle_ring_then_flips_and_moves_about_a_third() {
 
     let c2 = cfg(&["198.18.1.2", "198.18.2.2", "198.18.3.2"], "");
     let r = b.apply(&Plan::from_config(&c2)).unwrap();
-    let log = &b.dataplane().log;
+    let dns = key(&c2, "dns");
     assert_eq!(r.listeners_changed, ["web"]);
     assert_eq!(
         r.listeners_unchanged,
         ["dns"],
         "the other listener is untouched"
     );
-    assert!(!log.iter().any(|l| l.contains(":53/")), "{log:#?}");
+    assert!(
+        b.dataplane()
+            .position(|w| matches!(w, Write::Listener { key, .. } if *key == dns))
+            .is_none(),
+        "{:#?}",
+        b.dataplane().log
+    );
     let new_base = b.dataplane().listeners[&k].ring_base;
     assert_ne!(new_base, old_base, "the new table goes to the idle ring");
-    assert!(pos(log, "target ") < pos(log, &format!("ring {new_base}")));
-    assert!(pos(log, &format!("ring {new_base}")) < pos(log, "listener 198.18.100.10:80/6"));
+    let new_ring = |w: &Write| matches!(w, Write::Ring { base, .. } if *base == new_base);
+    assert!(pos(&b, is_target) < pos(&b, new_ring));
+    assert!(
+        pos(&b, new_ring)
+            < pos(
+                &b,
+                |w| matches!(w, Write::Listener { key, .. } if *key == k)
+            )
+    );
     // The ring the program used until the flip was not written to.
-    assert!(!log.contains(&format!("ring {old_base}")));
+    assert!(
+        b.dataplane()
+            .position(|w| matches!(w, Write::Ring { base, .. } if *base == old_base))
+            .is_none()
+    );
 
     let after = b.dataplane().ring_of(&k);
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
@@ -148,7 +198,7 @@ fn adding_a_target_rewrites_the_idle_ring_then_flips_and_moves_about_a_third() {
         (0.25..0.45).contains(&frac),
         "moved {frac:.2} of the slots, about 1/3 expected"
     );
-    let new_id = b.target_id("198.18.3.2".parse().unwrap(), 8080).unwrap();
+    let new_id = b.target_id(&ep("198.18.3.2")).unwrap();
     // Maglev is not perfectly minimal: a few slots reshuffle between the old targets too.
     let elsewhere = before
         .iter()
@@ -165,15 +215,20 @@ fn adding_a_target_rewrites_the_idle_ring_then_flips_and_moves_about_a_third() {
 #[test]
 fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
     let c1 = cfg(&["198.18.1.2", "198.18.2.2"], "");
-    let mut b = balancer(&c1);
-    let gone = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
+    let mut b = reconciler(&c1);
+    let gone = b.target_id(&ep("198.18.2.2")).unwrap();
     b.dataplane_mut().log.clear();
     let r = b
         .apply(&Plan::from_config(&cfg(&["198.18.1.2"], "")))
         .unwrap();
     assert_eq!(r.targets_removed, 1);
-    let log = &b.dataplane().log;
-    assert!(pos(log, "listener 198.18.100.10:80/6") < pos(log, &format!("target {gone} flags=0")));
+    let web = key(&c1, "web");
+    assert!(
+        pos(
+            &b,
+            |w| matches!(w, Write::Listener { key, .. } if *key == web)
+        ) < pos(&b, |w| *w == Write::Target { id: gone, flags: 0 })
+    );
     assert_eq!(b.dataplane().targets[&gone].flags & TARGET_ACTIVE, 0);
     assert!(
         b.dataplane()
@@ -185,13 +240,13 @@ fn removing_a_target_deactivates_it_after_the_listener_stopped_using_it() {
 
 #[test]
 fn removed_target_ids_are_not_reused_at_once() {
-    let mut b = balancer(&cfg(&["198.18.1.2", "198.18.2.2"], ""));
-    let old = b.target_id("198.18.2.2".parse().unwrap(), 8080).unwrap();
+    let mut b = reconciler(&cfg(&["198.18.1.2", "198.18.2.2"], ""));
+    let old = b.target_id(&ep("198.18.2.2")).unwrap();
     b.apply(&Plan::from_config(&cfg(&["198.18.1.2"], "")))
         .unwrap();
     b.apply(&Plan::from_config(&cfg(&["198.18.1.2", "198.18.4.2"], "")))
         .unwrap();
-    let new = b.target_id("198.18.4.2".parse().unwrap(), 8080).unwrap();
+    let new = b.target_id(&ep("198.18.4.2")).unwrap();
     assert_ne!(
         old, new,
         "a stale flow of the removed target must not land on the new one"
@@ -201,7 +256,7 @@ fn removed_target_ids_are_not_reused_at_once() {
 #[test]
 fn removing_a_listener_removes_it_and_its_vip_and_port_flag_when_unused() {
     let c = cfg(&["198.18.1.2"], "");
-    let mut b = balancer(&c);
+    let mut b = reconciler(&c);
     let mut only_web = c.clone();
     only_web.listeners.retain(|l| l.name == "web");
     let r = b.apply(&Plan::from_config(&only_web)).unwrap();
@@ -224,33 +279,71 @@ fn removing_a_listener_removes_it_and_its_vip_and_port_flag_when_unused() {
 }
 
 #[test]
-fn table_size_changes_are_refused_and_write_nothing() {
-    let c = cfg(&["198.18.1.2"], "");
-    let mut b = balancer(&c);
-    b.dataplane_mut().log.clear();
-    let mut bigger = c.clone();
-    bigger.tables.maglev_size = 257;
-    assert!(matches!(
-        b.apply(&Plan::from_config(&bigger)),
-        Err(ApplyError::TablesChanged { .. })
-    ));
-    let mut other_if = c.clone();
-    other_if.interfaces = vec!["eth1".into()];
-    assert!(matches!(
-        b.apply(&Plan::from_config(&other_if)),
-        Err(ApplyError::InterfacesChanged { .. })
-    ));
-    assert!(b.dataplane().log.is_empty());
-}
-
-#[test]
 fn a_group_with_no_targets_gives_an_empty_ring() {
     let c = cfg(&[], "");
-    let b = balancer(&c);
+    let b = reconciler(&c);
     assert!(
         b.dataplane()
             .ring_of(&key(&c, "web"))
             .iter()
             .all(|&t| t == 0)
     );
+}
+
+/// Every write of a first apply, then of a change, fails once in turn: the data plane is left
+/// in a state packets can use, and applying the plan again makes it exactly what an apply
+/// that never failed gives.
+#[test]
+fn a_failure_at_any_write_is_repaired_by_applying_again() {
+    let c1 = cfg(&["198.18.1.2", "198.18.2.2"], "");
+    let mut c2 = cfg(&["198.18.2.2", "198.18.3.2"], "");
+    c2.listeners.retain(|l| l.name == "web");
+    let want1 = reconciler(&c1).dataplane().contents();
+    let mut clean = reconciler(&c1);
+    let writes_first = clean.dataplane().log.len();
+    clean.apply(&Plan::from_config(&c2)).unwrap();
+    let writes_change = clean.dataplane().log.len() - writes_first;
+    let want2 = clean.dataplane().contents();
+    assert!(writes_first > 5 && writes_change > 5);
+
+    for n in 0..writes_first {
+        let dp = FakeDataplane {
+            fail_at: Some(n),
+            ..FakeDataplane::default()
+        };
+        let mut b = Reconciler::new(dp, c1.tables);
+        assert!(b.apply(&Plan::from_config(&c1)).is_err(), "write {n}");
+        assert!(b.plan().is_none(), "a failed apply is not recorded as done");
+        b.apply(&Plan::from_config(&c1)).unwrap();
+        assert_eq!(
+            b.dataplane().contents(),
+            want1,
+            "first apply, write {n} failed"
+        );
+    }
+    for n in 0..writes_change {
+        let mut b = reconciler(&c1);
+        let at = b.dataplane().log.len() + n;
+        b.dataplane_mut().fail_at = Some(at);
+        assert!(b.apply(&Plan::from_config(&c2)).is_err(), "write {n}");
+        // Whatever a packet finds now points at a target the data plane has.
+        let mid = b.dataplane().contents();
+        for (_, ring) in mid.listeners.values() {
+            assert!(ring.iter().all(|t| t.is_some_and(|t| t.2 == TARGET_ACTIVE)));
+        }
+        b.apply(&Plan::from_config(&c2)).unwrap();
+        assert_eq!(b.dataplane().contents(), want2, "change, write {n} failed");
+    }
+}
+
+#[test]
+fn an_ipv6_listener_is_refused_before_anything_is_written() {
+    let mut c = cfg(&["198.18.1.2"], "");
+    c.listeners[0].vip = "2001:db8::10".parse().unwrap();
+    let mut b = Reconciler::new(FakeDataplane::default(), c.tables);
+    assert!(matches!(
+        b.apply(&Plan::from_config(&c)),
+        Err(ApplyError::Unsupported(_))
+    ));
+    assert!(b.dataplane().log.is_empty());
 }

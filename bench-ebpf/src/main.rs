@@ -1,22 +1,33 @@
-//! Programs for `cargo xtask bench` only; the agent never attaches them.
+//! Programs for `cargo xtask bench` only, in an object of their own: the product's object
+//! (lb-ebpf) carries none of them. The `xlb` entry point here is the balancer as lb-ebpf builds
+//! it, from the same library, so the benchmark loads this object through the agent's own
+//! `AyaDataplane` and measures the same code.
 //!
 //! BPF_PROG_TEST_RUN does not restore the packet between repetitions, so a rewriting program
 //! would time its own output. `xlb_bench` runs the real pipeline, then puts the template
 //! packet back; `xlb_bench_restore` does only the putting back, so its cost can be subtracted.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{BENCH_FLOWS, BENCH_MANY_FLOWS, BENCH_NEW_FLOW, BenchPacket, PROTO_UDP, csum};
-
-use crate::{
+use lb_common::{PROTO_UDP, csum};
+use lb_ebpf::{
     forward,
     hdr::{ETH_LEN, Eth, IPV4_MIN_LEN, Ipv4, Tcp, Udp},
-    packet::{header_mut, write_words},
-    pipeline, stats,
+    sys::{self, header_mut},
 };
+use xlb_bench_abi::{BenchPacket, FLOWS, MANY_FLOWS, NEW_FLOW};
+
+/// The balancer, exactly as the product's object has it.
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    lb_ebpf::balance(&ctx)
+}
 
 #[map]
 static BENCH: Array<BenchPacket> = Array::with_max_entries(1, 0);
@@ -32,18 +43,16 @@ static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
     write_words(ctx, &t.words)?;
-    if t.mode == BENCH_NEW_FLOW || t.mode == BENCH_MANY_FLOWS {
-        let seq = BENCH_SEQ.get_ptr_mut(0)?;
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        let n = unsafe {
-            *seq = (*seq).wrapping_add(1);
+    if t.mode == NEW_FLOW || t.mode == MANY_FLOWS {
+        let n = sys::with_slot(&BENCH_SEQ, 0, |seq| {
+            *seq = seq.wrapping_add(1);
             *seq
-        };
-        // Ports 1024..65535 in turn (new flows), or 1024..1024+BENCH_FLOWS (many flows).
-        let span = if t.mode == BENCH_NEW_FLOW {
+        })?;
+        // Ports 1024..65535 in turn (new flows), or 1024..1024+FLOWS (many flows).
+        let span = if t.mode == NEW_FLOW {
             u16::MAX - 1024
         } else {
-            BENCH_FLOWS
+            FLOWS
         };
         let port = 1024 + n % span;
         // Keep the L4 checksum valid (conntrack drops a bad one): the template's port was
@@ -71,8 +80,7 @@ pub fn xlb_bench(ctx: XdpContext) -> u32 {
     let Some(t) = BENCH.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let (action, stat) = pipeline::run(&ctx);
-    stats::count(stat);
+    let action = lb_ebpf::balance(&ctx);
     if restore(&ctx, t).is_none() {
         return xdp_action::XDP_ABORTED;
     }
@@ -109,10 +117,7 @@ pub fn xlb_bench_floor(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn count_sink() {
-    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
-        // SAFETY: a per-CPU array slot, written only by this CPU.
-        unsafe { *c += 1 };
-    }
+    sys::with_slot(&BENCH_SINK, 0, |c| *c += 1);
 }
 
 /// Packet generator for BPF_PROG_TEST_RUN's live-frames mode: frames are recycled, so every
@@ -147,3 +152,35 @@ pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
 pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
     forward::forward(&ctx, None).action
 }
+
+/// Overwrite the packet's first `N * 8` bytes with `words`; `None` if the packet is shorter.
+/// Frames here come from BPF_PROG_TEST_RUN, which places data after a 256-byte headroom, so
+/// the start is 8-byte aligned (the verifier forbids checking that on a packet pointer).
+#[inline(always)]
+fn write_words<const N: usize>(ctx: &XdpContext, words: &[u64; N]) -> Option<()> {
+    let start = ctx.data();
+    if start + N * 8 > ctx.data_end() {
+        return None;
+    }
+    let mut i = 0;
+    while i < N {
+        // SAFETY: in bounds (checked above) and 8-byte aligned (BPF_PROG_TEST_RUN frames, the
+        // only input of these programs; see above).
+        unsafe { *((start + i * 8) as *mut u64) = words[i] };
+        i += 1;
+    }
+    Some(())
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,16 +1,16 @@
-//! What `xlb status`, `xlb listeners` and `xlb targets health` show: built from the model and a
-//! counter snapshot; tables for people, JSON for scripts.
-use std::fmt::Write as _;
+//! What `xlb status`, `xlb listeners` and `xlb targets health` answer: built from the model
+//! and a counter snapshot. The CLI renders these for people (`cli::render`); `--json` prints
+//! them as they are.
+use std::time::Instant;
 
 use lb_common::{Counters, Stat};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    balancer::Balancer,
-    config::Config,
-    dataplane::{AttachMode, Dataplane, DataplaneError},
+    dataplane::{AttachMode, Dataplane, DataplaneError, reconcile::Reconciler},
     health::CheckProtocol,
-    registry::Registry,
+    model::config::Config,
+    state::Registry,
 };
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub groups: Vec<GroupStatus>,
     pub reasons: Vec<Reason>,
+    /// Set while the data plane could not be brought in line with the model (the last error);
+    /// the agent retries every second until it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,13 +94,25 @@ pub struct Reason {
     pub packets: u64,
 }
 
-pub fn collect<D: Dataplane>(
-    b: &Balancer<D>,
-    cfg: &Config,
-    registry: &Registry,
-    config_path: &str,
-    interfaces: &[(String, AttachMode)],
-) -> Result<Status, DataplaneError> {
+/// What the agent knows, for [`collect`].
+pub struct Sources<'a, D> {
+    pub reconciler: &'a Reconciler<D>,
+    pub cfg: &'a Config,
+    pub registry: &'a Registry,
+    pub config_path: &'a str,
+    pub interfaces: &'a [(String, AttachMode)],
+    pub dataplane_error: Option<&'a str>,
+}
+
+pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status, DataplaneError> {
+    let Sources {
+        reconciler: b,
+        cfg,
+        registry,
+        config_path,
+        interfaces,
+        dataplane_error,
+    } = src;
     let snap = b.snapshot()?;
     let traffic = |v: &Vec<Counters>, id: Option<u32>| -> Traffic {
         id.and_then(|i| v.get(i as usize))
@@ -116,7 +132,6 @@ pub fn collect<D: Dataplane>(
             traffic: traffic(&snap.listeners, b.listener_id(l)),
         })
         .collect();
-    let now = std::time::Instant::now();
     let groups = registry
         .groups
         .iter()
@@ -149,16 +164,16 @@ pub fn collect<D: Dataplane>(
                 targets: g
                     .members
                     .iter()
-                    .map(|(&(address, port), m)| TargetStatus {
-                        address: address.to_string(),
-                        port,
+                    .map(|(endpoint, m)| TargetStatus {
+                        address: endpoint.addr.to_string(),
+                        port: endpoint.port,
                         weight: m.weight,
                         state: m.tracker.state.as_str().to_owned(),
                         reason: m.tracker.reason.clone(),
                         drain_remaining_s: m
                             .drain_until
                             .map(|t| t.saturating_duration_since(now).as_secs()),
-                        traffic: traffic(&snap.targets, b.target_id(address, port)),
+                        traffic: traffic(&snap.targets, b.target_id(endpoint)),
                     })
                     .collect(),
             }
@@ -179,93 +194,12 @@ pub fn collect<D: Dataplane>(
             .iter()
             .map(|(n, m)| Interface {
                 name: n.clone(),
-                mode: match m {
-                    AttachMode::Native => "native".into(),
-                    AttachMode::Generic => "generic".into(),
-                },
+                mode: m.as_str().into(),
             })
             .collect(),
         listeners,
         groups,
         reasons,
+        dataplane_error: dataplane_error.map(str::to_owned),
     })
-}
-
-pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
-    let _ = writeln!(
-        o,
-        "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
-        "LISTENER", "VIP:PORT", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW", "REPLIES"
-    );
-    for l in listeners {
-        let _ = writeln!(
-            o,
-            "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
-            l.name,
-            format!("{}:{}", l.vip, l.port),
-            l.protocol,
-            l.target_group,
-            l.traffic.packets,
-            l.traffic.bytes,
-            l.traffic.new_flows,
-            l.traffic.reply_packets
-        );
-    }
-}
-
-pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
-    for g in groups {
-        let open = if g.fail_open {
-            "  FAIL-OPEN: no healthy target, all registered targets take traffic"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            o,
-            "target group {} (health check: {}){open}",
-            g.name, g.health_check
-        );
-        let _ = writeln!(
-            o,
-            "  {:<22} {:>6} {:<10} {:>10} {:>9}  REASON",
-            "TARGET", "WEIGHT", "STATE", "PACKETS", "NEW"
-        );
-        for t in &g.targets {
-            let reason = match t.drain_remaining_s {
-                Some(s) => format!("{} ({s} s left)", t.reason),
-                None => t.reason.clone(),
-            };
-            let _ = writeln!(
-                o,
-                "  {:<22} {:>6} {:<10} {:>10} {:>9}  {reason}",
-                format!("{}:{}", t.address, t.port),
-                t.weight,
-                t.state,
-                t.traffic.packets,
-                t.traffic.new_flows,
-            );
-        }
-    }
-}
-
-/// The full status for people. Reasons with no packets are left out (`--json` has them all).
-pub fn render(s: &Status) -> String {
-    let mut o = String::new();
-    let ifs: Vec<String> = s
-        .interfaces
-        .iter()
-        .map(|i| format!("{} ({})", i.name, i.mode))
-        .collect();
-    let _ = writeln!(o, "config:     {}", s.config);
-    let _ = writeln!(o, "interfaces: {}", ifs.join(", "));
-    let _ = writeln!(o);
-    render_listeners(&mut o, &s.listeners);
-    let _ = writeln!(o);
-    render_groups(&mut o, &s.groups);
-    let _ = writeln!(o);
-    let _ = writeln!(o, "{:<24} {:<8} {:>12}", "REASON", "KIND", "PACKETS");
-    for r in s.reasons.iter().filter(|r| r.packets > 0) {
-        let _ = writeln!(o, "{:<24} {:<8} {:>12}", r.name, r.kind, r.packets);
-    }
-    o
 }

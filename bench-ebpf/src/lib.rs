@@ -1,0 +1,46 @@
+//! The benchmark object's ABI, shared by its XDP programs (`src/main.rs`) and the host-side
+//! benchmark (`tests/src/bin/bench`). Nothing here is part of the product's ABI.
+#![no_std]
+
+/// Map names, as the benchmark object declares them.
+pub const BENCH_MAP: &str = "BENCH";
+pub const BENCH_SINK_MAP: &str = "BENCH_SINK";
+
+/// 8-byte words of the template packet that the measuring wrapper restores after each
+/// repetition (56 bytes: Ethernet + IPv4 + TCP headers fit).
+pub const RESTORE_WORDS: usize = 7;
+
+/// Modes of [`BenchPacket`]: the same flow every time.
+pub const SAME_FLOW: u32 = 0;
+/// Each repetition gets a new TCP source port: a new flow every time.
+pub const NEW_FLOW: u32 = 1;
+/// Source ports cycle through [`FLOWS`] values: many flows, each seen again and again.
+pub const MANY_FLOWS: u32 = 2;
+/// Flows of [`MANY_FLOWS`].
+pub const FLOWS: u16 = 1000;
+
+/// `BENCH[0]`: the packet the measuring wrapper restores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPacket {
+    pub mode: u32,
+    pub _pad: u32,
+    /// The packet's first bytes, as native-endian words.
+    pub words: [u64; RESTORE_WORDS],
+}
+
+impl Default for BenchPacket {
+    fn default() -> Self {
+        Self {
+            mode: SAME_FLOW,
+            _pad: 0,
+            words: [0; RESTORE_WORDS],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<BenchPacket>() == 64);
+
+// SAFETY: repr(C), Copy, no padding (asserted above), integers only: every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BenchPacket {}

@@ -1,0 +1,140 @@
+//! The only module with `unsafe` in the data plane (the rest of the crate denies
+//! `unsafe_code`): packet memory, map values and kernel helpers, each behind a safe function
+//! whose `SAFETY` comment carries the argument.
+//!
+//! - Packet memory: [`header_mut`] gives a bounds-checked view of a wire header ([`Header`]:
+//!   alignment 1, every bit pattern valid) at a byte offset.
+//! - Map values: [`value`] reads a hash-map value in place; [`with_value_mut`] and
+//!   [`with_slot`] lend a mutable value for the length of a closure, so no `&mut` to map memory
+//!   outlives the statement that uses it.
+//! - Helpers: the clock, the FIB lookup and the redirect.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_fib_lookup as FibParams,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+
+use crate::hdr::{Eth, Ipv4, Tcp, Udp};
+
+/// Marker for types that may be viewed in place in packet memory.
+///
+/// # Safety
+/// Implementors are `repr(C)`, have alignment 1 and accept every bit pattern.
+pub unsafe trait Header {}
+
+// SAFETY: all four are repr(C) structs of u8 and [u8; N] fields only (sizes and alignment 1
+// asserted in `hdr`).
+unsafe impl Header for Eth {}
+// SAFETY: as above.
+unsafe impl Header for Ipv4 {}
+// SAFETY: as above.
+unsafe impl Header for Tcp {}
+// SAFETY: as above.
+unsafe impl Header for Udp {}
+
+/// A bounds-checked, in-place view of a `T` at byte `offset` of the packet, or `None` when the
+/// packet is too short. The view lives as long as the borrow of `ctx`.
+#[inline(always)]
+#[expect(
+    clippy::mut_from_ref,
+    reason = "packet memory is not owned by the XdpContext struct; each stage views disjoint header offsets"
+)]
+pub fn header_mut<T: Header>(ctx: &XdpContext, offset: usize) -> Option<&mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: [start + offset, start + offset + size_of::<T>()) lies inside the packet (checked
+    // above); `T: Header` has alignment 1 and accepts every bit pattern. Views of different
+    // headers never overlap because each stage asks for the header at its own offset.
+    Some(unsafe { &mut *((start + offset) as *mut T) })
+}
+
+/// Length of the frame in bytes.
+#[inline(always)]
+pub fn packet_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// A hash map's value for `key`, read in place.
+#[inline(always)]
+pub fn value<K, V>(map: &'static HashMap<K, V>, key: &K) -> Option<&'static V> {
+    // SAFETY: the kernel keeps an element alive for the whole program run (RCU), and this
+    // program never writes to these maps, so the shared reference is not aliased by a `&mut`.
+    // The agent may replace the value meanwhile: V is plain integers, so a concurrent update
+    // yields the old or the new value's bytes, never invalid memory.
+    unsafe { map.get(key) }
+}
+
+/// An LRU hash map's value for `key`, read in place (see [`value`]).
+#[inline(always)]
+pub fn lru_value<K, V>(map: &'static LruHashMap<K, V>, key: &K) -> Option<&'static V> {
+    // SAFETY: as in `value`: this program only inserts into LRU maps it reads this way (new
+    // elements, never an in-place write of an element it holds a reference to).
+    unsafe { map.get(key) }
+}
+
+/// Run `f` on the value of `key` in an LRU hash map, in place; `None` if there is none.
+#[inline(always)]
+pub fn with_value_mut<K, V, R>(
+    map: &'static LruHashMap<K, V>,
+    key: &K,
+    f: impl FnOnce(&mut V) -> R,
+) -> Option<R> {
+    let p = map.get_ptr_mut(key)?;
+    // SAFETY: a non-null pointer to a live element (RCU keeps it for the program run). The
+    // `&mut` exists only inside `f`, and V is plain integers. Another CPU may write the same
+    // element (the same flow seen on two CPUs): both store whole integers, the last one wins,
+    // which is the map's documented behaviour for concurrent updates.
+    Some(f(unsafe { &mut *p }))
+}
+
+/// Run `f` on this CPU's slot `index` of a per-CPU array; `None` if out of range.
+#[inline(always)]
+pub fn with_slot<T, R>(
+    map: &'static PerCpuArray<T>,
+    index: u32,
+    f: impl FnOnce(&mut T) -> R,
+) -> Option<R> {
+    let p = map.get_ptr_mut(index)?;
+    // SAFETY: a per-CPU slot is only ever touched by this CPU, and a program run is not
+    // preempted by another run on the same CPU in XDP, so the `&mut`, confined to `f`, is the
+    // only access.
+    Some(f(unsafe { &mut *p }))
+}
+
+/// The coarse monotonic clock (jiffies resolution, cheaper than the precise one).
+#[inline(always)]
+pub fn coarse_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// An all-zero FIB lookup request, its documented initial state.
+#[inline(always)]
+pub fn fib_params() -> FibParams {
+    // SAFETY: a plain C struct of integers (and unions of integers): all-zero is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
+/// `bpf_fib_lookup` on `p` (flags 0): the kernel's return code, `p` filled on success.
+#[inline(always)]
+pub fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> u32 {
+    // SAFETY: `p` is a valid, initialised bpf_fib_lookup of the size passed, exclusively
+    // borrowed for the call; ctx is the program's own context.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    rc as u32
+}
+
+/// `bpf_redirect` to `ifindex`: the XDP action to return.
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> u32 {
+    // SAFETY: a helper taking plain integers.
+    let action = unsafe { bpf_redirect(ifindex, 0) };
+    action as u32
+}

@@ -1,0 +1,316 @@
+//! The agent: the one owner of all state. It reacts, one event at a time, to control requests,
+//! health-check results and the clock, and keeps the data plane in step with the model.
+//!
+//! [`Agent`] is generic over the data plane and the prober and takes the time as an argument,
+//! so its logic runs in unit tests on the fake data plane with a fake prober and a hand-moved
+//! clock (`tests.rs`). [`run`] wires the real pieces: the XDP object, probe tasks, signals, the
+//! control socket and the wall clock.
+mod probes;
+mod serve;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+pub use probes::{ProbeResult, ProbeSpec, Prober, TaskProber};
+pub use serve::run;
+
+use crate::{
+    api::{
+        ApplyReport, Message,
+        server::{Failure, FailureKind, Reply, Request},
+        status::{self, Sources, Status},
+    },
+    dataplane::{AttachMode, Dataplane, reconcile::Reconciler},
+    model::config::{self, Config},
+    state::{Overlay, Registry, RegistryError},
+};
+
+pub struct Agent<D, P> {
+    config_path: PathBuf,
+    cfg: Config,
+    overlay: Overlay,
+    registry: Registry,
+    reconciler: Reconciler<D>,
+    prober: P,
+    attached: Vec<(String, AttachMode)>,
+    failing_open: HashSet<String>,
+    /// The last failure to bring the data plane in line with the model, until a retry works.
+    dataplane_error: Option<String>,
+}
+
+fn registry_failure(e: RegistryError) -> Failure {
+    let kind = match e {
+        RegistryError::UnknownGroup(_) | RegistryError::NotRegistered { .. } => {
+            FailureKind::NotFound
+        }
+        RegistryError::AlreadyRegistered { .. } => FailureKind::Conflict,
+        RegistryError::Invalid(_) => FailureKind::BadRequest,
+    };
+    Failure::new(kind, e.to_string())
+}
+
+fn rejected(m: String) -> Failure {
+    Failure::new(FailureKind::Rejected, m)
+}
+
+impl<D: Dataplane, P: Prober> Agent<D, P> {
+    /// Fill the maps and attach. `cfg` was validated by the caller (config errors exit 64
+    /// there). On error whatever was attached is detached.
+    pub fn start(
+        config_path: &Path,
+        cfg: Config,
+        dp: D,
+        prober: P,
+        now: Instant,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let overlay =
+            Overlay::load(&cfg.state_file)?.normalised_and_saved(&cfg, &cfg.state_file)?;
+        let mut registry = Registry::default();
+        registry.sync(&cfg, &overlay, now);
+        let mut reconciler = Reconciler::new(dp, cfg.tables);
+        let report = reconciler
+            .apply(&registry.plan(&cfg))
+            .context("filling the maps")?;
+        log::info!(
+            "loaded {} listener(s), {} target(s)",
+            report.listeners_added.len(),
+            report.targets_added
+        );
+        let mut attached = Vec::new();
+        for i in &cfg.interfaces {
+            match reconciler.dataplane_mut().attach(i) {
+                Ok(mode) => {
+                    log::info!("attached to {i} ({mode:?})");
+                    attached.push((i.clone(), mode));
+                }
+                Err(e) => {
+                    reconciler.dataplane_mut().detach_all();
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut agent = Self {
+            config_path: config_path.to_owned(),
+            cfg,
+            overlay,
+            registry,
+            reconciler,
+            prober,
+            attached,
+            failing_open: HashSet::new(),
+            dataplane_error: None,
+        };
+        // Probes start, fail-open is logged; the maps are already in step.
+        let _ = agent.sync_dataplane();
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn reconciler(&self) -> &Reconciler<D> {
+        &self.reconciler
+    }
+
+    pub fn reconciler_mut(&mut self) -> &mut Reconciler<D> {
+        &mut self.reconciler
+    }
+
+    pub fn prober(&self) -> &P {
+        &self.prober
+    }
+
+    /// The last data-plane failure not yet repaired.
+    pub fn dataplane_error(&self) -> Option<&str> {
+        self.dataplane_error.as_deref()
+    }
+
+    /// Push the registry's plan to the data plane and keep the probes in step with it. A
+    /// failure is kept, shown in status, and retried on every tick until it succeeds.
+    fn sync_dataplane(&mut self) -> Result<ApplyReport, Failure> {
+        for (name, g) in &self.registry.groups {
+            let open = g.fail_open();
+            if open && self.failing_open.insert(name.clone()) {
+                log::warn!("{name}: no healthy target: failing open to every registered target");
+            } else if !open && self.failing_open.remove(name) {
+                log::info!("{name}: a target is healthy again: fail-open ended");
+            }
+        }
+        self.prober.set(self.registry.probes());
+        match self.reconciler.apply(&self.registry.plan(&self.cfg)) {
+            Ok(report) => {
+                if let Some(e) = self.dataplane_error.take() {
+                    log::info!("data plane back in step with the model (it failed with: {e})");
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                log::error!("data plane out of step with the model: {msg}; retrying every second");
+                self.dataplane_error = Some(msg.clone());
+                Err(Failure::new(
+                    FailureKind::Internal,
+                    format!(
+                        "the data plane could not be updated ({msg}); the agent retries every second"
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub fn on_probe(&mut self, (group, endpoint, probe): ProbeResult, _now: Instant) {
+        let before = self
+            .registry
+            .groups
+            .get(&group)
+            .and_then(|g| g.members.get(&endpoint))
+            .map(|m| m.tracker.state);
+        if self.registry.observe(&group, endpoint, &probe) {
+            let m = &self.registry.groups[&group].members[&endpoint];
+            log::info!(
+                "{group}: {endpoint} {} -> {} ({})",
+                before.map(|s| s.as_str()).unwrap_or("?"),
+                m.tracker.state.as_str(),
+                m.tracker.reason
+            );
+            let _ = self.sync_dataplane();
+        }
+    }
+
+    /// Once a second: end drains whose time has come, retry a failed data-plane update.
+    pub fn on_tick(&mut self, now: Instant) {
+        if self.registry.tick(now) {
+            log::info!("drain finished; targets unused");
+            let _ = self.sync_dataplane();
+        } else if self.dataplane_error.is_some() {
+            let _ = self.sync_dataplane();
+        }
+    }
+
+    pub fn status(&self, now: Instant) -> Result<Status, Failure> {
+        status::collect(
+            Sources {
+                reconciler: &self.reconciler,
+                cfg: &self.cfg,
+                registry: &self.registry,
+                config_path: &self.config_path.display().to_string(),
+                interfaces: &self.attached,
+                dataplane_error: self.dataplane_error.as_deref(),
+            },
+            now,
+        )
+        .map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))
+    }
+
+    /// Re-read the config file; on any error nothing changes.
+    pub fn reload(&mut self, now: Instant) -> Result<ApplyReport, Failure> {
+        let cfg = config::load(&self.config_path)
+            .map_err(|e| rejected(format!("config rejected, nothing changed:\n{e}")))?;
+        let changed = self.cfg.restart_only_changes(&cfg);
+        if !changed.is_empty() {
+            return Err(rejected(format!(
+                "reload rejected, nothing changed: {} changed, but tables, interfaces and state_file take effect only on restart",
+                changed.join(", ")
+            )));
+        }
+        let overlay = self
+            .overlay
+            .normalised_and_saved(&cfg, &cfg.state_file)
+            .map_err(|e| rejected(format!("reload rejected, nothing changed: {e}")))?;
+        self.registry.sync(&cfg, &overlay, now);
+        self.cfg = cfg;
+        self.overlay = overlay;
+        self.sync_dataplane()
+    }
+
+    /// Register or deregister: checked and saved to the state file before anything changes.
+    fn change(&mut self, req: Request, now: Instant) -> Result<String, Failure> {
+        let mut registry = self.registry.clone();
+        let mut overlay = self.overlay.clone();
+        let message = match req {
+            Request::Register {
+                group,
+                target,
+                weight,
+            } => {
+                let t = registry
+                    .register(&self.cfg, &mut overlay, &group, target, weight, now)
+                    .map_err(registry_failure)?;
+                format!(
+                    "registered {} in {group} (weight {}); initial health checks in progress",
+                    t.endpoint, t.weight
+                )
+            }
+            Request::Deregister { group, target } => {
+                let e = registry
+                    .deregister(&self.cfg, &mut overlay, &group, target, now)
+                    .map_err(registry_failure)?;
+                let delay = self
+                    .cfg
+                    .group(&group)
+                    .map(|g| g.deregistration_delay.as_secs())
+                    .unwrap_or(0);
+                format!("deregistered {e} from {group}; draining for {delay} s")
+            }
+            _ => unreachable!("only register/deregister change targets"),
+        };
+        overlay
+            .save(&self.cfg.state_file)
+            .map_err(|e| Failure::new(FailureKind::Internal, format!("not changed: {e}")))?;
+        self.registry = registry;
+        self.overlay = overlay;
+        log::info!("{message}");
+        self.sync_dataplane()?;
+        Ok(message)
+    }
+
+    pub fn handle(&mut self, req: Request, now: Instant) -> Reply {
+        let result = match req {
+            Request::Status => self.status(now).map(|s| Reply::Status(Box::new(s))),
+            Request::Listeners => self.status(now).map(|s| Reply::Listeners(s.listeners)),
+            Request::Health { group } => self.status(now).and_then(|s| match group {
+                None => Ok(Reply::Health(s.groups)),
+                Some(g) => {
+                    let found: Vec<_> = s.groups.into_iter().filter(|x| x.name == g).collect();
+                    if found.is_empty() {
+                        Err(Failure::new(
+                            FailureKind::NotFound,
+                            format!("no target group {g:?}"),
+                        ))
+                    } else {
+                        Ok(Reply::Health(found))
+                    }
+                }
+            }),
+            Request::Reload => self.reload(now).map(|r| {
+                log::info!("reloaded: {r:?}");
+                Reply::Reloaded(r)
+            }),
+            change @ (Request::Register { .. } | Request::Deregister { .. }) => self
+                .change(change, now)
+                .map(|message| Reply::Done(Message { message })),
+        };
+        result.unwrap_or_else(|f| {
+            log::warn!("control request failed: {}", f.message);
+            Reply::Error(f)
+        })
+    }
+
+    /// Stop probing and detach from every interface; returns how many were attached.
+    pub fn shutdown(mut self) -> usize {
+        self.prober.set(Vec::new());
+        self.reconciler.dataplane_mut().detach_all();
+        self.attached.len()
+    }
+}

@@ -1,0 +1,94 @@
+//! `xlb run`: the real pieces around the [`Agent`] — the XDP object, probe tasks, signals,
+//! the control socket and the wall clock — and the loop that feeds it events one at a time.
+//! Detaches on the way out.
+use std::{future::Future, path::Path, time::Duration, time::Instant};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use super::{Agent, TaskProber};
+use crate::{
+    EBPF_OBJECT,
+    api::server::{self, Pending},
+    dataplane::AyaDataplane,
+    model::config::Config,
+};
+
+/// How often drains are checked for their end (and a failed data-plane update retried).
+const TICK: Duration = Duration::from_secs(1);
+/// Probe results waiting for the loop.
+const PROBE_QUEUE: usize = 256;
+/// Control requests waiting for the loop.
+const REQUEST_QUEUE: usize = 16;
+
+/// Refuse early what would make attaching fail halfway, and warn about host settings that make
+/// the balancer drop traffic.
+fn preflight(cfg: &Config) -> anyhow::Result<()> {
+    for i in &cfg.interfaces {
+        if !Path::new("/sys/class/net").join(i).exists() {
+            anyhow::bail!("interface {i:?} does not exist");
+        }
+        let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
+            .unwrap_or_default();
+        if fwd.trim() != "1" {
+            log::warn!(
+                "{i}: IPv4 forwarding is off: balanced packets will be dropped (drop_fwd_disabled); \
+                 set net.ipv4.ip_forward=1"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Load, fill the maps, attach, then serve until `shutdown` completes or SIGINT/SIGTERM
+/// arrives. `cfg` was validated by the caller.
+pub async fn run(
+    config_path: &Path,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    preflight(&cfg)?;
+    let dp = AyaDataplane::load(EBPF_OBJECT, &cfg.tables).context("loading the XDP program")?;
+    let (probe_tx, mut probe_rx) = mpsc::channel(PROBE_QUEUE);
+    let socket = cfg.control_socket.clone();
+    let mut agent = Agent::start(
+        config_path,
+        cfg,
+        dp,
+        TaskProber::new(probe_tx),
+        Instant::now(),
+    )?;
+    let listener = server::bind(&socket).await?;
+    let (tx, mut rx) = mpsc::channel::<Pending>(REQUEST_QUEUE);
+    let api = tokio::spawn(server::serve(listener, tx));
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(TICK);
+    tokio::pin!(shutdown);
+    log::info!("ready; control socket {}", socket.display());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match agent.reload(Instant::now()) {
+                Ok(r) => log::info!("SIGHUP: reloaded: {r:?}"),
+                Err(e) => log::error!("SIGHUP: {}", e.message),
+            },
+            Some((req, reply)) = rx.recv() => {
+                let _ = reply.send(agent.handle(req, Instant::now()));
+            }
+            Some(result) = probe_rx.recv() => agent.on_probe(result, Instant::now()),
+            _ = tick.tick() => agent.on_tick(Instant::now()),
+        }
+    }
+    api.abort();
+    let _ = std::fs::remove_file(&socket);
+    let n = agent.shutdown();
+    log::info!("detached XDP from {n} interface(s); bye");
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The control API: HTTP+JSON on a Unix socket that only root may open (mode 0600), so
+//! `curl --unix-socket /run/xlb/xlb.sock http://xlb/v1/status` works. The request and response
+//! bodies below are shared by the server and the CLI, so the two cannot drift apart.
+//!
+//! | method | path | body / answer |
+//! | --- | --- | --- |
+//! | GET | /v1/status | [`Status`] |
+//! | GET | /v1/listeners | [`ListenerStatus`] list |
+//! | GET | /v1/target-groups | [`GroupStatus`] list |
+//! | GET | /v1/target-groups/{group} | [`GroupStatus`] list of one |
+//! | POST | /v1/target-groups/{group}/targets | [`RegisterRequest`] → [`Message`] |
+//! | DELETE | /v1/target-groups/{group}/targets/{address[:port]} | → [`Message`] (drain) |
+//! | POST | /v1/reload | → [`ApplyReport`] |
+//!
+//! Errors answer [`ErrorBody`] with 400 (bad request), 404 (unknown group or target), 409
+//! (already registered), 422 (config rejected) or 500.
+pub mod client;
+pub mod server;
+pub mod status;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::dataplane::reconcile::ApplyReport;
+pub use status::{GroupStatus, ListenerStatus, Status, TargetStatus, Traffic};
+
+use crate::model::{ModelError, TargetRef};
+
+/// `POST /v1/target-groups/{group}/targets`. `address` may carry the port (`"a:p"`); `port`,
+/// when given, wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl RegisterRequest {
+    pub fn new(target: TargetRef, weight: Option<u32>) -> Self {
+        Self {
+            address: target.addr.to_string(),
+            port: target.port,
+            weight,
+        }
+    }
+
+    /// The target it names, checked.
+    pub fn target(&self) -> Result<TargetRef, ModelError> {
+        let mut t: TargetRef = self.address.parse()?;
+        if let Some(p) = self.port {
+            if p == 0 {
+                return Err(ModelError::BadPort(format!("{}:0", self.address)));
+            }
+            t.port = Some(p);
+        }
+        Ok(t)
+    }
+}
+
+/// The answer of a change (register, deregister).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+/// Every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+pub const STATUS: &str = "/v1/status";
+pub const LISTENERS: &str = "/v1/listeners";
+pub const RELOAD: &str = "/v1/reload";
+pub const TARGET_GROUPS: &str = "/v1/target-groups";
+
+pub fn group_path(group: &str) -> String {
+    format!("{TARGET_GROUPS}/{group}")
+}
+
+pub fn targets_path(group: &str) -> String {
+    format!("{TARGET_GROUPS}/{group}/targets")
+}
+
+/// `DELETE` path of one target, as the user named it (`address` or `address:port`).
+pub fn target_path(group: &str, target: &str) -> String {
+    format!("{TARGET_GROUPS}/{group}/targets/{target}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_register_request_round_trips_and_checks_its_target() {
+        let t: TargetRef = "198.18.3.2:8081".parse().unwrap();
+        let r = RegisterRequest::new(t, Some(2));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"address":"198.18.3.2","port":8081,"weight":2}"#);
+        let back: RegisterRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.target(), Ok(t));
+        // The address may carry the port, as the documented curl example does not.
+        let r: RegisterRequest = serde_json::from_str(r#"{"address": "198.18.3.2:81"}"#).unwrap();
+        assert_eq!(r.target().unwrap().port, Some(81));
+        let r: RegisterRequest = serde_json::from_str(r#"{"address": "web-3"}"#).unwrap();
+        assert_eq!(r.target(), Err(ModelError::NotAnAddress("web-3".into())));
+    }
+}

@@ -1,0 +1,263 @@
+//! The `xlb` command line: `run` and `check` work on a config file; every other verb is a
+//! typed request to the running agent's control API ([`crate::api`]).
+pub mod render;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    api::{
+        self, ApplyReport, GroupStatus, ListenerStatus, Message, RegisterRequest,
+        client::{self, Answer},
+    },
+    model::{
+        self, TargetRef,
+        config::{self, DEFAULT_CONTROL_SOCKET, LoadError},
+    },
+};
+
+/// Exit code for a rejected config or request (as sysexits' EX_USAGE).
+const EXIT_REJECTED: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "xlb", version, about = "An XDP layer-4 load balancer")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// The running agent's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the data plane, attach it to the configured interfaces and stay in the foreground.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without touching the running data plane.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Listeners, target groups and counters of the running agent.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Listeners and their counters.
+    Listeners {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Register, deregister, and see the health of targets.
+    Targets {
+        #[command(subcommand)]
+        cmd: TargetsCmd,
+    },
+    /// Make the running agent re-read its config file (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCmd {
+    /// Add ADDR[:PORT] to GROUP (the group's port if none). Kept across restarts.
+    Register {
+        group: String,
+        target: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Take ADDR[:PORT] out of GROUP: no new flows; established ones drain for the group's
+    /// deregistration delay.
+    Deregister {
+        group: String,
+        target: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// States and reasons of every target (of GROUP only, if given).
+    Health {
+        group: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        match &e {
+            LoadError::Invalid(errs) => {
+                for err in errs {
+                    eprintln!("{err}");
+                }
+                eprintln!(
+                    "xlb: {} error(s); nothing was attached or changed",
+                    errs.len()
+                );
+            }
+            LoadError::Read { .. } => eprintln!("xlb: {e}"),
+        }
+        ExitCode::from(EXIT_REJECTED)
+    })
+}
+
+/// Call the agent; print JSON or render the typed answer; map HTTP errors to exit codes.
+async fn remote<T: DeserializeOwned>(
+    r: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+    render: impl Fn(&T) -> String,
+) -> ExitCode {
+    match client::call::<T>(&r.socket, method, path, body).await {
+        Err(e) => {
+            eprintln!("xlb: {e:#}");
+            ExitCode::FAILURE
+        }
+        Ok((Answer::Ok(v), json)) => {
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).expect("JSON prints")
+                );
+            } else {
+                print!("{}", render(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((Answer::Refused { status, error }, _)) => {
+            if r.json {
+                println!("{}", serde_json::json!({"error": error, "status": status}));
+            }
+            eprintln!("xlb: {error}");
+            ExitCode::from(if status == 500 { 1 } else { EXIT_REJECTED })
+        }
+    }
+}
+
+fn message(m: &Message) -> String {
+    format!("{}\n", m.message)
+}
+
+/// A target as the user wrote it, checked before anything is sent.
+fn target_ref(target: &str) -> Result<TargetRef, ExitCode> {
+    target.parse().map_err(|e: model::ModelError| {
+        eprintln!("xlb: {e}");
+        ExitCode::from(EXIT_REJECTED)
+    })
+}
+
+const NO_BODY: Option<&()> = None;
+
+/// Parse the command line and run it.
+pub async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().cmd {
+        Cmd::Check { config } => match load_config(&config) {
+            Ok(c) => {
+                let targets: usize = c.target_groups.iter().map(|g| g.targets.len()).sum();
+                println!(
+                    "{}: ok ({} listener(s), {} target group(s), {} target(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.target_groups.len(),
+                    targets
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Run { config } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::agent::run(&config, cfg, std::future::pending()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xlb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { remote: r } => remote(&r, "GET", api::STATUS, NO_BODY, render::render).await,
+        Cmd::Listeners { remote: r } => {
+            remote(
+                &r,
+                "GET",
+                api::LISTENERS,
+                NO_BODY,
+                |l: &Vec<ListenerStatus>| {
+                    let mut o = String::new();
+                    render::render_listeners(&mut o, l);
+                    o
+                },
+            )
+            .await
+        }
+        Cmd::Reload { remote: r } => {
+            remote(&r, "POST", api::RELOAD, NO_BODY, |a: &ApplyReport| {
+                render::reload(a)
+            })
+            .await
+        }
+        Cmd::Targets { cmd } => match cmd {
+            TargetsCmd::Register {
+                group,
+                target,
+                weight,
+                remote: r,
+            } => {
+                let t = match target_ref(&target) {
+                    Ok(t) => t,
+                    Err(code) => return code,
+                };
+                if let Err(e) = model::weight(weight) {
+                    eprintln!("xlb: {e}");
+                    return ExitCode::from(EXIT_REJECTED);
+                }
+                let body = RegisterRequest::new(t, weight);
+                remote(&r, "POST", &api::targets_path(&group), Some(&body), message).await
+            }
+            TargetsCmd::Deregister {
+                group,
+                target,
+                remote: r,
+            } => match target_ref(&target) {
+                Ok(_) => {
+                    let path = api::target_path(&group, &target);
+                    remote(&r, "DELETE", &path, NO_BODY, message).await
+                }
+                Err(code) => code,
+            },
+            TargetsCmd::Health { group, remote: r } => {
+                let path = match &group {
+                    Some(g) => api::group_path(g),
+                    None => api::TARGET_GROUPS.to_owned(),
+                };
+                remote(&r, "GET", &path, NO_BODY, |g: &Vec<GroupStatus>| {
+                    let mut o = String::new();
+                    render::render_groups(&mut o, g);
+                    o
+                })
+                .await
+            }
+        },
+    }
+}

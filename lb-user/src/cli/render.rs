@@ -1,0 +1,99 @@
+//! Tables for people: what `xlb status`, `xlb listeners` and `xlb targets health` print.
+use std::fmt::Write as _;
+
+use crate::api::{ApplyReport, GroupStatus, ListenerStatus, Status};
+
+pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
+    let _ = writeln!(
+        o,
+        "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
+        "LISTENER", "VIP:PORT", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW", "REPLIES"
+    );
+    for l in listeners {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
+            l.name,
+            format!("{}:{}", l.vip, l.port),
+            l.protocol,
+            l.target_group,
+            l.traffic.packets,
+            l.traffic.bytes,
+            l.traffic.new_flows,
+            l.traffic.reply_packets
+        );
+    }
+}
+
+pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
+    for g in groups {
+        let open = if g.fail_open {
+            "  FAIL-OPEN: no healthy target, all registered targets take traffic"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "target group {} (health check: {}){open}",
+            g.name, g.health_check
+        );
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>6} {:<10} {:>10} {:>9}  REASON",
+            "TARGET", "WEIGHT", "STATE", "PACKETS", "NEW"
+        );
+        for t in &g.targets {
+            let reason = match t.drain_remaining_s {
+                Some(s) => format!("{} ({s} s left)", t.reason),
+                None => t.reason.clone(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<22} {:>6} {:<10} {:>10} {:>9}  {reason}",
+                format!("{}:{}", t.address, t.port),
+                t.weight,
+                t.state,
+                t.traffic.packets,
+                t.traffic.new_flows,
+            );
+        }
+    }
+}
+
+/// The full status for people. Reasons with no packets are left out (`--json` has them all).
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let ifs: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
+    let _ = writeln!(o, "config:     {}", s.config);
+    let _ = writeln!(o, "interfaces: {}", ifs.join(", "));
+    if let Some(e) = &s.dataplane_error {
+        let _ = writeln!(o, "DATA PLANE OUT OF STEP (retrying every second): {e}");
+    }
+    let _ = writeln!(o);
+    render_listeners(&mut o, &s.listeners);
+    let _ = writeln!(o);
+    render_groups(&mut o, &s.groups);
+    let _ = writeln!(o);
+    let _ = writeln!(o, "{:<24} {:<8} {:>12}", "REASON", "KIND", "PACKETS");
+    for r in s.reasons.iter().filter(|r| r.packets > 0) {
+        let _ = writeln!(o, "{:<24} {:<8} {:>12}", r.name, r.kind, r.packets);
+    }
+    o
+}
+
+/// One line for `xlb reload`.
+pub fn reload(r: &ApplyReport) -> String {
+    format!(
+        "reloaded: listeners +{} ~{} -{} ={}; targets +{} -{}\n",
+        r.listeners_added.len(),
+        r.listeners_changed.len(),
+        r.listeners_removed.len(),
+        r.listeners_unchanged.len(),
+        r.targets_added,
+        r.targets_removed
+    )
+}

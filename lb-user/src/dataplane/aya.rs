@@ -1,0 +1,247 @@
+//! The real data plane: the XDP object loaded into the kernel, its maps and its links.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    Counters, ListenerKey, ListenerValue, TargetValue, VipKey,
+    limits::{MAX_TARGETS, RINGS_PER_LISTENER, STAT_SLOTS},
+    maps,
+};
+use lb_sys::SharedSlots;
+
+use super::{AttachMode, Dataplane, DataplaneError, Result, Snapshot};
+use crate::model::config::Tables;
+
+/// The real data plane: the XDP object loaded into the kernel.
+pub struct AyaDataplane {
+    ebpf: Ebpf,
+    listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
+    vips: BpfHashMap<MapData, VipKey, u32>,
+    ring_memory: SharedSlots,
+    /// Kept open: programs loaded later (by tests, from the same object) are relocated
+    /// against its fd.
+    _ring_map: aya::maps::Map,
+    targets: Array<MapData, TargetValue>,
+    port_flags: Array<MapData, u8>,
+    vip_hints: Array<MapData, u8>,
+    stats: PerCpuArray<MapData, u64>,
+    listener_stats: PerCpuArray<MapData, Counters>,
+    target_stats: PerCpuArray<MapData, Counters>,
+    /// (interface, link, mode)
+    links: Vec<(String, XdpLinkId, AttachMode)>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { map: name, source })
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+impl AyaDataplane {
+    /// Load the object with map sizes from `tables` and run the verifier. Attaches nothing.
+    pub fn load(object: &[u8], tables: &Tables) -> Result<Self> {
+        let rings = tables.max_listeners * RINGS_PER_LISTENER * tables.maglev_size;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::LISTENERS, tables.max_listeners)
+            .map_max_entries(maps::VIPS, tables.max_listeners)
+            .map_max_entries(maps::RINGS, rings)
+            .map_max_entries(maps::FLOWS, tables.max_connections)
+            .map_max_entries(maps::REVERSE, tables.max_connections)
+            .map_max_entries(maps::LISTENER_STATS, tables.max_listeners + 1)
+            .load(object)?;
+        let prog: &mut Xdp = program_mut(&mut ebpf)?;
+        prog.load()?;
+        let ring_map = ebpf
+            .take_map(maps::RINGS)
+            .ok_or(DataplaneError::MissingMap(maps::RINGS))?;
+        let ring_fd = match &ring_map {
+            aya::maps::Map::Array(d) => {
+                use std::os::fd::AsFd;
+                d.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(DataplaneError::Mmap)?
+            }
+            _ => return Err(DataplaneError::MissingMap(maps::RINGS)),
+        };
+        let ring_memory =
+            SharedSlots::map(ring_fd, rings as usize).map_err(DataplaneError::Mmap)?;
+        Ok(Self {
+            listeners: take(&mut ebpf, maps::LISTENERS)?,
+            vips: take(&mut ebpf, maps::VIPS)?,
+            ring_memory,
+            _ring_map: ring_map,
+            targets: take(&mut ebpf, maps::TARGETS)?,
+            port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
+            vip_hints: take(&mut ebpf, maps::VIP_HINTS)?,
+            stats: take(&mut ebpf, maps::STATS)?,
+            listener_stats: take(&mut ebpf, maps::LISTENER_STATS)?,
+            target_stats: take(&mut ebpf, maps::TARGET_STATS)?,
+            ebpf,
+            links: Vec::new(),
+        })
+    }
+
+    /// The balancer program (tests run it through BPF_PROG_TEST_RUN).
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program_mut(&mut self.ebpf)
+    }
+
+    /// The loaded object, for programs and maps the agent itself does not use (an object built
+    /// for measuring carries more than the balancer). Its maps that the agent owns are gone
+    /// from it (taken at load).
+    pub fn object_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.links.iter().map(|(i, _, m)| (i.as_str(), *m))
+    }
+}
+
+impl Drop for AyaDataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    program_named(ebpf, lb_common::PROGRAM_NAME)
+}
+
+fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::Program(
+        aya::programs::ProgramError::UnexpectedProgramType,
+    ))?;
+    Ok(prog.try_into()?)
+}
+
+fn sum<T: aya::Pod + Default>(values: &aya::maps::PerCpuValues<T>, add: impl Fn(&mut T, &T)) -> T {
+    let mut total = T::default();
+    for v in values.iter() {
+        add(&mut total, v);
+    }
+    total
+}
+
+impl Dataplane for AyaDataplane {
+    fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()> {
+        self.targets
+            .set(id, value, 0)
+            .map_err(map_err(maps::TARGETS))
+    }
+
+    fn write_ring(&mut self, base: u32, ring: &[u32]) -> Result<()> {
+        let base = base as usize;
+        let slots = self.ring_memory.slots_mut();
+        let Some(dst) = slots.get_mut(base..base + ring.len()) else {
+            return Err(DataplaneError::RingOutOfBounds {
+                base,
+                len: ring.len(),
+            });
+        };
+        for (slot, id) in dst.iter_mut().zip(ring) {
+            *slot = u64::from(*id);
+        }
+        Ok(())
+    }
+
+    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()> {
+        self.listeners
+            .insert(key, value, 0)
+            .map_err(map_err(maps::LISTENERS))
+    }
+
+    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        self.listeners.remove(key).map_err(map_err(maps::LISTENERS))
+    }
+
+    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()> {
+        self.vips
+            .insert(key, listeners, 0)
+            .map_err(map_err(maps::VIPS))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips.remove(key).map_err(map_err(maps::VIPS))
+    }
+
+    fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()> {
+        self.port_flags
+            .set(u32::from(port), flags, 0)
+            .map_err(map_err(maps::PORT_FLAGS))
+    }
+
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()> {
+        self.vip_hints
+            .set(index, u8::from(on), 0)
+            .map_err(map_err(maps::VIP_HINTS))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        for i in 0..STAT_SLOTS {
+            let v = self.stats.get(&i, 0).map_err(map_err(maps::STATS))?;
+            s.stats.push(sum(&v, |a, b| *a += *b));
+        }
+        for i in 0..self.listener_stats.len() {
+            let v = self
+                .listener_stats
+                .get(&i, 0)
+                .map_err(map_err(maps::LISTENER_STATS))?;
+            s.listeners.push(sum(&v, Counters::add));
+        }
+        for i in 0..MAX_TARGETS {
+            let v = self
+                .target_stats
+                .get(&i, 0)
+                .map_err(map_err(maps::TARGET_STATS))?;
+            s.targets.push(sum(&v, Counters::add));
+        }
+        Ok(s)
+    }
+
+    fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+        let prog = program_mut(&mut self.ebpf)?;
+        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native) => match prog.attach(iface, XdpMode::Skb) {
+                Ok(id) => {
+                    log::warn!(
+                        "{iface}: native XDP refused ({native}); attached in generic (SKB) mode, which is much slower"
+                    );
+                    (id, AttachMode::Generic)
+                }
+                Err(generic) => {
+                    return Err(DataplaneError::Attach {
+                        iface: iface.to_owned(),
+                        native: native.to_string(),
+                        generic: generic.to_string(),
+                    });
+                }
+            },
+        };
+        self.links.push((iface.to_owned(), id, mode));
+        Ok(mode)
+    }
+
+    fn detach_all(&mut self) {
+        for (iface, id, _) in std::mem::take(&mut self.links) {
+            match program_mut(&mut self.ebpf).map(|p| p.detach(id)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("{iface}: detach failed: {e}"),
+                Err(e) => log::warn!("{iface}: program is gone: {e}"),
+            }
+        }
+    }
+}

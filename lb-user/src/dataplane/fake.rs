@@ -1,0 +1,207 @@
+//! An in-memory data plane for unit tests: it holds what the maps would hold, records every
+//! write as a typed [`Write`], and fails on request, so tests can check the order of writes and
+//! what a failure in the middle of an apply leaves behind.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{
+    Counters, ListenerKey, ListenerValue, TargetValue, VipKey,
+    limits::{MAX_TARGETS, STAT_SLOTS},
+};
+
+use super::{AttachMode, Dataplane, DataplaneError, Result, Snapshot};
+
+/// One write, in the order it reached the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Target { id: u32, flags: u8 },
+    Ring { base: u32, len: usize },
+    Listener { key: ListenerKey, ring_base: u32 },
+    RemoveListener { key: ListenerKey },
+    Vip { key: VipKey, listeners: u32 },
+    RemoveVip { key: VipKey },
+    PortFlags { port: u16, flags: u8 },
+    VipHint { index: u32, on: bool },
+    Attach { iface: String },
+}
+
+/// A target as a packet sees it: address slot, port, flags.
+pub type SeenTarget = ([u8; 16], [u8; 2], u8);
+
+/// What a data plane holds, in a form two runs can compare whatever ids they handed out: the
+/// active targets, and each listener with the table it points at, read as the XDP program
+/// would, slot by slot, as the target each slot sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contents {
+    pub active_targets: BTreeSet<SeenTarget>,
+    pub listeners: BTreeMap<[u8; 8], (u32, Vec<Option<SeenTarget>>)>,
+    pub vips: BTreeMap<[u8; 8], u32>,
+    pub port_flags: BTreeMap<u16, u8>,
+    pub vip_hints: BTreeSet<u32>,
+}
+
+#[derive(Default, Debug)]
+pub struct FakeDataplane {
+    pub targets: HashMap<u32, TargetValue>,
+    pub rings: HashMap<u32, u32>,
+    pub listeners: HashMap<ListenerKey, ListenerValue>,
+    pub vips: HashMap<VipKey, u32>,
+    pub port_flags: HashMap<u16, u8>,
+    pub vip_hints: HashMap<u32, bool>,
+    pub attached: Vec<String>,
+    pub log: Vec<Write>,
+    /// Fail the write that would be number `n` of `log` (0-based), once.
+    pub fail_at: Option<usize>,
+}
+
+impl FakeDataplane {
+    /// The ring a listener currently points at, read back as the XDP program would.
+    pub fn ring_of(&self, key: &ListenerKey) -> Vec<u32> {
+        let l = &self.listeners[key];
+        (l.ring_base..l.ring_base + l.ring_size)
+            .map(|i| self.rings.get(&i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Where the first write matching `what` is in the log.
+    pub fn position(&self, what: impl Fn(&Write) -> bool) -> Option<usize> {
+        self.log.iter().position(what)
+    }
+
+    /// Where the last write matching `what` is in the log.
+    pub fn last_position(&self, what: impl Fn(&Write) -> bool) -> Option<usize> {
+        self.log.iter().rposition(what)
+    }
+
+    /// What a packet could observe: ids are kept (flows refer to them), ring slots are
+    /// compared through the listeners that point at them.
+    pub fn contents(&self) -> Contents {
+        let lk = |k: &ListenerKey| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&k.addr);
+            b[4..6].copy_from_slice(&k.port);
+            b[6] = k.proto;
+            b[7] = k.family;
+            b
+        };
+        let vk = |k: &VipKey| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&k.addr);
+            b[4] = k.family;
+            b
+        };
+        Contents {
+            active_targets: self
+                .targets
+                .values()
+                .filter(|t| t.flags != 0)
+                .map(|t| (t.addr, t.port, t.flags))
+                .collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|(k, v)| {
+                    let ring = self
+                        .ring_of(k)
+                        .iter()
+                        .map(|id| self.targets.get(id).map(|t| (t.addr, t.port, t.flags)))
+                        .collect();
+                    (lk(k), (v.udp_idle_timeout_s, ring))
+                })
+                .collect(),
+            vips: self.vips.iter().map(|(k, n)| (vk(k), *n)).collect(),
+            port_flags: self
+                .port_flags
+                .iter()
+                .filter(|(_, f)| **f != 0)
+                .map(|(p, f)| (*p, *f))
+                .collect(),
+            vip_hints: self
+                .vip_hints
+                .iter()
+                .filter(|(_, on)| **on)
+                .map(|(i, _)| *i)
+                .collect(),
+        }
+    }
+
+    fn record(&mut self, w: Write) -> Result<()> {
+        let n = self.log.len();
+        if self.fail_at == Some(n) {
+            self.fail_at = None;
+            return Err(DataplaneError::Injected(n));
+        }
+        self.log.push(w);
+        Ok(())
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()> {
+        self.record(Write::Target {
+            id,
+            flags: value.flags,
+        })?;
+        self.targets.insert(id, value);
+        Ok(())
+    }
+    fn write_ring(&mut self, base: u32, ring: &[u32]) -> Result<()> {
+        self.record(Write::Ring {
+            base,
+            len: ring.len(),
+        })?;
+        for (i, id) in (base..).zip(ring) {
+            self.rings.insert(i, *id);
+        }
+        Ok(())
+    }
+    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()> {
+        self.record(Write::Listener {
+            key,
+            ring_base: value.ring_base,
+        })?;
+        self.listeners.insert(key, value);
+        Ok(())
+    }
+    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        self.record(Write::RemoveListener { key: *key })?;
+        self.listeners.remove(key);
+        Ok(())
+    }
+    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()> {
+        self.record(Write::Vip { key, listeners })?;
+        self.vips.insert(key, listeners);
+        Ok(())
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.record(Write::RemoveVip { key: *key })?;
+        self.vips.remove(key);
+        Ok(())
+    }
+    fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()> {
+        self.record(Write::PortFlags { port, flags })?;
+        self.port_flags.insert(port, flags);
+        Ok(())
+    }
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()> {
+        self.record(Write::VipHint { index, on })?;
+        self.vip_hints.insert(index, on);
+        Ok(())
+    }
+    fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            stats: vec![0; STAT_SLOTS as usize],
+            listeners: vec![Counters::default(); 1 + self.listeners.len()],
+            targets: vec![Counters::default(); MAX_TARGETS as usize],
+        })
+    }
+    fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+        self.record(Write::Attach {
+            iface: iface.to_owned(),
+        })?;
+        self.attached.push(iface.to_owned());
+        Ok(AttachMode::Native)
+    }
+    fn detach_all(&mut self) {
+        self.attached.clear();
+    }
+}

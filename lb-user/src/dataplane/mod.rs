@@ -1,0 +1,96 @@
+//! The data plane as the agent sees it: the [`Dataplane`] trait, its aya implementation (the
+//! XDP object in the kernel), an in-memory fake for unit tests, the [`reconcile::Reconciler`]
+//! that projects the model onto the maps, and the Maglev tables it writes.
+//!
+//! Everything that turns model types (addresses, endpoints) into map keys and values is in
+//! [`keys`]; nothing else in the agent knows the ABI's byte layouts.
+pub mod aya;
+#[cfg(test)]
+pub mod fake;
+pub mod keys;
+pub mod maglev;
+pub mod reconcile;
+
+use lb_common::{Counters, ListenerKey, ListenerValue, TargetValue, VipKey};
+
+pub use self::aya::AyaDataplane;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] ::aya::EbpfError),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: ::aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("program: {0}")]
+    Program(#[from] ::aya::programs::ProgramError),
+    #[error("ring write at {base}+{len} is outside the RINGS map")]
+    RingOutOfBounds { base: usize, len: usize },
+    #[error("mapping RINGS into memory: {0}")]
+    Mmap(std::io::Error),
+    #[error(
+        "interface {iface}: cannot attach XDP in native mode ({native}) nor in generic mode ({generic})"
+    )]
+    Attach {
+        iface: String,
+        native: String,
+        generic: String,
+    },
+    /// A failure the fake data plane was told to produce.
+    #[cfg(test)]
+    #[error("injected failure at write {0}")]
+    Injected(usize),
+}
+
+pub type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// Counters read back from the data plane, summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Indexed by `lb_common::Stat` code.
+    pub stats: Vec<u64>,
+    /// Indexed by listener id.
+    pub listeners: Vec<Counters>,
+    /// Indexed by target id.
+    pub targets: Vec<Counters>,
+}
+
+/// How an interface ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
+/// Everything the control plane writes to, or reads from, the data plane.
+pub trait Dataplane {
+    fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()>;
+    /// Write `ring` into `RINGS` starting at `base`.
+    fn write_ring(&mut self, base: u32, ring: &[u32]) -> Result<()>;
+    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()>;
+    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()>;
+    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
+    fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()>;
+    /// `VIP_HINTS[index]`: non-zero when some VIP maps to `index`.
+    fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()>;
+    fn snapshot(&self) -> Result<Snapshot>;
+    /// Attach the balancer to `iface`: native mode, generic (SKB) mode as the fallback.
+    fn attach(&mut self, iface: &str) -> Result<AttachMode>;
+    /// Detach from every interface (also done when the data plane is dropped).
+    fn detach_all(&mut self);
+}

@@ -1,0 +1,267 @@
+//! The one typed model of what xlb balances, from the config file and the control API down to
+//! the data plane: addresses (IPv4 or IPv6 from the start), endpoints, targets, protocols.
+//! Defaults are filled and values checked here, once; the config validator, the API server,
+//! the CLI and the registry all call these functions.
+pub mod config;
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// Weight of a target that names none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest weight of one target.
+pub const MAX_WEIGHT: u32 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0:?} is not an IPv4 address")]
+    NotAnAddress(String),
+    #[error("{0}: IPv6 is not supported yet")]
+    Ipv6Unsupported(IpAddr),
+    #[error("bad port in {0:?}")]
+    BadPort(String),
+    #[error("weight {0} is out of range (0-{MAX_WEIGHT})")]
+    BadWeight(u32),
+}
+
+/// Parse an address as a user writes it. IPv6 parses (the type carries it) but is refused by
+/// [`supported`] until the data plane balances it.
+pub fn parse_addr(s: &str) -> Result<IpAddr, ModelError> {
+    let addr: IpAddr = s
+        .parse()
+        .map_err(|_| ModelError::NotAnAddress(s.to_owned()))?;
+    supported(addr)
+}
+
+/// `addr` if the data plane can balance it today.
+pub fn supported(addr: IpAddr) -> Result<IpAddr, ModelError> {
+    match addr {
+        IpAddr::V4(_) => Ok(addr),
+        IpAddr::V6(_) => Err(ModelError::Ipv6Unsupported(addr)),
+    }
+}
+
+/// A weight as given (or not), defaulted and range-checked.
+pub fn weight(w: Option<u32>) -> Result<u32, ModelError> {
+    match w.unwrap_or(DEFAULT_WEIGHT) {
+        w if w <= MAX_WEIGHT => Ok(w),
+        w => Err(ModelError::BadWeight(w)),
+    }
+}
+
+/// An address and a port: where a target (or a listener) lives. Kept in the state file as
+/// `[address, port]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "(IpAddr, u16)", into = "(IpAddr, u16)")]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub const fn new(addr: IpAddr, port: u16) -> Self {
+        Self { addr, port }
+    }
+}
+
+impl From<(IpAddr, u16)> for Endpoint {
+    fn from((addr, port): (IpAddr, u16)) -> Self {
+        Self { addr, port }
+    }
+}
+
+impl From<Endpoint> for (IpAddr, u16) {
+    fn from(e: Endpoint) -> Self {
+        (e.addr, e.port)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// A target as a user names it: `ADDR` or `ADDR:PORT` (`[V6]:PORT` for IPv6). Without a port,
+/// the target group's port applies ([`TargetRef::resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetRef {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl TargetRef {
+    /// The endpoint, with the group's port when none was named.
+    pub fn resolve(self, group_port: u16) -> Endpoint {
+        Endpoint::new(self.addr, self.port.unwrap_or(group_port))
+    }
+}
+
+impl FromStr for TargetRef {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(ModelError::BadPort(s.to_owned())),
+        };
+        let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
+            // [V6] or [V6]:PORT
+            let (a, tail) = rest
+                .split_once(']')
+                .ok_or_else(|| ModelError::NotAnAddress(s.to_owned()))?;
+            match tail.strip_prefix(':') {
+                Some(p) => (a, Some(port(p)?)),
+                None if tail.is_empty() => (a, None),
+                None => return Err(ModelError::NotAnAddress(s.to_owned())),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                // More than one colon and no brackets: a bare IPv6 address.
+                Some((a, _)) if a.contains(':') => (s, None),
+                Some((a, p)) => (a, Some(port(p)?)),
+                None => (s, None),
+            }
+        };
+        Ok(Self {
+            addr: parse_addr(addr)?,
+            port,
+        })
+    }
+}
+
+/// One target of a group: where it lives and its share of new flows. Kept in the state file as
+/// `[address, port, weight]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "(IpAddr, u16, u32)", into = "(IpAddr, u16, u32)")]
+pub struct Target {
+    pub endpoint: Endpoint,
+    pub weight: u32,
+}
+
+impl From<(IpAddr, u16, u32)> for Target {
+    fn from((addr, port, weight): (IpAddr, u16, u32)) -> Self {
+        Self {
+            endpoint: Endpoint::new(addr, port),
+            weight,
+        }
+    }
+}
+
+impl From<Target> for (IpAddr, u16, u32) {
+    fn from(t: Target) -> Self {
+        (t.endpoint.addr, t.endpoint.port, t.weight)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// What happens to a target's established flows when it turns unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowPolicy {
+    /// Removed: the client's next packet goes to a healthy target (fails fast).
+    #[default]
+    Rebalance,
+    /// Kept on the unhealthy target.
+    Keep,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn target_refs_parse_with_and_without_port() {
+        assert_eq!(
+            "198.18.3.2".parse::<TargetRef>(),
+            Ok(TargetRef {
+                addr: v4(198, 18, 3, 2),
+                port: None
+            })
+        );
+        assert_eq!(
+            "198.18.3.2:8081".parse::<TargetRef>().unwrap().port,
+            Some(8081)
+        );
+        for (bad, want) in [
+            ("backend-3", ModelError::NotAnAddress("backend-3".into())),
+            ("198.18.3.2:0", ModelError::BadPort("198.18.3.2:0".into())),
+            ("198.18.3.2:x", ModelError::BadPort("198.18.3.2:x".into())),
+            (
+                "198.18.3.2:70000",
+                ModelError::BadPort("198.18.3.2:70000".into()),
+            ),
+        ] {
+            assert_eq!(bad.parse::<TargetRef>(), Err(want), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_parses_but_is_refused_until_the_data_plane_has_it() {
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        for s in ["2001:db8::2", "[2001:db8::2]", "[2001:db8::2]:80"] {
+            assert_eq!(
+                s.parse::<TargetRef>(),
+                Err(ModelError::Ipv6Unsupported(v6)),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_group_port_fills_a_missing_port_and_weights_default_to_one() {
+        let r: TargetRef = "198.18.3.2".parse().unwrap();
+        assert_eq!(r.resolve(8080), Endpoint::new(v4(198, 18, 3, 2), 8080));
+        let r: TargetRef = "198.18.3.2:81".parse().unwrap();
+        assert_eq!(r.resolve(8080).port, 81);
+        assert_eq!(weight(None), Ok(DEFAULT_WEIGHT));
+        assert_eq!(weight(Some(0)), Ok(0));
+        assert_eq!(
+            weight(Some(MAX_WEIGHT + 1)),
+            Err(ModelError::BadWeight(1001))
+        );
+    }
+
+    #[test]
+    fn endpoints_print_as_socket_addresses_and_keep_the_state_file_form() {
+        let e = Endpoint::new(v4(198, 18, 1, 2), 8080);
+        assert_eq!(e.to_string(), "198.18.1.2:8080");
+        let v6 = Endpoint::new("2001:db8::2".parse().unwrap(), 80);
+        assert_eq!(v6.to_string(), "[2001:db8::2]:80");
+        // The state file written before this type existed held (address, port[, weight]).
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"["198.18.1.2",8080]"#);
+        let t: Target = serde_json::from_str(r#"["198.18.1.2",8080,3]"#).unwrap();
+        assert_eq!((t.endpoint, t.weight), (e, 3));
+    }
+}

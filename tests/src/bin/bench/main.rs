@@ -1,0 +1,160 @@
+//! `xlb-bench` (run by `cargo xtask bench`): what xlb costs, against baselines measured in the
+//! same run. Prints a table, writes JSON, and with every section a PNG plot and the generated
+//! part of BENCHMARKS.md (whose method and findings prose is kept by hand).
+//!
+//! One module per section: [`program_cost`] (BPF_PROG_TEST_RUN through a measuring wrapper),
+//! [`control_plane`] (Maglev builds, 1,000 listeners, health-check detection),
+//! [`packet_rate`] (generator -> balancer -> sink), [`real_clients`] (wrk and iperf3 through
+//! xlb, nftables, HAProxy, routed), [`report`] (table, plot, report). The measuring programs
+//! are in an object of their own ([`object`], built from `bench-ebpf`); peer configs are files
+//! in `tests/bench/`.
+mod control_plane;
+mod object;
+mod packet_rate;
+mod program_cost;
+mod real_clients;
+mod report;
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, ValueEnum};
+use report::Figure;
+use xlb_rig::lab::{CLIENT, Flags, Lab, VIP, XDP_REDIRECT, run_once, tcp};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    ProgramCost,
+    ControlPlane,
+    PacketRate,
+    Health,
+    RealClients,
+}
+
+#[derive(Parser)]
+pub struct Args {
+    /// Repetitions per BPF_PROG_TEST_RUN call.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub repeat: u32,
+    /// Times every figure is measured (min/median/max over them).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// The agent binary (for the health-check detection latency).
+    #[arg(long)]
+    pub xlb: PathBuf,
+    /// The backend binary.
+    #[arg(long)]
+    pub backend: PathBuf,
+    /// Where JSON and the plot go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The Markdown report to (re)write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub report: PathBuf,
+    /// The plot that the report shows.
+    #[arg(long, default_value = "docs/bench.png")]
+    pub plot: PathBuf,
+    /// Frames per packet-rate run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub frames: u32,
+    /// Sections to run (comma-separated): program-cost, control-plane, packet-rate, health,
+    /// real-clients. BENCHMARKS.md and the plot are written only when all of them run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "program-cost,control-plane,packet-rate,health,real-clients"
+    )]
+    pub sections: Vec<Section>,
+    /// Only loop the established-flow case for SECONDS (to sample with `perf record`).
+    #[arg(long)]
+    pub profile: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out)?;
+    let on = |s: Section| args.sections.contains(&s);
+    let mut figs: Vec<Figure> = Vec::new();
+    if on(Section::ProgramCost) || args.profile.is_some() {
+        eprintln!(
+            "1/5 program cost: repeat {} x {} repetitions per figure",
+            args.repeat, args.reps
+        );
+        let mut lab = Lab::with_object("bench", &[1, 2], object::BENCH_OBJECT);
+        if let Some(secs) = args.profile {
+            let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
+            run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
+            object::set_template(lab.b.dataplane_mut(), &est, xlb_bench_abi::SAME_FLOW);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(secs) {
+                program_cost::timed(&mut lab, "xlb_bench", &est, args.repeat, XDP_REDIRECT);
+            }
+            return Ok(());
+        }
+        figs.extend(program_cost::program_cost(&args, &mut lab));
+    }
+    if on(Section::ControlPlane) {
+        eprintln!("2/5 control plane: Maglev builds, 1,000 listeners");
+        figs.extend(control_plane::maglev_builds(args.reps));
+        figs.extend(control_plane::thousand_listeners(args.reps));
+    }
+    if on(Section::PacketRate) {
+        eprintln!(
+            "3/5 packet rate: generator -> balancer -> sink, {} frames per run",
+            args.frames
+        );
+        figs.extend(packet_rate::packet_rate(&args));
+    }
+    if on(Section::Health) {
+        eprintln!("4/5 health-check detection on the rig");
+        figs.push(control_plane::health_detection(&args));
+    }
+    if on(Section::RealClients) {
+        eprintln!("5/5 real clients: wrk through xlb, nftables DNAT, HAProxy, and routed");
+        figs.extend(real_clients::real_clients(&args));
+    }
+
+    let t = report::table(&figs);
+    println!("{t}");
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&figs)?)?;
+    if args.sections.len() < Section::value_variants().len() {
+        eprintln!(
+            "wrote {} (some sections only: BENCHMARKS.md and the plot are left as they are)",
+            json.display()
+        );
+        return Ok(());
+    }
+    if let Some(dir) = args.plot.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    report::plot(&args.plot, &figs)?;
+    let when = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let generated = format!(
+        "Last run: {when}, on {machine}, `repeat` = {repeat}, {frames} frames per packet-rate run. \
+Every figure is min/median/max over {reps} repetitions; ratios compare medians with a baseline measured in \
+the same run. The machine is shared and noisy: compare ratios, not absolute figures across runs.\n\n\
+![cost per packet]({plot})\n\n{t}",
+        plot = args.plot.display(),
+        machine = report::machine(),
+        reps = args.reps,
+        repeat = args.repeat,
+        frames = args.frames,
+    );
+    report::write_report(&args.report, &generated)?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        args.report.display(),
+        args.plot.display(),
+        json.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Section 5: real clients. wrk (keep-alive and `Connection: close`) and iperf3 from the client
+//! namespace of a rig like the demo's, through xlb, nftables DNAT, HAProxy `mode tcp` and
+//! plain routing, interleaved per repetition. Peer configs are files in `tests/bench/`.
+use std::time::Duration;
+
+use xlb_rig::{Rig, RigSpec, Setup, lab::VIP};
+
+use crate::{
+    Args,
+    report::{Figure, figure},
+};
+
+/// A way of getting the client's traffic to the targets, set up on the rig's balancer node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path4 {
+    /// No balancer: the client talks to target 1 directly, routed by the balancer node's kernel.
+    Routed,
+    Xlb,
+    /// nftables DNAT (conntrack) in the balancer namespace.
+    Nftables,
+    /// HAProxy `mode tcp` in the balancer namespace, on the VIP as a local address.
+    Haproxy,
+}
+
+impl Path4 {
+    fn name(self) -> &'static str {
+        match self {
+            Path4::Routed => "routed (no balancer)",
+            Path4::Xlb => "xlb",
+            Path4::Nftables => "nftables DNAT",
+            Path4::Haproxy => "HAProxy mode tcp",
+        }
+    }
+}
+
+/// Busy CPU jiffies of the whole machine (all but idle and iowait).
+fn cpu_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    v.iter().sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// What one bounded wrk run found.
+#[derive(Clone, Copy)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Busy CPU of the whole machine per request.
+    cpu_us: f64,
+}
+
+fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
+    let busy = cpu_busy();
+    let mut c = rig.client.command("wrk");
+    c.args(["-t1", "-c32", "-d3s", "--timeout", "2s", "--latency"]);
+    if close {
+        c.args(["-H", "Connection: close"]);
+    }
+    let out = c.arg(url).output().expect("wrk runs");
+    let jiffies = cpu_busy() - busy;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+        let v = line.trim_start()[prefix.len()..]
+            .split_whitespace()
+            .next()?;
+        let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("us") {
+            (n, 0.001)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1000.0)
+        } else {
+            (v, 1.0)
+        };
+        num.parse::<f64>().ok().map(|x| x * scale)
+    };
+    let rps = field("Requests/sec:").unwrap_or_else(|| panic!("wrk printed no rate: {text}"));
+    let requests = rps * 3.0;
+    let cpu_us = jiffies as f64 * 10_000.0 / requests.max(1.0);
+    WrkResult {
+        rps,
+        p50_ms: field("50%").unwrap_or(f64::NAN),
+        p99_ms: field("99%").unwrap_or(f64::NAN),
+        cpu_us,
+    }
+}
+
+/// Gbit/s received in one bounded iperf3 run (3 s) from the client namespace.
+fn iperf(rig: &Rig, host: &str) -> f64 {
+    let out = rig
+        .client
+        .command("iperf3")
+        .args(["-c", host, "-p", "5201", "-t", "3", "-J"])
+        .output()
+        .expect("iperf3 runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
+    bps.unwrap_or_else(|| panic!("iperf3 to {host}: {}", String::from_utf8_lossy(&out.stdout)))
+        / 1e9
+}
+
+pub fn real_clients(args: &Args) -> Vec<Figure> {
+    let mut rig = Rig::up(&RigSpec {
+        prefix: "xlb-bench".into(),
+        targets: 2,
+    })
+    .unwrap();
+    rig.start_backends(&args.backend).unwrap();
+    let dir = std::env::temp_dir().join("xlb-bench-clients");
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths = [Path4::Routed, Path4::Xlb, Path4::Nftables, Path4::Haproxy];
+    // (path, close) -> per-repetition results
+    let mut results: Vec<((Path4, bool), Vec<WrkResult>)> = Vec::new();
+    let mut throughput: Vec<(Path4, Vec<f64>)> = paths.iter().map(|p| (*p, Vec::new())).collect();
+    let mut iperf_server = rig.targets[0]
+        .command("iperf3")
+        .args(["-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server starts");
+    std::thread::sleep(Duration::from_millis(300));
+    rig.client
+        .exec("ip route add 198.18.1.0/24 via 198.18.0.1")
+        .unwrap();
+    // Repetitions outside, paths inside: drift in the machine's load hits every path alike.
+    for _ in 0..args.reps {
+        for &path in &paths {
+            let url = if path == Path4::Routed {
+                "http://198.18.1.2:8080/".to_owned()
+            } else {
+                format!("http://{}/", std::net::Ipv4Addr::from(VIP))
+            };
+            let mut haproxy = None;
+            match path {
+                Path4::Routed => {}
+                Path4::Xlb => {
+                    let (config, socket) = (dir.join("xlb.toml"), dir.join("xlb.sock"));
+                    let text = rig.config(&socket, &Setup::demo(&[1, 2]))
+                        + "\n"
+                        + include_str!("../../../bench/iperf-listener.toml");
+                    std::fs::write(&config, text).unwrap();
+                    rig.start_agent(&args.xlb, &config).unwrap();
+                }
+                Path4::Nftables => {
+                    std::fs::write(
+                        dir.join("rules.nft"),
+                        include_str!("../../../bench/dnat.nft"),
+                    )
+                    .unwrap();
+                    rig.lb
+                        .exec(&format!("nft -f {}", dir.join("rules.nft").display()))
+                        .unwrap();
+                }
+                Path4::Haproxy => {
+                    rig.lb.exec("ip addr add 198.18.100.10/32 dev lo").unwrap();
+                    std::fs::write(
+                        dir.join("haproxy.cfg"),
+                        include_str!("../../../bench/haproxy.cfg"),
+                    )
+                    .unwrap();
+                    let child = rig
+                        .lb
+                        .command("haproxy")
+                        .args(["-db", "-f"])
+                        .arg(dir.join("haproxy.cfg"))
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("haproxy starts");
+                    haproxy = Some(child);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+            // Every path must actually work before it is measured.
+            let probe = rig
+                .client
+                .command("curl")
+                .args(["-s", "-m", "3", &url])
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&probe.stdout).starts_with("backend-"),
+                "{}: curl {url} failed",
+                path.name()
+            );
+            for close in [false, true] {
+                let r = wrk(&rig, &url, close);
+                match results
+                    .iter_mut()
+                    .find(|((p, c), _)| *p == path && *c == close)
+                {
+                    Some((_, runs)) => runs.push(r),
+                    None => results.push(((path, close), vec![r])),
+                }
+            }
+            let host = if path == Path4::Routed {
+                "198.18.1.2"
+            } else {
+                "198.18.100.10"
+            };
+            let gbps = iperf(&rig, host);
+            if let Some((_, v)) = throughput.iter_mut().find(|(p, _)| *p == path) {
+                v.push(gbps);
+            }
+            match path {
+                Path4::Xlb => {
+                    rig.stop("xlb");
+                }
+                Path4::Nftables => {
+                    rig.lb.exec("nft delete table ip xlb_bench").unwrap();
+                }
+                Path4::Haproxy => {
+                    if let Some(mut c) = haproxy {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    let _ = rig.lb.exec("ip addr del 198.18.100.10/32 dev lo");
+                }
+                Path4::Routed => {}
+            }
+        }
+    }
+    let _ = iperf_server.kill();
+    let _ = iperf_server.wait();
+    drop(rig);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut figs = Vec::new();
+    let routed_gbps = figure(
+        "clients",
+        "iperf3 TCP, 3 s: routed (no balancer)",
+        "Gbit/s",
+        throughput[0].1.clone(),
+    );
+    for (p, v) in &throughput {
+        let f = figure(
+            "clients",
+            &format!("iperf3 TCP, 3 s: {}", p.name()),
+            "Gbit/s",
+            v.clone(),
+        );
+        figs.push(if *p == Path4::Routed {
+            f
+        } else {
+            f.vs(&routed_gbps)
+        });
+    }
+    for close in [false, true] {
+        let conn = if close {
+            "Connection: close"
+        } else {
+            "keep-alive"
+        };
+        let runs = |p: Path4| {
+            results
+                .iter()
+                .find(|((q, c), _)| *q == p && *c == close)
+                .map(|(_, r)| r.clone())
+                .unwrap()
+        };
+        let base = figure(
+            "clients",
+            &format!("wrk {conn}: {}", Path4::Routed.name()),
+            "req/s",
+            runs(Path4::Routed).iter().map(|r| r.rps).collect(),
+        );
+        for &p in &paths {
+            let r = runs(p);
+            let f = figure(
+                "clients",
+                &format!("wrk {conn}: {}", p.name()),
+                "req/s",
+                r.iter().map(|x| x.rps).collect(),
+            );
+            let f = if p == Path4::Routed {
+                f
+            } else if p == Path4::Xlb {
+                let met = f.median >= 0.95 * base.median;
+                f.vs(&base).goal(">= 0.95x routed", met)
+            } else {
+                f.vs(&base)
+            };
+            figs.push(f);
+            figs.push(figure(
+                "clients",
+                &format!("wrk {conn}: {} p50 latency", p.name()),
+                "ms",
+                r.iter().map(|x| x.p50_ms).collect(),
+            ));
+            figs.push(figure(
+                "clients",
+                &format!("wrk {conn}: {} p99 latency", p.name()),
+                "ms",
+                r.iter().map(|x| x.p99_ms).collect(),
+            ));
+            figs.push(figure(
+                "clients",
+                &format!("wrk {conn}: {} machine CPU per request", p.name()),
+                "us",
+                r.iter().map(|x| x.cpu_us).collect(),
+            ));
+        }
+    }
+    figs
+}

@@ -1,0 +1,188 @@
+//! The output: the table, the JSON, the plot, and the generated part of BENCHMARKS.md (the
+//! method and the findings there are written by hand and kept as they are).
+use std::path::Path;
+
+use serde::Serialize;
+
+/// One measured figure: min/median/max over the repetitions, and its ratio to a baseline.
+#[derive(Serialize, Clone)]
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    pub baseline: Option<String>,
+    pub ratio: Option<f64>,
+    /// The goal from the issue, if any, and whether this run met it.
+    pub goal: Option<String>,
+    pub met: Option<bool>,
+}
+
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+pub fn figure(section: &'static str, name: &str, unit: &'static str, v: Vec<f64>) -> Figure {
+    let (min, median, max) = spread(v);
+    Figure {
+        section,
+        name: name.into(),
+        unit,
+        min,
+        median,
+        max,
+        baseline: None,
+        ratio: None,
+        goal: None,
+        met: None,
+    }
+}
+
+impl Figure {
+    pub fn vs(mut self, base: &Figure) -> Self {
+        self.baseline = Some(base.name.clone());
+        self.ratio = Some(self.median / base.median);
+        self
+    }
+    pub fn goal(mut self, text: &str, met: bool) -> Self {
+        self.goal = Some(text.into());
+        self.met = Some(met);
+        self
+    }
+}
+
+pub fn table(figs: &[Figure]) -> String {
+    let mut o = format!(
+        "| {:<62} | {:>10} | {:>10} | {:>10} | {:<9} | {:>24} | {:<28} |\n",
+        "what", "min", "median", "max", "unit", "ratio (median)", "goal (this run)"
+    );
+    o += &format!(
+        "|{:-<64}|{:->12}|{:->12}|{:->12}|{:-<11}|{:->26}|{:-<30}|\n",
+        "", "", "", "", "", "", ""
+    );
+    for f in figs {
+        let ratio = match (&f.ratio, &f.baseline) {
+            (Some(r), Some(b)) => format!("{r:.2}x {}", short(b)),
+            _ => String::new(),
+        };
+        let goal = match (&f.goal, f.met) {
+            (Some(g), Some(true)) => format!("{g}: met"),
+            (Some(g), Some(false)) => format!("{g}: NOT met"),
+            _ => String::new(),
+        };
+        o += &format!(
+            "| {:<62} | {:>10.1} | {:>10.1} | {:>10.1} | {:<9} | {:>24} | {:<28} |\n",
+            f.name, f.min, f.median, f.max, f.unit, ratio, goal
+        );
+    }
+    o
+}
+
+fn short(baseline: &str) -> &str {
+    if baseline.starts_with("floor") {
+        "floor"
+    } else if baseline.starts_with("bare") {
+        "XDP_PASS"
+    } else if baseline.contains("routed") {
+        "routed"
+    } else if baseline.starts_with("XDP forwarding floor") {
+        "XDP floor"
+    } else if baseline.starts_with("XDP_DROP") {
+        "XDP_DROP baseline"
+    } else if baseline.starts_with("nftables") {
+        "nftables"
+    } else {
+        baseline
+    }
+}
+
+pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let bars: Vec<&Figure> = figs
+        .iter()
+        .filter(|f| f.section == "program" && !f.name.starts_with("measuring"))
+        .collect();
+    let max = bars.iter().map(|f| f.max).fold(0.0, f64::max) * 1.15;
+    let root = BitMapBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "xlb: cost per packet (BPF_PROG_TEST_RUN, median; whiskers min-max)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0f64..max, (0..bars.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("ns per packet")
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars
+                .get(*i)
+                .map(|f| f.name.replace("xlb: ", "xlb "))
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    for (i, f) in bars.iter().enumerate() {
+        let color = if f.name.starts_with("xlb") {
+            RGBColor(31, 119, 180)
+        } else {
+            RGBColor(150, 150, 150)
+        };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (f.median, SegmentValue::Exact(i + 1)),
+            ],
+            color.filled(),
+        )))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![
+                (f.min, SegmentValue::CenterOf(i)),
+                (f.max, SegmentValue::CenterOf(i)),
+            ],
+            BLACK.stroke_width(2),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+/// Where the generated part of the report starts and ends; the rest is prose kept by hand.
+const BEGIN: &str = "<!-- generated by `cargo xtask bench`: begin -->";
+const END: &str = "<!-- generated by `cargo xtask bench`: end -->";
+
+/// Replace the generated part of `path` (between the markers) with `generated`, keeping the
+/// hand-written rest; a report without the markers gets them, with the old text after.
+pub fn write_report(path: &Path, generated: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{generated}\n{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("{block}\n\n{old}"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
