@@ -308,7 +308,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
     }
 
     /// Stop probing and detach from every interface; returns how many were attached.
-    pub fn shutdown(mut self) -> usize {
+    pub fn shutdown(&mut self) -> usize {
         self.prober.set(Vec::new());
         self.reconciler.dataplane_mut().detach_all();
         self.attached.len()
