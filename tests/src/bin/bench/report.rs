@@ -186,3 +186,27 @@ pub fn write_report(path: &Path, generated: &str) -> anyhow::Result<()> {
     std::fs::write(path, new)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_keeps_its_hand_written_prose_and_replaces_the_generated_part() {
+        let dir = std::env::temp_dir().join(format!("xlb-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("BENCHMARKS.md");
+        std::fs::write(
+            &path,
+            format!("# B\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Findings\n\nkept\n"),
+        )
+        .unwrap();
+        write_report(&path, "new table").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("# B\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\n## Findings\n\nkept\n")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
