@@ -25,8 +25,8 @@ use xlb_bench_abi::{BenchPacket, FLOWS, MANY_FLOWS, NEW_FLOW};
 
 /// The balancer, exactly as the product's object has it.
 #[xdp]
-pub fn xlb(ctx: XdpContext) -> u32 {
-    lb_ebpf::balance(&ctx)
+pub fn xlb(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::balance(&mut ctx)
 }
 
 #[map]
@@ -76,11 +76,11 @@ fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
 
 /// The balancer, with the packet restored after each run.
 #[xdp]
-pub fn xlb_bench(ctx: XdpContext) -> u32 {
+pub fn xlb_bench(mut ctx: XdpContext) -> u32 {
     let Some(t) = BENCH.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let action = lb_ebpf::balance(&ctx);
+    let action = lb_ebpf::balance(&mut ctx);
     if restore(&ctx, t).is_none() {
         return xdp_action::XDP_ABORTED;
     }
@@ -150,7 +150,7 @@ pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
 /// The XDP forwarding floor: a FIB lookup and a redirect, nothing else.
 #[xdp]
 pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
-    forward::forward(&ctx, None).action
+    forward::forward(&ctx, None, None).action
 }
 
 /// Overwrite the packet's first `N * 8` bytes with `words`; `None` if the packet is shorter.

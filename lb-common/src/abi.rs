@@ -9,8 +9,22 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Forwarding modes of a listener. Only NAT exists today; DSR takes the next number.
+/// Forwarding modes of a listener (`ListenerValue::mode`). NAT rewrites the destination to the
+/// target and replies come back through the balancer.
 pub const MODE_NAT: u8 = 0;
+/// Direct server return on one L2 segment: only the destination MAC becomes the target's.
+pub const MODE_DSR: u8 = 1;
+/// Direct server return over IP: IPv4-in-IPv4 to the target's address, inner packet untouched.
+pub const MODE_TUNNEL: u8 = 2;
+
+/// IP protocol number of IPv4-in-IPv4.
+pub const PROTO_IPIP: u8 = 4;
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+
+/// `Settings::flags`: answer a tunnelled packet that would exceed the egress MTU with ICMP
+/// "fragmentation needed" (else it is dropped, counted).
+pub const SETTING_FRAG_NEEDED: u32 = 1;
 
 /// `PORT_FLAGS[port]` bits: a listener uses `port` as destination, a target as source.
 pub const PORT_LISTENER: u8 = 1;
@@ -33,7 +47,14 @@ pub mod maps {
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
     pub const VIP_HINTS: &str = "VIP_HINTS";
+    pub const SETTINGS: &str = "SETTINGS";
+    /// The decapsulation program's maps (`xlb decap`).
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
 }
+
+/// Name of the decapsulation program (its own object, run on targets).
+pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 
 /// Name of the XDP entry point in the object.
 pub const PROGRAM_NAME: &str = "xlb";
@@ -147,6 +168,18 @@ pub struct ReverseValue {
     pub target_id: u32,
 }
 
+/// `SETTINGS[0]`: node-wide settings the agent writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Outer source of tunnelled packets: this network address, with the host bits taken from
+    /// the flow's hash (so a target's NIC spreads flows over its queues).
+    pub tunnel_src: [u8; 4],
+    /// Host bits of the tunnel source prefix (network order); zero for a single address.
+    pub tunnel_src_hostmask: [u8; 4],
+    pub flags: u32,
+}
+
 /// Per-CPU traffic counters of one listener or one target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -181,6 +214,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);
+const _: () = assert!(size_of::<Settings>() == 12);
 
 #[cfg(feature = "user")]
 #[expect(
@@ -206,4 +240,6 @@ mod pod {
     unsafe impl aya::Pod for ReverseValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Settings {}
 }

@@ -14,4 +14,4 @@ pub mod limits;
 pub mod stats;
 
 pub use abi::*;
-pub use stats::Stat;
+pub use stats::{DecapStat, Stat};

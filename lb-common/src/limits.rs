@@ -44,3 +44,9 @@ pub const VIP_HINT_ENTRIES: u32 = 65_536;
 /// How long the program reuses a target's next hop (egress interface and MACs) from its last
 /// FIB lookup before asking the kernel again: a route or neighbour change is seen within this.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// Slots of the decapsulation program's counter array (see [`crate::DecapStat`]).
+pub const DECAP_STAT_SLOTS: u32 = 8;
+
+/// Addresses one decapsulation program accepts as outer destinations.
+pub const DECAP_ADDRS_MAX: u32 = 64;

@@ -12,7 +12,7 @@ macro_rules! stats {
             pub const ALL: &'static [Stat] = &[$(Stat::$name,)*];
             /// The name shown in `xlb status` and the README.
             pub const fn label(self) -> &'static str { match self { $(Stat::$name => $label,)* } }
-            /// "pass", "drop", "forward" or "event".
+            /// "pass", "drop", "forward", "answer" (sent back to the client) or "event".
             pub const fn kind(self) -> &'static str { match self { $(Stat::$name => $verdict,)* } }
         }
     };
@@ -58,6 +58,13 @@ stats! {
     DropFlowTableFull = 18, "drop_flow_table_full", "drop";
     /// A TCP header whose data offset is below 5 words, addressed to a VIP.
     DropTcpBadHeader = 19, "drop_tcp_bad_header", "drop";
+    /// A tunnel listener's packet that would exceed the egress MTU once encapsulated: answered
+    /// with ICMP "fragmentation needed" (the next-hop MTU less the outer header), sent back.
+    TxFragNeeded = 20, "tx_frag_needed", "answer";
+    /// As `tx_frag_needed`, but answering is turned off (`tunnel.icmp_frag_needed = false`).
+    DropFragNeeded = 21, "drop_frag_needed", "drop";
+    /// There was no room to add the outer header or build the ICMP answer.
+    DropEncapFailed = 22, "drop_encap_failed", "drop";
     /// Event: a balanced packet carried IPv4 options (kept and forwarded).
     EvIpv4Options = 24, "ev_ipv4_options", "event";
     /// Event: a flow's entry pointed at a removed target, or a UDP flow idled out; re-balanced.
@@ -82,4 +89,31 @@ mod tests {
             seen[c as usize] = true;
         }
     }
+}
+
+macro_rules! decap_stats {
+    ($( $(#[$doc:meta])* $name:ident = $code:literal, $label:literal; )*) => {
+        /// Counter codes of the decapsulation program (`xlb decap status`). Stable; append only.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum DecapStat { $( $(#[$doc])* $name = $code, )* }
+
+        impl DecapStat {
+            pub const ALL: &'static [DecapStat] = &[$(DecapStat::$name,)*];
+            pub const fn label(self) -> &'static str { match self { $(DecapStat::$name => $label,)* } }
+        }
+    };
+}
+
+decap_stats! {
+    /// IPv4-in-IPv4 to one of this host's addresses: the outer header was removed and the
+    /// inner packet passed to the stack.
+    Decapsulated = 1, "decapsulated";
+    /// Not IPv4-in-IPv4 (everything else on the interface): passed untouched.
+    PassNotTunnel = 2, "pass_not_tunnel";
+    /// IPv4-in-IPv4 to an address that is not this host's: passed untouched.
+    PassNotLocal = 3, "pass_not_local";
+    /// IPv4-in-IPv4 whose outer or inner header is cut short, fragmented or has options:
+    /// passed untouched (the kernel decides).
+    PassMalformed = 4, "pass_malformed";
 }

@@ -1,8 +1,8 @@
 //! Stages 2-4: listener lookup, connection table, Maglev ring.
 use lb_common::{
-    FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET,
-    PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey, addr_from_ipv4,
-    hash::flow_hash_v4,
+    FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, MODE_NAT, PORT_LISTENER,
+    PORT_TARGET, PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey,
+    addr_from_ipv4, hash::flow_hash_v4,
 };
 
 use crate::{
@@ -158,8 +158,12 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         listener_id: l.id,
         target_id,
     };
-    // Reverse first: once the forward entry exists, replies must find their way back.
-    if REVERSE.insert(reply_key, reverse, 0).is_err() || FLOWS.insert(key, value, 0).is_err() {
+    // Reverse first: once the forward entry exists, replies must find their way back. DSR
+    // and tunnel replies go from the target straight to the client: no reverse entry.
+    let nat = l.mode == MODE_NAT;
+    if (nat && REVERSE.insert(reply_key, reverse, 0).is_err())
+        || FLOWS.insert(key, value, 0).is_err()
+    {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
     }
     Ok(Pick {

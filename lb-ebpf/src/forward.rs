@@ -1,5 +1,5 @@
-//! Stage 6: send the rewritten packet toward its next hop, with L2 addresses from the kernel's
-//! FIB and neighbour tables.
+//! Stage 6: find the next hop (the kernel's FIB and neighbour tables, cached per target for up
+//! to a second) and send the packet toward it.
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -18,15 +18,40 @@ use crate::{
 
 const AF_INET: u8 = 2;
 
-/// Send the packet on. `target`: the target it goes to, whose next hop may be cached; `None`
-/// for replies (many client addresses: always a FIB lookup).
+/// Where a packet goes next: out of `egress`, with these MACs.
+#[derive(Clone, Copy)]
+pub struct Hop {
+    pub ingress: u32,
+    pub egress: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Why there is no hop to send to.
+pub enum NoHop {
+    /// The neighbour is not resolved yet: the kernel must forward this packet (and resolve).
+    NoNeigh,
+    /// Longer than the route's MTU (the MTU is given).
+    FragNeeded { mtu: u16 },
+    /// Counted and final.
+    Final(Verdict),
+}
+
+/// What the FIB is asked.
+pub struct Route {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    pub tos: u8,
+    /// The length the packet will have on the wire (IPv4 total length): checked against the MTU.
+    pub tot_len: u16,
+}
+
+/// The next hop toward `r.dst`. `target`: the target it goes to, whose next hop may be cached;
+/// `None` for replies (many client addresses: always a FIB lookup).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
-    let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
-        return Verdict::drop(Stat::DropNoRoute);
-    };
+pub fn next_hop(ctx: &XdpContext, target: Option<u32>, r: &Route) -> Result<Hop, NoHop> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let tot_len = u16::from_be_bytes(ip.tot_len);
     let cached = target.and_then(|id| sys::with_slot(&NEXT_HOPS, id, |nh| *nh));
     // Only the cache needs the time: replies (no target) skip the clock.
     let now = if cached.is_some() {
@@ -37,24 +62,35 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
     if let Some(nh) = cached
         && nh.expires_ns > now
         && nh.ingress == ingress
-        && tot_len <= nh.max_len
+        && r.tot_len <= nh.max_len
     {
-        return send(ctx, ingress, nh.egress, nh.smac, nh.dmac);
+        return Ok(Hop {
+            ingress,
+            egress: nh.egress,
+            smac: nh.smac,
+            dmac: nh.dmac,
+        });
     }
     let mut p = sys::fib_params();
     p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    p.__bindgen_anon_1.tot_len = tot_len;
-    p.__bindgen_anon_2.tos = ip.tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    p.l4_protocol = r.proto;
+    p.__bindgen_anon_1.tot_len = r.tot_len;
+    p.__bindgen_anon_2.tos = r.tos;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(r.src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(r.dst);
     p.ifindex = ingress;
     match sys::fib_lookup(ctx, &mut p) {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Verdict::pass(Stat::PassNoNeigh),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::pass(Stat::PassFragNeeded),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return Verdict::drop(Stat::DropFwdDisabled),
-        _ => return Verdict::drop(Stat::DropNoRoute),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(NoHop::NoNeigh),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return Err(NoHop::FragNeeded {
+                mtu: sys::fib_mtu(&p),
+            });
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            return Err(NoHop::Final(Verdict::drop(Stat::DropFwdDisabled)));
+        }
+        _ => return Err(NoHop::Final(Verdict::drop(Stat::DropNoRoute))),
     }
     if let (Some(id), Some(nh)) = (target, cached) {
         let fresh = nh.expires_ns > now && nh.ingress == ingress && nh.egress == p.ifindex;
@@ -67,9 +103,9 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
             ingress,
             egress: p.ifindex,
             max_len: if fresh {
-                nh.max_len.max(tot_len)
+                nh.max_len.max(r.tot_len)
             } else {
-                tot_len
+                r.tot_len
             },
             smac: p.smac,
             dmac: p.dmac,
@@ -77,24 +113,53 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>) -> Verdict {
         };
         sys::with_slot(&NEXT_HOPS, id, |slot| *slot = next);
     }
-    send(ctx, ingress, p.ifindex, p.smac, p.dmac)
+    Ok(Hop {
+        ingress,
+        egress: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    })
 }
 
+/// Send a packet whose IPv4 header is already what goes on the wire (NAT, DSR, replies): the
+/// FIB is asked for the header's own destination, unless `via` names another (DSR: the target,
+/// while the header keeps the VIP).
 #[inline(always)]
-fn send(ctx: &XdpContext, ingress: u32, egress: u32, smac: [u8; 6], dmac: [u8; 6]) -> Verdict {
+pub fn forward(ctx: &XdpContext, target: Option<u32>, via: Option<[u8; 4]>) -> Verdict {
+    let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
+        return Verdict::drop(Stat::DropNoRoute);
+    };
+    let route = Route {
+        src: ip.src,
+        dst: via.unwrap_or(ip.dst),
+        proto: ip.proto,
+        tos: ip.tos,
+        tot_len: u16::from_be_bytes(ip.tot_len),
+    };
+    match next_hop(ctx, target, &route) {
+        Ok(hop) => send(ctx, &hop),
+        Err(NoHop::NoNeigh) => Verdict::pass(Stat::PassNoNeigh),
+        Err(NoHop::FragNeeded { .. }) => Verdict::pass(Stat::PassFragNeeded),
+        Err(NoHop::Final(v)) => v,
+    }
+}
+
+/// Write the hop's MACs and send: back out of the ingress (`XDP_TX`) or redirected.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &Hop) -> Verdict {
     let Some(eth) = header_mut::<Eth>(ctx, 0) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
-    eth.dst = dmac;
-    eth.src = smac;
-    if egress == ingress {
+    eth.dst = hop.dmac;
+    eth.src = hop.smac;
+    if hop.egress == hop.ingress {
         return Verdict {
             action: xdp_action::XDP_TX,
             stat: Stat::FwdTx,
         };
     }
     Verdict {
-        action: sys::redirect(egress),
+        action: sys::redirect(hop.egress),
         stat: Stat::FwdRedirect,
     }
 }

@@ -55,9 +55,32 @@ pub struct Udp {
 }
 pub const UDP_LEN: usize = 8;
 
+/// The first 8 bytes of an ICMP message ("destination unreachable" layout).
+#[repr(C)]
+pub struct Icmp {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub unused: [u8; 2],
+    /// Next-hop MTU of a "fragmentation needed" message.
+    pub mtu: [u8; 2],
+}
+pub const ICMP_LEN: usize = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// In `frags[0]`: don't fragment.
+pub const IPV4_DF: u8 = 0x40;
+
+/// One 16-bit word of the packet (checksums over a variable length).
+#[repr(C)]
+pub struct Word(pub [u8; 2]);
+
 const _: () = assert!(core::mem::size_of::<Eth>() == ETH_LEN && core::mem::align_of::<Eth>() == 1);
 const _: () =
     assert!(core::mem::size_of::<Ipv4>() == IPV4_MIN_LEN && core::mem::align_of::<Ipv4>() == 1);
 const _: () =
     assert!(core::mem::size_of::<Tcp>() == TCP_MIN_LEN && core::mem::align_of::<Tcp>() == 1);
 const _: () = assert!(core::mem::size_of::<Udp>() == UDP_LEN && core::mem::align_of::<Udp>() == 1);
+const _: () =
+    assert!(core::mem::size_of::<Icmp>() == ICMP_LEN && core::mem::align_of::<Icmp>() == 1);
+const _: () = assert!(core::mem::size_of::<Word>() == 2 && core::mem::align_of::<Word>() == 1);

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod balance;
+pub mod encap;
 pub mod forward;
 pub mod hdr;
 pub mod maps;
@@ -20,7 +21,7 @@ pub mod sys;
 
 /// Run the balancer on one packet and count its verdict: what an XDP entry point returns.
 #[inline(always)]
-pub fn balance(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+pub fn balance(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
     let (action, stat) = pipeline::run(ctx);
     stats::count(stat);
     action

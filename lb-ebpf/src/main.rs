@@ -6,8 +6,8 @@
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
-pub fn xlb(ctx: XdpContext) -> u32 {
-    lb_ebpf::balance(&ctx)
+pub fn xlb(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::balance(&mut ctx)
 }
 
 #[cfg(target_arch = "bpf")]

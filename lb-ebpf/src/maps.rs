@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, ListenerKey, ListenerValue, ReverseValue, TargetValue, VipKey,
+    Counters, FlowKey, FlowValue, ListenerKey, ListenerValue, ReverseValue, Settings, TargetValue,
+    VipKey,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
         PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS, VIP_HINT_ENTRIES,
@@ -77,3 +78,7 @@ pub static LISTENER_STATS: PerCpuArray<Counters> =
 
 #[map]
 pub static TARGET_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
+/// Node-wide settings (tunnel source prefix, ICMP answers), written by the agent.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

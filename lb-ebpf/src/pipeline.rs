@@ -1,9 +1,9 @@
 //! The pipeline, stage by stage. Returns the action and the one counter that explains it.
 use aya_ebpf::programs::XdpContext;
-use lb_common::Stat;
+use lb_common::{MODE_DSR, MODE_TUNNEL, Stat};
 
 use crate::{
-    balance, forward,
+    balance, encap, forward,
     nat::{self, Side},
     parse::{self, Parsed, Verdict},
     stats::{self, Dir},
@@ -11,7 +11,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> (u32, Stat) {
+pub fn run(ctx: &mut XdpContext) -> (u32, Stat) {
     let v = match parse::parse(ctx) {
         Parsed::Done(v) => v,
         Parsed::Defect {
@@ -31,7 +31,7 @@ pub fn run(ctx: &XdpContext) -> (u32, Stat) {
 }
 
 #[inline(always)]
-fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
+fn flow(ctx: &mut XdpContext, f: &parse::Flow) -> Verdict {
     if balance::maybe_listener(f)
         && let Some(l) = balance::listener(f)
     {
@@ -48,7 +48,7 @@ fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
             return Verdict::drop(Stat::DropL4Truncated);
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
-        return forward::forward(ctx, None);
+        return forward::forward(ctx, None, None);
     }
     if balance::is_vip(f.dst) {
         return Verdict::drop(Stat::DropVipNoListener);
@@ -57,8 +57,10 @@ fn flow(ctx: &XdpContext, f: &parse::Flow) -> Verdict {
 }
 
 #[inline(always)]
-fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) -> Verdict {
-    if f.ttl <= 1 {
+fn to_target(ctx: &mut XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) -> Verdict {
+    // NAT decrements the TTL as a router does; DSR and tunnel leave the client's packet as it is.
+    let nat = l.mode != MODE_DSR && l.mode != MODE_TUNNEL;
+    if nat && f.ttl <= 1 {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
     let pick = match balance::pick(f, l) {
@@ -70,9 +72,6 @@ fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) ->
     }
     let bytes = sys::packet_len(ctx);
     let addr = lb_common::ipv4_of(&pick.target.addr);
-    if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
-        return Verdict::drop(Stat::DropL4Truncated);
-    }
     stats::traffic(
         l.id,
         pick.target_id,
@@ -81,5 +80,15 @@ fn to_target(ctx: &XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) ->
         },
         bytes,
     );
-    forward::forward(ctx, Some(pick.target_id))
+    match l.mode {
+        // Same IP packet, the target's MAC: the FIB is asked for the target, not the VIP.
+        MODE_DSR => forward::forward(ctx, Some(pick.target_id), Some(addr)),
+        MODE_TUNNEL => encap::tunnel(ctx, f, pick.target_id, &pick.target),
+        _ => {
+            if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
+                return Verdict::drop(Stat::DropL4Truncated);
+            }
+            forward::forward(ctx, Some(pick.target_id), None)
+        }
+    }
 }

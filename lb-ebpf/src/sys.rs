@@ -13,12 +13,15 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_fib_lookup as FibParams,
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
+    },
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 
-use crate::hdr::{Eth, Ipv4, Tcp, Udp};
+use crate::hdr::{Eth, Icmp, Ipv4, Tcp, Udp, Word};
 
 /// Marker for types that may be viewed in place in packet memory.
 ///
@@ -35,6 +38,10 @@ unsafe impl Header for Ipv4 {}
 unsafe impl Header for Tcp {}
 // SAFETY: as above.
 unsafe impl Header for Udp {}
+// SAFETY: as above.
+unsafe impl Header for Icmp {}
+// SAFETY: as above.
+unsafe impl Header for Word {}
 
 /// A bounds-checked, in-place view of a `T` at byte `offset` of the packet, or `None` when the
 /// packet is too short. The view lives as long as the borrow of `ctx`.
@@ -53,6 +60,25 @@ pub fn header_mut<T: Header>(ctx: &XdpContext, offset: usize) -> Option<&mut T> 
     // above); `T: Header` has alignment 1 and accepts every bit pattern. Views of different
     // headers never overlap because each stage asks for the header at its own offset.
     Some(unsafe { &mut *((start + offset) as *mut T) })
+}
+
+/// Move the start of the packet by `delta` bytes (negative: grow at the front). Taking
+/// `&mut XdpContext` makes the borrow checker refuse any header view still alive across it:
+/// every header must be looked up again afterwards.
+#[inline(always)]
+pub fn adjust_head(ctx: &mut XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper only moves the context's data pointer within the frame's headroom and
+    // checks the bounds itself; no view into the packet survives the call (see above).
+    let rc = unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), delta) };
+    (rc == 0).then_some(())
+}
+
+/// Move the end of the packet by `delta` bytes (negative: cut the tail). As [`adjust_head`].
+#[inline(always)]
+pub fn adjust_tail(ctx: &mut XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: as for `adjust_head`.
+    let rc = unsafe { bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta) };
+    (rc == 0).then_some(())
 }
 
 /// Length of the frame in bytes.
@@ -129,6 +155,14 @@ pub fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> u32 {
     // borrowed for the call; ctx is the program's own context.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
     rc as u32
+}
+
+/// The route's MTU that a FRAG_NEEDED lookup left in `p`.
+#[inline(always)]
+pub fn fib_mtu(p: &FibParams) -> u16 {
+    // SAFETY: the field is a union of two u16s (tot_len in, mtu_result out); reading either
+    // is defined for any bits.
+    unsafe { p.__bindgen_anon_1.mtu_result }
 }
 
 /// `bpf_redirect` to `ifindex`: the XDP action to return.

@@ -19,3 +19,5 @@ pub mod state;
 
 /// The XDP object built by build.rs, aligned for the ELF parser.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The decapsulation program's object (`xlb decap`), built alongside.
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));

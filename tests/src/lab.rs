@@ -26,6 +26,11 @@ pub const XDP_REDIRECT: u32 = 4;
 
 pub const VIP: [u8; 4] = [198, 18, 100, 10];
 pub const VIP2: [u8; 4] = [198, 18, 100, 11];
+/// Listener "dsr" (TCP 8080, mode dsr) and "tun" (TCP 8080, mode tunnel), group "web".
+pub const VIP_DSR: [u8; 4] = [198, 18, 100, 12];
+pub const VIP_TUN: [u8; 4] = [198, 18, 100, 13];
+/// `tunnel.source_prefix` of the fixture config.
+pub const TUNNEL_PREFIX: ([u8; 4], u8) = ([198, 18, 250, 0], 24);
 pub const CLIENT: [u8; 4] = [198, 18, 0, 2];
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 pub const IN0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -57,8 +62,10 @@ pub fn config_text(web: &[u8]) -> String {
         r#"interfaces = ["in0"]
 [tables]
 maglev_size = 1021
-max_listeners = 4
+max_listeners = 8
 max_connections = 4096
+[tunnel]
+source_prefix = "198.18.250.0/24"
 [[listener]]
 name = "web"
 vip = "198.18.100.10"
@@ -71,6 +78,20 @@ vip = "198.18.100.11"
 port = 80
 protocol = "tcp"
 target_group = "web"
+[[listener]]
+name = "dsr"
+vip = "198.18.100.12"
+port = 8080
+protocol = "tcp"
+target_group = "web"
+mode = "dsr"
+[[listener]]
+name = "tun"
+vip = "198.18.100.13"
+port = 8080
+protocol = "tcp"
+target_group = "web"
+mode = "tunnel"
 [[listener]]
 name = "echo"
 vip = "198.18.100.10"

@@ -49,7 +49,9 @@ fn registry_failure(e: RegistryError) -> Failure {
             FailureKind::NotFound
         }
         RegistryError::AlreadyRegistered { .. } => FailureKind::Conflict,
-        RegistryError::Invalid(_) => FailureKind::BadRequest,
+        RegistryError::Invalid(_) | RegistryError::PortFixedByMode { .. } => {
+            FailureKind::BadRequest
+        }
     };
     Failure::new(kind, e.to_string())
 }

@@ -60,6 +60,9 @@ pub struct ListenerStatus {
     pub port: u16,
     pub protocol: String,
     pub target_group: String,
+    /// "nat", "dsr" or "tunnel".
+    #[serde(default)]
+    pub mode: String,
     pub traffic: Traffic,
 }
 
@@ -129,6 +132,7 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
             port: l.port,
             protocol: l.protocol.as_str().to_owned(),
             target_group: l.target_group.clone(),
+            mode: l.mode.as_str().to_owned(),
             traffic: traffic(&snap.listeners, b.listener_id(l)),
         })
         .collect();

@@ -6,16 +6,17 @@ use crate::api::{ApplyReport, GroupStatus, ListenerStatus, Status};
 pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
     let _ = writeln!(
         o,
-        "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
-        "LISTENER", "VIP:PORT", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW", "REPLIES"
+        "{:<16} {:<22} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
+        "LISTENER", "VIP:PORT", "PROTO", "MODE", "GROUP", "PACKETS", "BYTES", "NEW", "REPLIES"
     );
     for l in listeners {
         let _ = writeln!(
             o,
-            "{:<16} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10}",
+            "{:<16} {:<22} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
             l.name,
             format!("{}:{}", l.vip, l.port),
             l.protocol,
+            l.mode,
             l.target_group,
             l.traffic.packets,
             l.traffic.bytes,

@@ -5,7 +5,7 @@ use aya::{
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Counters, ListenerKey, ListenerValue, TargetValue, VipKey,
+    Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey,
     limits::{MAX_TARGETS, RINGS_PER_LISTENER, STAT_SLOTS},
     maps,
 };
@@ -26,6 +26,7 @@ pub struct AyaDataplane {
     targets: Array<MapData, TargetValue>,
     port_flags: Array<MapData, u8>,
     vip_hints: Array<MapData, u8>,
+    settings: Array<MapData, Settings>,
     stats: PerCpuArray<MapData, u64>,
     listener_stats: PerCpuArray<MapData, Counters>,
     target_stats: PerCpuArray<MapData, Counters>,
@@ -84,6 +85,7 @@ impl AyaDataplane {
             targets: take(&mut ebpf, maps::TARGETS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
             vip_hints: take(&mut ebpf, maps::VIP_HINTS)?,
+            settings: take(&mut ebpf, maps::SETTINGS)?,
             stats: take(&mut ebpf, maps::STATS)?,
             listener_stats: take(&mut ebpf, maps::LISTENER_STATS)?,
             target_stats: take(&mut ebpf, maps::TARGET_STATS)?,
@@ -186,6 +188,10 @@ impl Dataplane for AyaDataplane {
         self.vip_hints
             .set(index, u8::from(on), 0)
             .map_err(map_err(maps::VIP_HINTS))
+    }
+
+    fn set_settings(&mut self, s: Settings) -> Result<()> {
+        self.settings.set(0, s, 0).map_err(map_err(maps::SETTINGS))
     }
 
     fn snapshot(&self) -> Result<Snapshot> {

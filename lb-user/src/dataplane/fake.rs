@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Counters, ListenerKey, ListenerValue, TargetValue, VipKey,
+    Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey,
     limits::{MAX_TARGETS, STAT_SLOTS},
 };
 
@@ -21,11 +21,15 @@ pub enum Write {
     RemoveVip { key: VipKey },
     PortFlags { port: u16, flags: u8 },
     VipHint { index: u32, on: bool },
+    Settings(Settings),
     Attach { iface: String },
 }
 
 /// A target as a packet sees it: address slot, port, flags.
 pub type SeenTarget = ([u8; 16], [u8; 2], u8);
+
+/// A listener as a packet sees it: UDP idle timeout, mode, and its table slot by slot.
+pub type SeenListener = (u32, u8, Vec<Option<SeenTarget>>);
 
 /// What a data plane holds, in a form two runs can compare whatever ids they handed out: the
 /// active targets, and each listener with the table it points at, read as the XDP program
@@ -33,10 +37,11 @@ pub type SeenTarget = ([u8; 16], [u8; 2], u8);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contents {
     pub active_targets: BTreeSet<SeenTarget>,
-    pub listeners: BTreeMap<[u8; 8], (u32, Vec<Option<SeenTarget>>)>,
+    pub listeners: BTreeMap<[u8; 8], SeenListener>,
     pub vips: BTreeMap<[u8; 8], u32>,
     pub port_flags: BTreeMap<u16, u8>,
     pub vip_hints: BTreeSet<u32>,
+    pub settings: Settings,
 }
 
 #[derive(Default, Debug)]
@@ -47,6 +52,7 @@ pub struct FakeDataplane {
     pub vips: HashMap<VipKey, u32>,
     pub port_flags: HashMap<u16, u8>,
     pub vip_hints: HashMap<u32, bool>,
+    pub settings: Settings,
     pub attached: Vec<String>,
     pub log: Vec<Write>,
     /// Fail the write that would be number `n` of `log` (0-based), once.
@@ -105,7 +111,7 @@ impl FakeDataplane {
                         .iter()
                         .map(|id| self.targets.get(id).map(|t| (t.addr, t.port, t.flags)))
                         .collect();
-                    (lk(k), (v.udp_idle_timeout_s, ring))
+                    (lk(k), (v.udp_idle_timeout_s, v.mode, ring))
                 })
                 .collect(),
             vips: self.vips.iter().map(|(k, n)| (vk(k), *n)).collect(),
@@ -121,6 +127,7 @@ impl FakeDataplane {
                 .filter(|(_, on)| **on)
                 .map(|(i, _)| *i)
                 .collect(),
+            settings: self.settings,
         }
     }
 
@@ -185,6 +192,11 @@ impl Dataplane for FakeDataplane {
     fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()> {
         self.record(Write::VipHint { index, on })?;
         self.vip_hints.insert(index, on);
+        Ok(())
+    }
+    fn set_settings(&mut self, s: Settings) -> Result<()> {
+        self.record(Write::Settings(s))?;
+        self.settings = s;
         Ok(())
     }
     fn snapshot(&self) -> Result<Snapshot> {

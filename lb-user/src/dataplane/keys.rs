@@ -3,9 +3,15 @@
 //! key until the data plane has IPv6 maps, and says so.
 use std::net::IpAddr;
 
-use lb_common::{FAMILY_IPV4, FAMILY_IPV6, ListenerKey, TargetValue, VipKey, addr_from_ipv4};
+use lb_common::{
+    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, SETTING_FRAG_NEEDED, Settings, TargetValue, VipKey,
+    addr_from_ipv4,
+};
 
-use crate::model::{Endpoint, config::Listener};
+use crate::model::{
+    Endpoint,
+    config::{Listener, Tunnel},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0}: IPv6 listeners are not supported by the data plane yet")]
@@ -51,5 +57,27 @@ pub fn target_value(e: &Endpoint, flags: u8) -> TargetValue {
         port: e.port.to_be_bytes(),
         family,
         flags,
+    }
+}
+
+/// `SETTINGS[0]` for these tunnel settings (all zero without tunnel listeners).
+pub fn settings(t: Option<&Tunnel>) -> Settings {
+    let Some(t) = t else {
+        return Settings::default();
+    };
+    let host_bits = 32 - u32::from(t.source_prefix_len);
+    let hostmask = if host_bits == 32 {
+        u32::MAX
+    } else {
+        (1u32 << host_bits) - 1
+    };
+    Settings {
+        tunnel_src: t.source.octets(),
+        tunnel_src_hostmask: hostmask.to_be_bytes(),
+        flags: if t.icmp_frag_needed {
+            SETTING_FRAG_NEEDED
+        } else {
+            0
+        },
     }
 }

@@ -5,13 +5,14 @@
 //! Everything that turns model types (addresses, endpoints) into map keys and values is in
 //! [`keys`]; nothing else in the agent knows the ABI's byte layouts.
 pub mod aya;
+pub mod decap;
 #[cfg(test)]
 pub mod fake;
 pub mod keys;
 pub mod maglev;
 pub mod reconcile;
 
-use lb_common::{Counters, ListenerKey, ListenerValue, TargetValue, VipKey};
+use lb_common::{Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey};
 
 pub use self::aya::AyaDataplane;
 
@@ -88,6 +89,8 @@ pub trait Dataplane {
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()>;
     /// `VIP_HINTS[index]`: non-zero when some VIP maps to `index`.
     fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()>;
+    /// `SETTINGS[0]`: node-wide settings (the tunnel source prefix, ICMP answers).
+    fn set_settings(&mut self, s: Settings) -> Result<()>;
     fn snapshot(&self) -> Result<Snapshot>;
     /// Attach the balancer to `iface`: native mode, generic (SKB) mode as the fallback.
     fn attach(&mut self, iface: &str) -> Result<AttachMode>;

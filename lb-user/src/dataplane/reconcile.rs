@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lb_common::{
-    ListenerKey, ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, TARGET_ACTIVE, VipKey,
+    ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET, Settings, TARGET_ACTIVE, VipKey,
     limits::{MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER},
 };
 
@@ -32,7 +32,7 @@ use super::{
 };
 use crate::model::{
     Endpoint, Target,
-    config::{Config, Listener, Tables},
+    config::{Config, Listener, Tables, Tunnel},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,7 @@ pub struct ApplyReport {
 pub struct Plan {
     pub listeners: Vec<Listener>,
     pub groups: BTreeMap<String, Vec<PlannedTarget>>,
+    pub tunnel: Option<Tunnel>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +100,7 @@ impl Plan {
         Self {
             listeners: cfg.listeners.clone(),
             groups,
+            tunnel: cfg.tunnel,
         }
     }
 
@@ -154,6 +156,8 @@ pub struct Reconciler<D> {
     port_flags: Vec<u8>,
     vips: HashMap<VipKey, u32>,
     vip_hints: HashSet<u32>,
+    /// `SETTINGS[0]` as last written (`None`: never).
+    settings: Option<Settings>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -169,6 +173,7 @@ impl<D: Dataplane> Reconciler<D> {
             port_flags: vec![0; PORT_FLAG_ENTRIES as usize],
             vips: HashMap::new(),
             vip_hints: HashSet::new(),
+            settings: None,
         }
     }
 
@@ -215,6 +220,7 @@ impl<D: Dataplane> Reconciler<D> {
         let mut report = ApplyReport::default();
         let wanted = plan.wanted_targets();
         let new_port_flags = plan.port_flags();
+        self.install_settings(plan)?;
         self.install_targets(&wanted, &mut report)?;
         self.widen_port_flags(&new_port_flags)?;
         self.install_listeners(plan, &listener_keys, &mut report)?;
@@ -224,6 +230,16 @@ impl<D: Dataplane> Reconciler<D> {
         self.retire_targets(&wanted, &mut report)?;
         self.plan = Some(plan.clone());
         Ok(report)
+    }
+
+    /// Phase 0: node-wide settings, before any listener that needs them.
+    fn install_settings(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        let s = keys::settings(plan.tunnel.as_ref());
+        if self.settings != Some(s) {
+            self.dp.set_settings(s)?;
+            self.settings = Some(s);
+        }
+        Ok(())
     }
 
     /// Phase 1: new targets, and targets becoming active, before any table can point at them.
@@ -272,9 +288,11 @@ impl<D: Dataplane> Reconciler<D> {
         for (l, key) in plan.listeners.iter().zip(listener_keys) {
             let members = self.members_for(plan, l);
             let timeout = l.udp_idle_timeout_s;
+            let mode = l.mode.code();
             if let Some(inst) = self.listeners.get_mut(key)
                 && inst.members == members
                 && inst.value.udp_idle_timeout_s == timeout
+                && inst.value.mode == mode
             {
                 inst.name.clone_from(&l.name);
                 report.listeners_unchanged.push(l.name.clone());
@@ -285,13 +303,17 @@ impl<D: Dataplane> Reconciler<D> {
                 .entry(members.clone())
                 .or_insert_with(|| maglev_table(&members, m))
                 .clone();
-            let installed = self
-                .listeners
-                .get(key)
-                .map(|i| (i.slot, i.generation, i.value.id, i.value.udp_idle_timeout_s));
+            let installed = self.listeners.get(key).map(|i| {
+                (
+                    i.slot,
+                    i.generation,
+                    i.value.id,
+                    (i.value.udp_idle_timeout_s, i.value.mode),
+                )
+            });
             match installed {
                 // Same table from other members (e.g. a weight-0 target left): nothing to write.
-                Some((.., t)) if t == timeout && self.listeners[key].ring == ring => {
+                Some((.., t)) if t == (timeout, mode) && self.listeners[key].ring == ring => {
                     let inst = self.listeners.get_mut(key).expect("present");
                     inst.name.clone_from(&l.name);
                     inst.members = members;
@@ -436,7 +458,7 @@ impl<D: Dataplane> Reconciler<D> {
             id,
             ring_base: (slot * RINGS_PER_LISTENER + generation) * m,
             ring_size: m,
-            mode: MODE_NAT,
+            mode: l.mode.code(),
             flags: 0,
             _pad: [0; 2],
             udp_idle_timeout_s: l.udp_idle_timeout_s,

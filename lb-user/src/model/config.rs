@@ -16,7 +16,7 @@ use lb_common::limits::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, ModelError, Protocol, Target};
+use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, Mode, ModelError, Protocol, Target};
 use crate::health::{self, CheckProtocol, HealthCheck, Matcher};
 
 /// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
@@ -73,6 +73,8 @@ struct RawConfig {
     #[serde(default)]
     tables: Option<Spanned<RawTables>>,
     #[serde(default)]
+    tunnel: Option<Spanned<RawTunnel>>,
+    #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
     target_group: Vec<Spanned<RawGroup>>,
@@ -86,6 +88,13 @@ struct RawTables {
     max_connections: Option<Spanned<u32>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    source_prefix: Option<Spanned<String>>,
+    icmp_frag_needed: Option<bool>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
@@ -95,6 +104,7 @@ struct RawListener {
     protocol: Spanned<Protocol>,
     target_group: Spanned<String>,
     udp_idle_timeout: Option<Spanned<u32>>,
+    mode: Option<Spanned<Mode>>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +151,8 @@ pub struct Config {
     pub tables: Tables,
     pub listeners: Vec<Listener>,
     pub target_groups: Vec<TargetGroup>,
+    /// Set when a `tunnel` listener exists (then `tunnel.source_prefix` is required).
+    pub tunnel: Option<Tunnel>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +181,18 @@ pub struct Listener {
     pub protocol: Protocol,
     pub target_group: String,
     pub udp_idle_timeout_s: u32,
+    pub mode: Mode,
+}
+
+/// How `tunnel` listeners build the outer header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Outer source addresses: this prefix, host bits from each flow's hash.
+    pub source: std::net::Ipv4Addr,
+    pub source_prefix_len: u8,
+    /// Answer a packet that would not fit the MTU once encapsulated with ICMP "fragmentation
+    /// needed" (default), instead of dropping it.
+    pub icmp_frag_needed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,6 +363,7 @@ impl Validator<'_> {
         let tables = self.tables(raw.tables.as_ref());
         let target_groups = self.groups(&raw.target_group);
         let listeners = self.listeners(&raw.listener, &target_groups, &tables);
+        let tunnel = self.tunnel(raw.tunnel.as_ref(), &raw.listener, &listeners);
         Config {
             interfaces,
             control_socket: raw
@@ -348,7 +373,51 @@ impl Validator<'_> {
             tables,
             listeners,
             target_groups,
+            tunnel,
         }
+    }
+
+    fn tunnel(
+        &mut self,
+        raw: Option<&Spanned<RawTunnel>>,
+        raw_listeners: &[Spanned<RawListener>],
+        listeners: &[Listener],
+    ) -> Option<Tunnel> {
+        let first = listeners.iter().position(|l| l.mode == Mode::Tunnel);
+        let prefix = raw.and_then(|t| t.get_ref().source_prefix.as_ref());
+        let Some(p) = prefix else {
+            if let Some(i) = first
+                && let Some(mode) = raw_listeners[i].get_ref().mode.as_ref()
+            {
+                self.at(mode, format!(
+                    "listener {:?} is mode \"tunnel\": set tunnel.source_prefix (e.g. \"198.18.250.0/24\"), the outer source addresses of encapsulated packets",
+                    listeners[i].name
+                ));
+            }
+            return None;
+        };
+        let parsed = p.get_ref().split_once('/').and_then(|(a, n)| {
+            let a: std::net::Ipv4Addr = a.parse().ok()?;
+            let n: u8 = n.parse().ok().filter(|n| *n <= 32)?;
+            Some((a, n))
+        });
+        let Some((source, source_prefix_len)) = parsed else {
+            self.at(
+                p,
+                format!(
+                    "tunnel.source_prefix {:?} is not an IPv4 prefix like \"198.18.250.0/24\"",
+                    p.get_ref()
+                ),
+            );
+            return None;
+        };
+        Some(Tunnel {
+            source,
+            source_prefix_len,
+            icmp_frag_needed: raw
+                .and_then(|t| t.get_ref().icmp_frag_needed)
+                .unwrap_or(true),
+        })
     }
 
     fn tables(&mut self, raw: Option<&Spanned<RawTables>>) -> Tables {
@@ -638,6 +707,18 @@ impl Validator<'_> {
                      port its targets serve (or health_check.enabled = false)"
                 ));
             }
+            let mode = r.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+            if mode != Mode::Nat
+                && let Some(g) = groups.iter().find(|g| &g.name == group)
+                && let Some(t) = g.targets.iter().find(|t| t.endpoint.port != port)
+            {
+                let m = r.mode.as_ref().expect("a non-default mode was written");
+                self.at(m, format!(
+                    "listener {name:?} is mode {:?}: its packets reach targets unchanged, so targets must use the listener's port {port}, but {} in target group {group:?} does not (set the group's port to {port})",
+                    mode.as_str(),
+                    t.endpoint
+                ));
+            }
             out.push(Listener {
                 name,
                 vip,
@@ -645,6 +726,7 @@ impl Validator<'_> {
                 protocol,
                 target_group: group.clone(),
                 udp_idle_timeout_s,
+                mode,
             });
         }
         if out.len() > tables.max_listeners as usize

@@ -180,6 +180,38 @@ impl Protocol {
     }
 }
 
+/// How a listener's packets reach their target (`mode` in the config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Destination rewritten to the target; replies come back through the balancer.
+    #[default]
+    Nat,
+    /// Direct server return on one L2 segment: only the destination MAC changes; targets hold
+    /// the VIP and answer clients directly.
+    Dsr,
+    /// Direct server return over IP: IPv4-in-IPv4 to the target, which decapsulates.
+    Tunnel,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel => "tunnel",
+        }
+    }
+    /// The data plane's code (`ListenerValue::mode`).
+    pub fn code(self) -> u8 {
+        match self {
+            Mode::Nat => lb_common::MODE_NAT,
+            Mode::Dsr => lb_common::MODE_DSR,
+            Mode::Tunnel => lb_common::MODE_TUNNEL,
+        }
+    }
+}
+
 /// What happens to a target's established flows when it turns unhealthy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

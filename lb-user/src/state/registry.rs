@@ -6,7 +6,7 @@ use crate::{
     dataplane::reconcile::{Plan, PlannedTarget},
     health::{HealthCheck, Probe, State, Tracker},
     model::{
-        Endpoint, FlowPolicy, ModelError, Target, TargetRef,
+        Endpoint, FlowPolicy, Mode, ModelError, Target, TargetRef,
         config::{Config, TargetGroup},
     },
     state::Overlay,
@@ -20,6 +20,16 @@ pub enum RegistryError {
     AlreadyRegistered { group: String, target: Endpoint },
     #[error("{target} is not registered in group {group:?}")]
     NotRegistered { group: String, target: Endpoint },
+    #[error(
+        "{target} cannot join group {group:?}: listener {listener:?} sends to it in mode {mode:?}, which keeps the listener's port {port}"
+    )]
+    PortFixedByMode {
+        group: String,
+        target: Endpoint,
+        listener: String,
+        mode: &'static str,
+        port: u16,
+    },
     #[error(transparent)]
     Invalid(#[from] ModelError),
 }
@@ -123,6 +133,17 @@ impl Registry {
             endpoint: target.resolve(g.spec.port),
             weight: crate::model::weight(weight)?,
         };
+        if let Some(l) = cfg.listeners.iter().find(|l| {
+            l.target_group == group && l.mode != Mode::Nat && l.port != target.endpoint.port
+        }) {
+            return Err(RegistryError::PortFixedByMode {
+                group: group.into(),
+                target: target.endpoint,
+                listener: l.name.clone(),
+                mode: l.mode.as_str(),
+                port: l.port,
+            });
+        }
         if g.members
             .get(&target.endpoint)
             .is_some_and(Member::registered)

@@ -328,7 +328,7 @@ fn a_failure_at_any_write_is_repaired_by_applying_again() {
         assert!(b.apply(&Plan::from_config(&c2)).is_err(), "write {n}");
         // Whatever a packet finds now points at a target the data plane has.
         let mid = b.dataplane().contents();
-        for (_, ring) in mid.listeners.values() {
+        for (_, _, ring) in mid.listeners.values() {
             assert!(ring.iter().all(|t| t.is_some_and(|t| t.2 == TARGET_ACTIVE)));
         }
         b.apply(&Plan::from_config(&c2)).unwrap();
@@ -346,4 +346,40 @@ fn an_ipv6_listener_is_refused_before_anything_is_written() {
         Err(ApplyError::Unsupported(_))
     ));
     assert!(b.dataplane().log.is_empty());
+}
+
+#[test]
+fn a_mode_change_rewrites_the_listener_and_settings_go_in_before_anything_else() {
+    let c = cfg(&["198.18.1.2"], "");
+    let mut b = reconciler(&c);
+    assert_eq!(
+        b.dataplane().log.first(),
+        Some(&Write::Settings(Settings::default()))
+    );
+    let web = key(&c, "web");
+    assert_eq!(b.dataplane().listeners[&web].mode, lb_common::MODE_NAT);
+    let mut c2 = c.clone();
+    c2.listeners[0].mode = crate::model::Mode::Tunnel;
+    c2.tunnel = Some(crate::model::config::Tunnel {
+        source: "198.18.250.0".parse().unwrap(),
+        source_prefix_len: 24,
+        icmp_frag_needed: true,
+    });
+    b.dataplane_mut().log.clear();
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(r.listeners_changed, ["web"]);
+    assert_eq!(b.dataplane().listeners[&web].mode, lb_common::MODE_TUNNEL);
+    let s = b.dataplane().settings;
+    assert_eq!(
+        (s.tunnel_src, s.tunnel_src_hostmask, s.flags),
+        (
+            [198, 18, 250, 0],
+            [0, 0, 0, 255],
+            lb_common::SETTING_FRAG_NEEDED
+        )
+    );
+    assert!(matches!(
+        b.dataplane().log.first(),
+        Some(Write::Settings(_))
+    ));
 }

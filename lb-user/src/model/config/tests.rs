@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::model::Mode;
 
 const GOOD: &str = r#"interfaces = ["eth0"]
 
@@ -373,5 +374,79 @@ fn deregistration_delay_and_flow_policy() {
         &GOOD.replace("port = 8080\n", "port = 8080\nunhealthy_flows = \"drop\"\n"),
         13,
         "",
+    );
+}
+
+const DSR: &str = r#"interfaces = ["eth0"]
+
+[[listener]]
+name = "web"
+vip = "198.18.100.10"
+port = 80
+protocol = "tcp"
+target_group = "web"
+mode = "dsr"
+
+[[target_group]]
+name = "web"
+port = 80
+targets = [{ address = "198.18.1.2" }]
+"#;
+
+#[test]
+fn a_dsr_listener_parses_with_its_mode_and_nat_is_the_default() {
+    let c = parse(Path::new("xlb.toml"), DSR).unwrap();
+    assert_eq!(c.listeners[0].mode, Mode::Dsr);
+    assert_eq!(c.tunnel, None);
+    let c = parse(Path::new("xlb.toml"), GOOD).unwrap();
+    assert_eq!(c.listeners[0].mode, Mode::Nat);
+}
+
+#[test]
+fn dsr_and_tunnel_listeners_need_targets_on_the_listener_port() {
+    one_error(
+        &DSR.replace("port = 80\ntargets", "port = 8080\ntargets"),
+        9,
+        "targets must use the listener's port 80, but 198.18.1.2:8080 in target group \"web\" does not",
+    );
+    one_error(
+        &DSR.replace(
+            "{ address = \"198.18.1.2\" }",
+            "{ address = \"198.18.1.2\", port = 81 }",
+        ),
+        9,
+        "198.18.1.2:81",
+    );
+}
+
+#[test]
+fn a_tunnel_listener_needs_a_source_prefix_and_it_must_be_one() {
+    let tunnel = DSR.replace("mode = \"dsr\"", "mode = \"tunnel\"");
+    one_error(&tunnel, 9, "set tunnel.source_prefix");
+    let with = |p: &str| {
+        format!(
+            "[tunnel]\nsource_prefix = \"{p}\"\n{}",
+            tunnel.replacen("interfaces = [\"eth0\"]\n", "", 1)
+        )
+    };
+    let c = parse(
+        Path::new("xlb.toml"),
+        &format!("interfaces = [\"eth0\"]\n{}", with("198.18.250.0/24")),
+    )
+    .unwrap();
+    let t = c.tunnel.unwrap();
+    assert_eq!(
+        (t.source, t.source_prefix_len, t.icmp_frag_needed),
+        ("198.18.250.0".parse().unwrap(), 24, true)
+    );
+    one_error(
+        &format!("interfaces = [\"eth0\"]\n{}", with("198.18.250.0/33")),
+        3,
+        "is not an IPv4 prefix",
+    );
+    one_error(
+        &DSR.replace("mode = \"dsr\"", "mode = \"ipvs\""),
+        9,
+        "unknown variant",
     );
 }

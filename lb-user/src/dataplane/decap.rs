@@ -1,0 +1,270 @@
+//! The decapsulation program on a `tunnel` target (`xlb decap attach|detach|status`). It runs
+//! without an agent: `attach` pins its link and maps under [`PIN_ROOT`]/IFACE, so it stays
+//! attached after the command exits, and `detach` removes the pins (which detaches it).
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use lb_common::{
+    DECAP_PROGRAM_NAME, DecapStat,
+    limits::{DECAP_ADDRS_MAX, DECAP_STAT_SLOTS},
+    maps,
+};
+
+use super::AttachMode;
+
+/// Where `xlb decap attach` pins what must outlive it, one folder per interface.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/xlb/decap";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecapError {
+    #[error("loading the decapsulation program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("decapsulation program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("interface {0:?} has no IPv4 address: nothing would be decapsulated")]
+    NoAddress(String),
+    #[error("decapsulation is already attached to {0} (xlb decap detach {0} first)")]
+    AlreadyAttached(String),
+    #[error("decapsulation is not attached to {0}")]
+    NotAttached(String),
+    #[error(
+        "interface {iface}: cannot attach XDP in native mode ({native}) nor in generic mode ({generic})"
+    )]
+    Attach {
+        iface: String,
+        native: String,
+        generic: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, DecapError>;
+
+/// Counters of one attached program, by code.
+pub type DecapCounters = Vec<(DecapStat, u64)>;
+
+/// The folder of an interface's pins.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(iface)
+}
+
+/// The loaded (not attached) decapsulation object. It links the balancer's stage library,
+/// whose maps come along: they are created with one entry, unused.
+pub struct Decap {
+    ebpf: Ebpf,
+}
+
+impl Decap {
+    pub fn load(object: &[u8]) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for m in [
+            maps::LISTENERS,
+            maps::VIPS,
+            maps::RINGS,
+            maps::TARGETS,
+            maps::FLOWS,
+            maps::REVERSE,
+            maps::PORT_FLAGS,
+            maps::STATS,
+            maps::LISTENER_STATS,
+            maps::TARGET_STATS,
+            maps::VIP_HINTS,
+            maps::SETTINGS,
+            "NEXT_HOPS",
+        ] {
+            loader.map_max_entries(m, 1);
+        }
+        let mut ebpf = loader.load(object)?;
+        program(&mut ebpf)?.load()?;
+        Ok(Self { ebpf })
+    }
+
+    /// Decapsulate packets whose outer destination is `a`.
+    pub fn add_address(&mut self, a: Ipv4Addr) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::DECAP_ADDRS)
+            .expect("the object declares DECAP_ADDRS");
+        let mut addrs: BpfHashMap<&mut MapData, [u8; 4], u8> =
+            BpfHashMap::try_from(map).map_err(|source| DecapError::Map {
+                map: maps::DECAP_ADDRS,
+                source,
+            })?;
+        addrs
+            .insert(a.octets(), 1, 0)
+            .map_err(|source| DecapError::Map {
+                map: maps::DECAP_ADDRS,
+                source,
+            })
+    }
+
+    /// The program, for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program(&mut self.ebpf)
+    }
+
+    /// Counters, by code.
+    pub fn stats(&self) -> Result<DecapCounters> {
+        let map = self
+            .ebpf
+            .map(maps::DECAP_STATS)
+            .expect("the object declares DECAP_STATS");
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| DecapError::Map {
+                map: maps::DECAP_STATS,
+                source,
+            })?;
+        read_stats(&a)
+    }
+
+    /// Attach to `iface` and pin the link and the maps, so the program stays after this
+    /// process exits. Returns the mode it got.
+    pub fn attach_pinned(mut self, iface: &str) -> Result<AttachMode> {
+        let dir = pin_dir(iface);
+        if dir.join("link").exists() {
+            return Err(DecapError::AlreadyAttached(iface.into()));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| DecapError::Io(dir.clone(), e))?;
+        let prog = program(&mut self.ebpf)?;
+        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native) => match prog.attach(iface, XdpMode::Skb) {
+                Ok(id) => (id, AttachMode::Generic),
+                Err(generic) => {
+                    return Err(DecapError::Attach {
+                        iface: iface.into(),
+                        native: native.to_string(),
+                        generic: generic.to_string(),
+                    });
+                }
+            },
+        };
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into()?;
+        let pin = |e| DecapError::Pin {
+            path: dir.clone(),
+            source: e,
+        };
+        for (name, file) in [(maps::DECAP_STATS, "stats"), (maps::DECAP_ADDRS, "addrs")] {
+            let map = self.ebpf.map(name).expect("declared");
+            map_data(map).pin(dir.join(file)).map_err(pin)?;
+        }
+        fd.pin(dir.join("link")).map_err(pin)?;
+        Ok(mode)
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let p = ebpf
+        .program_mut(DECAP_PROGRAM_NAME)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?;
+    Ok(p.try_into()?)
+}
+
+fn map_data(m: &Map) -> &MapData {
+    match m {
+        Map::HashMap(d) | Map::PerCpuArray(d) => d,
+        _ => unreachable!("the decapsulation maps are a hash map and a per-CPU array"),
+    }
+}
+
+fn read_stats<T: std::borrow::Borrow<MapData>>(
+    a: &PerCpuArray<T, u64>,
+) -> Result<DecapCounters> {
+    let mut out = Vec::new();
+    for s in DecapStat::ALL {
+        let v = a.get(&(*s as u32), 0).map_err(|source| DecapError::Map {
+            map: maps::DECAP_STATS,
+            source,
+        })?;
+        out.push((*s, v.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// Detach from `iface`: remove its pins (the link goes with the last reference).
+pub fn detach_pinned(iface: &str) -> Result<()> {
+    let dir = pin_dir(iface);
+    let link = dir.join("link");
+    if !link.exists() {
+        return Err(DecapError::NotAttached(iface.into()));
+    }
+    let pinned = PinnedLink::from_pin(&link)?;
+    let fd = pinned
+        .unpin()
+        .map_err(|e| DecapError::Io(link.clone(), e))?;
+    drop(fd);
+    for file in ["stats", "addrs"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    std::fs::remove_dir(&dir).map_err(|e| DecapError::Io(dir.clone(), e))?;
+    Ok(())
+}
+
+/// Interfaces with decapsulation attached, and their counters.
+pub fn status() -> Result<Vec<(String, DecapCounters)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+        return Ok(out);
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for iface in names {
+        let stats = pin_dir(&iface).join("stats");
+        let data = MapData::from_pin(&stats).map_err(|e| DecapError::Map {
+            map: maps::DECAP_STATS,
+            source: e,
+        })?;
+        let a: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|source| DecapError::Map {
+                map: maps::DECAP_STATS,
+                source,
+            })?;
+        out.push((iface, read_stats(&a)?));
+    }
+    Ok(out)
+}
+
+/// The IPv4 addresses of `iface`.
+pub fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| DecapError::Io(PathBuf::from(iface), std::io::Error::from(e)))?;
+    let mut out: Vec<Ipv4Addr> = addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(DecapError::NoAddress(iface.into()));
+    }
+    Ok(out)
+}
+
+const _: () = assert!(DECAP_STAT_SLOTS as usize > 4 && DECAP_ADDRS_MAX > 0);
