@@ -104,3 +104,22 @@ pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()
     b.exec(&format!("ip link set {b_dev} up"))?;
     Ok(())
 }
+
+/// A BPF filesystem mounted at a fresh folder, unmounted (releasing whatever is pinned in it)
+/// and removed on drop, also when a test fails.
+pub struct BpfFs(pub std::path::PathBuf);
+
+impl BpfFs {
+    pub fn mount(path: std::path::PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&path)?;
+        sh(&format!("mount -t bpf bpf {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount {}", self.0.display()));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -8,24 +8,18 @@
 //!  VIP 198.18.100.10: the client routes 198.18.100.0/24 via 198.18.0.1;
 //!  targets use 198.18.K.1 as their gateway (NAT mode).
 //! ```
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
+use std::path::Path;
+
+use crate::{
+    netns::{Netns, veth},
+    procs::Children,
 };
-
-use anyhow::{Context as _, bail};
-
-use crate::netns::{Netns, veth};
 
 pub const VIP: &str = "198.18.100.10";
 pub const CLIENT_ADDR: &str = "198.18.0.2";
 pub const LB_CLIENT_SIDE: &str = "198.18.0.1";
 pub const HTTP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 9000;
-/// How long a child (agent, backend) may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn target_addr(k: usize) -> String {
     format!("198.18.{k}.2")
@@ -65,7 +59,7 @@ pub struct RigSpec {
 }
 
 pub struct Rig {
-    children: Vec<(String, Child)>,
+    children: Children,
     pub prefix: String,
     pub client: Netns,
     pub lb: Netns,
@@ -82,7 +76,7 @@ impl Rig {
         let client = Netns::create(&format!("{p}-client"))?;
         let lb = Netns::create(&format!("{p}-lb"))?;
         let mut rig = Self {
-            children: Vec::new(),
+            children: Children::default(),
             prefix: p.clone(),
             client,
             lb,
@@ -242,89 +236,30 @@ health_check = {echo_hc}
         self.spawn_until("xlb", cmd, "ready; control socket")
     }
 
-    /// Spawn `cmd` and wait for a line containing `marker` on its stdout or stderr.
     fn spawn_until(
         &mut self,
         name: &str,
-        mut cmd: std::process::Command,
+        cmd: std::process::Command,
         marker: &str,
     ) -> anyhow::Result<()> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            let tag = name.to_owned();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("[{tag}] {line}");
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        self.children.push((name.to_owned(), child));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return Ok(()),
-                Ok(_) => {}
-                Err(_) => bail!("{name} did not become ready within {READY_TIMEOUT:?}"),
-            }
-        }
+        self.children.spawn_until(name, cmd, marker)
     }
 
     /// Stop the named child with SIGTERM (then SIGKILL after 5 s) and return its exit status.
     pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        let i = self.children.iter().position(|(n, _)| n == name)?;
-        let (_, child) = self.children.remove(i);
-        terminate(child)
+        self.children.stop(name)
     }
 
     /// Whether the named child has exited (and how).
     pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
-        child.try_wait().ok().flatten()
+        self.children.exited(name)
     }
-}
-
-fn terminate(mut child: Child) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(s)) = child.try_wait() {
-        return Some(s);
-    }
-    let pid = i32::try_from(child.id()).ok()?;
-    // SAFETY: signalling a child we spawned and have not reaped, by its pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait().ok()
 }
 
 /// Hosts on a veth rig: local sockets leave a partial checksum that XDP cannot complete, so
 /// turn TX checksum offload off; frames XDP redirects to us need GRO (or an XDP program) on
 /// the receiving veth to be accepted.
-fn host_side_offloads(ns: &Netns) -> anyhow::Result<()> {
+pub fn host_side_offloads(ns: &Netns) -> anyhow::Result<()> {
     ns.exec("ethtool -K eth0 tx off")?;
     ns.exec("ethtool -K eth0 gro on")?;
     Ok(())
@@ -333,8 +268,6 @@ fn host_side_offloads(ns: &Netns) -> anyhow::Result<()> {
 impl Drop for Rig {
     fn drop(&mut self) {
         // Children first (the agent detaches on SIGTERM), then the namespaces (field drops).
-        for (_, child) in self.children.drain(..).rev() {
-            terminate(child);
-        }
+        self.children.stop_all();
     }
 }

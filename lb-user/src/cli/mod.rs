@@ -1,6 +1,7 @@
 //! The `xlb` command line: `run` and `check` work on a config file; every other verb is a
 //! typed request to the running agent's control API ([`crate::api`]).
 pub mod render;
+pub mod target_setup;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -12,6 +13,7 @@ use crate::{
         self, ApplyReport, GroupStatus, ListenerStatus, Message, RegisterRequest,
         client::{self, Answer},
     },
+    dataplane::decap,
     model::{
         self, TargetRef,
         config::{self, DEFAULT_CONTROL_SOCKET, LoadError},
@@ -19,7 +21,7 @@ use crate::{
 };
 
 /// Exit code for a rejected config or request (as sysexits' EX_USAGE).
-const EXIT_REJECTED: u8 = 64;
+pub(crate) const EXIT_REJECTED: u8 = 64;
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "An XDP layer-4 load balancer")]
@@ -70,6 +72,44 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// On a `tunnel` target without an ipip module: strip the outer header of IP-in-IP packets
+    /// to this host in XDP, before the stack sees them.
+    Decap {
+        #[command(subcommand)]
+        cmd: DecapCmd,
+    },
+    /// Print (or, with --apply, run) what a DSR or tunnel target needs: the VIP on loopback,
+    /// no ARP answers for it, loose reverse-path filtering, and for tunnel the decapsulation.
+    TargetSetup(target_setup::Args),
+}
+
+#[derive(Subcommand)]
+enum DecapCmd {
+    /// Attach to IFACE, decapsulating packets to its IPv4 addresses. Stays after exit.
+    Attach {
+        iface: String,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Detach from IFACE.
+    Detach {
+        iface: String,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Interfaces with decapsulation attached, and their counters.
+    Status {
+        #[command(flatten)]
+        pins: Pins,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Pins {
+    /// Where the attached program's link and maps are pinned (a BPF filesystem, mounted here
+    /// if it is not one yet).
+    #[arg(long, default_value = decap::PIN_ROOT)]
+    pin_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -217,6 +257,8 @@ pub async fn main() -> ExitCode {
             })
             .await
         }
+        Cmd::Decap { cmd } => decap_cmd(cmd),
+        Cmd::TargetSetup(args) => target_setup::run(&args),
         Cmd::Targets { cmd } => match cmd {
             TargetsCmd::Register {
                 group,
@@ -259,5 +301,41 @@ pub async fn main() -> ExitCode {
                 .await
             }
         },
+    }
+}
+
+fn decap_cmd(cmd: DecapCmd) -> ExitCode {
+    let result = match cmd {
+        DecapCmd::Attach { iface, pins } => {
+            decap::attach(&pins.pin_dir, &iface).map(|(mode, addrs)| {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!(
+                    "{iface}: decapsulating IP-in-IP to {} ({} mode); pinned under {}",
+                    list.join(", "),
+                    mode.as_str(),
+                    decap::pin_dir(&pins.pin_dir, &iface).display()
+                );
+            })
+        }
+        DecapCmd::Detach { iface, pins } => decap::detach_pinned(&pins.pin_dir, &iface)
+            .map(|()| println!("{iface}: decapsulation detached")),
+        DecapCmd::Status { pins } => decap::status(&pins.pin_dir).map(|all| {
+            if all.is_empty() {
+                println!("decapsulation is attached nowhere");
+            }
+            for (iface, counters) in all {
+                println!("{iface}:");
+                for (s, n) in counters {
+                    println!("  {:<18} {n:>12}", s.label());
+                }
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -66,9 +66,49 @@ type Result<T> = std::result::Result<T, DecapError>;
 /// Counters of one attached program, by code.
 pub type DecapCounters = Vec<(DecapStat, u64)>;
 
-/// The folder of an interface's pins.
-pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new(PIN_ROOT).join(iface)
+/// The folder of an interface's pins under `root`.
+pub fn pin_dir(root: &Path, iface: &str) -> PathBuf {
+    root.join(iface)
+}
+
+/// Make sure `root` is on a BPF filesystem, mounting one there if not.
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    let io = |e| DecapError::Io(root.to_owned(), e);
+    std::fs::create_dir_all(root).map_err(io)?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    // The mount point is the root itself when it is not already inside a BPF filesystem.
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(root)
+        .status()
+        .map_err(io)?;
+    if !status.success() || !is_bpffs(root) {
+        return Err(DecapError::Io(
+            root.to_owned(),
+            std::io::Error::other("cannot mount a BPF filesystem here (mount -t bpf bpf DIR)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `p` is on a BPF filesystem (statfs magic 0xcafe4a11).
+fn is_bpffs(p: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// `xlb decap attach`: load, accept the interface's IPv4 addresses, attach, pin.
+pub fn attach(root: &Path, iface: &str) -> Result<(AttachMode, Vec<Ipv4Addr>)> {
+    let addrs = interface_addresses(iface)?;
+    ensure_bpffs(root)?;
+    let mut d = Decap::load(crate::DECAP_OBJECT)?;
+    for a in &addrs {
+        d.add_address(*a)?;
+    }
+    let mode = d.attach_pinned(root, iface)?;
+    Ok((mode, addrs))
 }
 
 /// The loaded (not attached) decapsulation object. It links the balancer's stage library,
@@ -142,8 +182,8 @@ impl Decap {
 
     /// Attach to `iface` and pin the link and the maps, so the program stays after this
     /// process exits. Returns the mode it got.
-    pub fn attach_pinned(mut self, iface: &str) -> Result<AttachMode> {
-        let dir = pin_dir(iface);
+    pub fn attach_pinned(mut self, root: &Path, iface: &str) -> Result<AttachMode> {
+        let dir = pin_dir(root, iface);
         if dir.join("link").exists() {
             return Err(DecapError::AlreadyAttached(iface.into()));
         }
@@ -191,9 +231,7 @@ fn map_data(m: &Map) -> &MapData {
     }
 }
 
-fn read_stats<T: std::borrow::Borrow<MapData>>(
-    a: &PerCpuArray<T, u64>,
-) -> Result<DecapCounters> {
+fn read_stats<T: std::borrow::Borrow<MapData>>(a: &PerCpuArray<T, u64>) -> Result<DecapCounters> {
     let mut out = Vec::new();
     for s in DecapStat::ALL {
         let v = a.get(&(*s as u32), 0).map_err(|source| DecapError::Map {
@@ -206,8 +244,8 @@ fn read_stats<T: std::borrow::Borrow<MapData>>(
 }
 
 /// Detach from `iface`: remove its pins (the link goes with the last reference).
-pub fn detach_pinned(iface: &str) -> Result<()> {
-    let dir = pin_dir(iface);
+pub fn detach_pinned(root: &Path, iface: &str) -> Result<()> {
+    let dir = pin_dir(root, iface);
     let link = dir.join("link");
     if !link.exists() {
         return Err(DecapError::NotAttached(iface.into()));
@@ -225,9 +263,9 @@ pub fn detach_pinned(iface: &str) -> Result<()> {
 }
 
 /// Interfaces with decapsulation attached, and their counters.
-pub fn status() -> Result<Vec<(String, DecapCounters)>> {
+pub fn status(root: &Path) -> Result<Vec<(String, DecapCounters)>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return Ok(out);
     };
     let mut names: Vec<String> = entries
@@ -236,7 +274,10 @@ pub fn status() -> Result<Vec<(String, DecapCounters)>> {
         .collect();
     names.sort();
     for iface in names {
-        let stats = pin_dir(&iface).join("stats");
+        let stats = pin_dir(root, &iface).join("stats");
+        if !stats.exists() {
+            continue;
+        }
         let data = MapData::from_pin(&stats).map_err(|e| DecapError::Map {
             map: maps::DECAP_STATS,
             source: e,
