@@ -48,6 +48,11 @@ enum Serve {
 }
 
 fn start(tag: &str, serve: Serve) -> Env {
+    start_with(tag, serve, &[])
+}
+
+/// As [`start`], leaving the targets in `unprepared` without `target-setup`.
+fn start_with(tag: &str, serve: Serve, unprepared: &[usize]) -> Env {
     let prefix = format!("xlb-d{tag}");
     let dir = TempDir(std::env::temp_dir().join(&prefix));
     let _ = std::fs::remove_dir_all(&dir.0);
@@ -77,7 +82,9 @@ fn start(tag: &str, serve: Serve) -> Env {
         if mode == "tunnel" {
             args.extend(["--iface", "eth0"]);
         }
-        assert!(xlb_in(t, &args).status.success(), "target-setup on t{k}");
+        if !unprepared.contains(&k) {
+            assert!(xlb_in(t, &args).status.success(), "target-setup on t{k}");
+        }
         let (cmd, ready) = match serve {
             Serve::Names => {
                 let mut cmd = t.command(&backend_bin().display().to_string());
@@ -127,8 +134,8 @@ fn start(tag: &str, serve: Serve) -> Env {
         _dir: dir,
         socket,
     };
-    for k in 1..=4 {
-        env.wait_healthy(k);
+    for k in (1..=4).filter(|k| !unprepared.contains(k)) {
+        env.wait_state(k, "healthy");
     }
     env
 }
@@ -143,22 +150,23 @@ impl Env {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
-    fn wait_healthy(&self, k: usize) {
+    /// Wait until target K is in `state`; its reason then.
+    fn wait_state(&self, k: usize, state: &str) -> String {
         let addr = dsr_target(k);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.status();
-            let healthy = s["groups"].as_array().into_iter().flatten().any(|g| {
-                g["targets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|t| t["address"] == addr.as_str() && t["state"] == "healthy")
-            });
-            if healthy {
-                return;
+            let found = s["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["targets"].as_array().into_iter().flatten())
+                .find(|t| t["address"] == addr.as_str() && t["state"] == state)
+                .map(|t| t["reason"].as_str().unwrap_or_default().to_owned());
+            if let Some(reason) = found {
+                return reason;
             }
-            assert!(Instant::now() < deadline, "t{k} not healthy: {s:#}");
+            assert!(Instant::now() < deadline, "t{k} not {state}: {s:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -295,6 +303,40 @@ fn a_download_crosses_the_balancer_in_the_request_direction_only() {
             "{vip}: replies must not cross the balancer ({ratio:.3})"
         );
     }
+}
+
+#[test]
+fn a_dsr_target_without_the_vip_is_unhealthy_says_why_and_gets_no_flows() {
+    // t2 answers on its own address (its server runs) but has no VIP: a probe of its address
+    // would pass, the data path would blackhole.
+    let env = start_with("novip", Serve::Names, &[2]);
+    let reason = env.wait_state(2, "unhealthy");
+    eprintln!("t2: {reason}");
+    assert!(
+        reason.contains("VIP 198.18.100.20:80 not answered through the dsr path"),
+        "{reason}"
+    );
+    let names = env.curl_names(DSR_VIP, 24);
+    assert_eq!(count(&names, "backend-1"), 24, "no flow to t2: {names:?}");
+    // Set up as the README says, it comes back.
+    let record = env.rig.record(2).display().to_string();
+    let out = xlb_in(
+        &env.rig.targets[1],
+        &[
+            "target-setup",
+            "--vip",
+            DSR_VIP,
+            "--mode",
+            "dsr",
+            "--apply",
+            "--record",
+            &record,
+        ],
+    );
+    assert!(out.status.success());
+    env.wait_state(2, "healthy");
+    let names = env.curl_names(DSR_VIP, 24);
+    assert!(count(&names, "backend-2") > 0, "{names:?}");
 }
 
 #[test]

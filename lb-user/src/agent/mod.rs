@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-pub use probes::{ProbeResult, ProbeSpec, Prober, TaskProber};
+pub use probes::{PROBE_MARK_BASE, ProbePath, ProbeResult, ProbeSpec, Prober, TaskProber};
 pub use serve::run;
 
 use crate::{
@@ -26,7 +26,10 @@ use crate::{
         status::{self, Sources, Status},
     },
     dataplane::{AttachMode, Dataplane, reconcile::Reconciler},
-    model::config::{self, Config},
+    model::{
+        Mode,
+        config::{self, Config},
+    },
     state::{Overlay, Registry, RegistryError},
 };
 
@@ -149,8 +152,10 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 log::info!("{name}: a target is healthy again: fail-open ended");
             }
         }
-        self.prober.set(self.registry.probes());
-        match self.reconciler.apply(&self.registry.plan(&self.cfg)) {
+        let applied = self.reconciler.apply(&self.registry.plan(&self.cfg));
+        // After the apply: data-path probes need the targets' ids.
+        self.prober.set(self.probe_specs());
+        match applied {
             Ok(report) => {
                 if let Some(e) = self.dataplane_error.take() {
                     log::info!("data plane back in step with the model (it failed with: {e})");
@@ -169,6 +174,34 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 ))
             }
         }
+    }
+
+    /// What to probe: every registered target of a group with checks on; a target of a group
+    /// a `dsr` listener uses is probed at that listener's VIP, through the data path.
+    fn probe_specs(&self) -> Vec<ProbeSpec> {
+        self.registry
+            .probes()
+            .into_iter()
+            .map(|(group, endpoint, check)| {
+                let path = self
+                    .cfg
+                    .listeners
+                    .iter()
+                    .find(|l| l.target_group == group && l.mode == Mode::Dsr)
+                    .zip(self.reconciler.target_id(&endpoint))
+                    .map(|(l, id)| ProbePath {
+                        vip: std::net::SocketAddr::new(l.vip, check.port.unwrap_or(l.port)),
+                        mark: PROBE_MARK_BASE | id,
+                        mode: l.mode.as_str(),
+                    });
+                ProbeSpec {
+                    group,
+                    endpoint,
+                    check,
+                    path,
+                }
+            })
+            .collect()
     }
 
     pub fn on_probe(&mut self, (group, endpoint, probe): ProbeResult, _now: Instant) {

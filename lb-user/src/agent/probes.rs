@@ -1,9 +1,19 @@
 //! Who runs the health checks. The agent says which targets to probe ([`Prober::set`]); the
 //! results come back to its loop as [`ProbeResult`]s. [`TaskProber`] runs one tokio task per
 //! target; tests use a fake that only records what it was told and feed results by hand.
+//!
+//! **Through the data path** (`dsr` listeners): a probe to a target's own address proves
+//! nothing about the VIP. Such a probe connects to VIP:port instead, from a socket marked
+//! [`PROBE_MARK_BASE`] | target id; a policy rule sends that mark to a table of its own whose one
+//! route is `VIP via TARGET`, so the SYN leaves exactly as balanced packets do — the VIP as
+//! destination, the target's MAC on the wire. A target without the VIP on its loopback does
+//! not answer, and is unhealthy with a reason that says so. The rules and tables (ids
+//! `PROBE_MARK_BASE | id`, preference [`PROBE_RULE_PREF`]) are the agent's: made as probes
+//! start, removed as they stop and on exit, stale ones cleared at start.
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    process::Command,
 };
 
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -13,8 +23,31 @@ use crate::{
     model::Endpoint,
 };
 
-/// Probe this group's target with this check.
-pub type ProbeSpec = (String, Endpoint, HealthCheck);
+/// Marks (and routing table ids) of data-path probes: this base | target id.
+pub const PROBE_MARK_BASE: u32 = 0x584c_0000;
+const PROBE_MARK_MASK: u32 = 0xffff_0000;
+/// Preference of the agent's policy rules (before the main table's 32766).
+pub const PROBE_RULE_PREF: u32 = 1000;
+
+/// How a probe reaches the VIP along the data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePath {
+    /// Where the probe connects: the listener's VIP and the check's port.
+    pub vip: SocketAddr,
+    /// `PROBE_MARK_BASE | target id`.
+    pub mark: u32,
+    /// "dsr": said in the reason when the VIP does not answer.
+    pub mode: &'static str,
+}
+
+/// Probe this group's target with this check, along `path` if set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub group: String,
+    pub endpoint: Endpoint,
+    pub check: HealthCheck,
+    pub path: Option<ProbePath>,
+}
 /// What one probe of a group's target found.
 pub type ProbeResult = (String, Endpoint, Probe);
 
@@ -26,23 +59,130 @@ pub trait Prober {
 /// One tokio task per probed target, each on its own timer (the first probe at once).
 pub struct TaskProber {
     tx: mpsc::Sender<ProbeResult>,
-    tasks: HashMap<(String, Endpoint), (HealthCheck, JoinHandle<()>)>,
+    tasks: HashMap<(String, Endpoint), (ProbeSpec, JoinHandle<()>)>,
+    /// Policy routes of data-path probes: mark -> (VIP, target) as installed.
+    routes: HashMap<u32, (IpAddr, IpAddr)>,
 }
 
 impl TaskProber {
-    /// Results go to `tx`.
+    /// Results go to `tx`. Clears data-path rules a previous agent left behind.
     pub fn new(tx: mpsc::Sender<ProbeResult>) -> Self {
+        clear_stale_rules();
         Self {
             tx,
             tasks: HashMap::new(),
+            routes: HashMap::new(),
+        }
+    }
+
+    /// Make the policy routes match the paths wanted; a path whose route cannot be made is
+    /// dropped from its spec (the probe then goes to the target's address), with a warning.
+    fn set_routes(&mut self, wanted: &mut [ProbeSpec]) {
+        let want: HashMap<u32, (IpAddr, IpAddr)> = wanted
+            .iter()
+            .filter_map(|s| {
+                s.path
+                    .as_ref()
+                    .map(|p| (p.mark, (p.vip.ip(), s.endpoint.addr)))
+            })
+            .collect();
+        let stale: Vec<u32> = self
+            .routes
+            .iter()
+            .filter(|(m, r)| want.get(m) != Some(r))
+            .map(|(m, _)| *m)
+            .collect();
+        for mark in stale {
+            remove_route(mark);
+            self.routes.remove(&mark);
+        }
+        for s in wanted.iter_mut() {
+            let Some(p) = &s.path else { continue };
+            if self.routes.contains_key(&p.mark) {
+                continue;
+            }
+            match add_route(p.mark, p.vip.ip(), s.endpoint.addr) {
+                Ok(()) => {
+                    self.routes.insert(p.mark, (p.vip.ip(), s.endpoint.addr));
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: {}: cannot probe {} through the {} path ({e}); probing the target's own address",
+                        s.group,
+                        s.endpoint,
+                        p.vip,
+                        p.mode
+                    );
+                    s.path = None;
+                }
+            }
+        }
+    }
+}
+
+fn ip(args: &[String]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// `mark` -> its own table, whose one route sends the VIP to the target as next hop.
+fn add_route(mark: u32, vip: IpAddr, target: IpAddr) -> Result<(), String> {
+    let table = mark;
+    ip(&args(&format!(
+        "route replace {vip}/32 via {target} table {table}"
+    )))?;
+    let _ = ip(&args(&format!("rule del fwmark {mark} lookup {table}")));
+    ip(&args(&format!(
+        "rule add fwmark {mark} lookup {table} pref {PROBE_RULE_PREF}"
+    )))
+}
+
+fn remove_route(mark: u32) {
+    let _ = ip(&args(&format!("rule del fwmark {mark} lookup {mark}")));
+    let _ = ip(&args(&format!("route flush table {mark}")));
+}
+
+/// Remove rules of the agent's mark range (a previous agent that did not exit cleanly).
+fn clear_stale_rules() {
+    let Ok(out) = Command::new("ip").args(["rule", "show"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let table = line
+            .split_whitespace()
+            .skip_while(|w| *w != "lookup")
+            .nth(1)
+            .and_then(|t| t.parse::<u32>().ok());
+        if let Some(t) = table
+            && t & PROBE_MARK_MASK == PROBE_MARK_BASE
+        {
+            remove_route(t);
         }
     }
 }
 
 impl Prober for TaskProber {
-    fn set(&mut self, wanted: Vec<ProbeSpec>) {
-        let keys: HashSet<(String, Endpoint)> =
-            wanted.iter().map(|(g, e, _)| (g.clone(), *e)).collect();
+    fn set(&mut self, mut wanted: Vec<ProbeSpec>) {
+        self.set_routes(&mut wanted);
+        let keys: HashSet<(String, Endpoint)> = wanted
+            .iter()
+            .map(|s| (s.group.clone(), s.endpoint))
+            .collect();
         self.tasks.retain(|k, (_, task)| {
             let keep = keys.contains(k);
             if !keep {
@@ -50,27 +190,40 @@ impl Prober for TaskProber {
             }
             keep
         });
-        for (group, endpoint, hc) in wanted {
-            let key = (group.clone(), endpoint);
-            if self.tasks.get(&key).is_some_and(|(h, _)| *h == hc) {
+        for spec in wanted {
+            let key = (spec.group.clone(), spec.endpoint);
+            if self.tasks.get(&key).is_some_and(|(s, _)| *s == spec) {
                 continue;
             }
             if let Some((_, old)) = self.tasks.remove(&key) {
                 old.abort();
             }
             let tx = self.tx.clone();
-            let check = hc.clone();
+            let s = spec.clone();
             let task = tokio::spawn(async move {
-                let target = SocketAddr::new(endpoint.addr, check.port.unwrap_or(endpoint.port));
+                let e = s.endpoint;
+                let (addr, mark) = match &s.path {
+                    Some(p) => (p.vip, Some(p.mark)),
+                    None => (
+                        SocketAddr::new(e.addr, s.check.port.unwrap_or(e.port)),
+                        None,
+                    ),
+                };
                 loop {
-                    let p = health::probe(&check, target).await;
-                    if tx.send((group.clone(), endpoint, p)).await.is_err() {
+                    let mut p = health::probe(&s.check, addr, mark).await;
+                    if let (Probe::Timeout, Some(path)) = (&p, &s.path) {
+                        p = Probe::PathSilent {
+                            vip: path.vip,
+                            mode: path.mode,
+                        };
+                    }
+                    if tx.send((s.group.clone(), e, p)).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(check.interval).await;
+                    tokio::time::sleep(s.check.interval).await;
                 }
             });
-            self.tasks.insert(key, (hc, task));
+            self.tasks.insert(key, (spec, task));
         }
     }
 }
@@ -79,6 +232,9 @@ impl Drop for TaskProber {
     fn drop(&mut self) {
         for (_, (_, task)) in self.tasks.drain() {
             task.abort();
+        }
+        for mark in self.routes.keys() {
+            remove_route(*mark);
         }
     }
 }

@@ -140,7 +140,7 @@ fn state(a: &TestAgent, e: Endpoint) -> State {
 }
 
 fn probed(a: &TestAgent) -> BTreeSet<Endpoint> {
-    a.prober().wanted.iter().map(|(_, e, _)| *e).collect()
+    a.prober().wanted.iter().map(|s| s.endpoint).collect()
 }
 
 fn probe(a: &mut TestAgent, e: Endpoint, p: Probe, times: usize, now: Instant) {
@@ -465,4 +465,40 @@ fn shutdown_stops_probing_and_detaches() {
     assert_eq!(a.shutdown(), 1);
     assert!(a.reconciler().dataplane().attached.is_empty());
     assert!(a.prober().wanted.is_empty());
+}
+
+#[test]
+fn targets_of_a_dsr_listener_are_probed_at_the_vip_through_the_data_path() {
+    let dir = Dir::new("dsrpath");
+    dir.write_config(&[1, 2], TABLES);
+    let text = std::fs::read_to_string(dir.config())
+        .unwrap()
+        .replace("port = 8080", "port = 80")
+        .replace(
+            "target_group = \"web\"\n",
+            "target_group = \"web\"\nmode = \"dsr\"\n",
+        );
+    std::fs::write(dir.config(), text).unwrap();
+    let cfg = config::load(&dir.config()).unwrap();
+    let a = Agent::start(
+        &dir.config(),
+        cfg,
+        FakeDataplane::default(),
+        FakeProber::default(),
+        Instant::now(),
+    )
+    .unwrap();
+    let specs = &a.prober().wanted;
+    assert_eq!(specs.len(), 2);
+    for s in specs {
+        let p = s.path.as_ref().expect("probed through the data path");
+        assert_eq!(p.vip, "198.18.100.10:80".parse().unwrap());
+        let id = a.reconciler().target_id(&s.endpoint).unwrap();
+        assert_eq!(p.mark, PROBE_MARK_BASE | id, "the mark names the target");
+        assert_eq!(p.mode, "dsr");
+    }
+    // NAT listeners' targets are probed at their own address.
+    let dir2 = Dir::new("natpath");
+    let b = start(&dir2, &[1], Instant::now());
+    assert!(b.prober().wanted.iter().all(|s| s.path.is_none()));
 }

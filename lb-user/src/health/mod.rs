@@ -144,6 +144,12 @@ pub enum Probe {
     Mismatch(u16),
     /// Anything else (reset, unreachable, garbage response), with the error.
     Failed(String),
+    /// A probe sent to the VIP along the data path got no answer at all: the target answers
+    /// its own address but not the VIP (not on its loopback, or no decapsulation).
+    PathSilent {
+        vip: SocketAddr,
+        mode: &'static str,
+    },
 }
 
 impl Probe {
@@ -154,6 +160,9 @@ impl Probe {
             Probe::Timeout => "health check timed out".into(),
             Probe::Mismatch(c) => format!("response code mismatch ({c})"),
             Probe::Failed(e) => format!("health check failed: {e}"),
+            Probe::PathSilent { vip, mode } => format!(
+                "VIP {vip} not answered through the {mode} path (is the VIP on the target's loopback?)"
+            ),
         }
     }
 }
@@ -225,16 +234,31 @@ impl Tracker {
     }
 }
 
-/// Run one probe against `addr`.
-pub async fn probe(hc: &HealthCheck, addr: SocketAddr) -> Probe {
-    match tokio::time::timeout(hc.timeout, probe_inner(hc, addr)).await {
+/// Run one probe against `addr`. With `mark`, the socket carries it (SO_MARK), so policy
+/// routing can send the probe along the data path (see `agent::probes`).
+pub async fn probe(hc: &HealthCheck, addr: SocketAddr, mark: Option<u32>) -> Probe {
+    match tokio::time::timeout(hc.timeout, probe_inner(hc, addr, mark)).await {
         Err(_) => Probe::Timeout,
         Ok(p) => p,
     }
 }
 
-async fn probe_inner(hc: &HealthCheck, addr: SocketAddr) -> Probe {
-    let mut stream = match TcpStream::connect(addr).await {
+async fn connect(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let Some(mark) = mark else {
+        return TcpStream::connect(addr).await;
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_mark(mark)?;
+    s.set_nonblocking(true)?;
+    let std: std::net::TcpStream = s.into();
+    tokio::net::TcpSocket::from_std_stream(std)
+        .connect(addr)
+        .await
+}
+
+async fn probe_inner(hc: &HealthCheck, addr: SocketAddr, mark: Option<u32>) -> Probe {
+    let mut stream = match connect(addr, mark).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
         Err(e) => return Probe::Failed(e.to_string()),
@@ -386,12 +410,13 @@ mod tests {
             timeout: Duration::from_secs(2),
             ..HealthCheck::default()
         };
-        assert_eq!(probe(&h, addr).await, Probe::Ok);
-        assert_eq!(probe(&h, addr).await, Probe::Mismatch(503));
+        assert_eq!(probe(&h, addr, None).await, Probe::Ok);
+        assert_eq!(probe(&h, addr, None).await, Probe::Mismatch(503));
         let l = server.await.unwrap();
         h.protocol = CheckProtocol::Tcp;
-        assert_eq!(probe(&h, addr).await, Probe::Ok);
+        // A marked socket connects the same way (no rule routes this mark).
+        assert_eq!(probe(&h, addr, Some(0x584c_0001)).await, Probe::Ok);
         drop(l);
-        assert_eq!(probe(&h, addr).await, Probe::Refused);
+        assert_eq!(probe(&h, addr, None).await, Probe::Refused);
     }
 }
