@@ -87,6 +87,25 @@ pub fn xlb_bench(mut ctx: XdpContext) -> u32 {
     action
 }
 
+/// As `xlb_bench`, for `tunnel` listeners: the encapsulation grew the packet at the front, so
+/// the wrapper moves the start back before restoring (a cost the other figures do not carry).
+#[xdp]
+pub fn xlb_bench_tunnel(mut ctx: XdpContext) -> u32 {
+    let Some(t) = BENCH.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let before = sys::packet_len(&ctx);
+    let action = lb_ebpf::balance(&mut ctx);
+    let grown = sys::packet_len(&ctx).saturating_sub(before);
+    if grown > 0 && sys::adjust_head(&mut ctx, grown as i32).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    if restore(&ctx, t).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    action
+}
+
 /// The wrapper's own cost: template lookup and restore, nothing else.
 #[xdp]
 pub fn xlb_bench_restore(ctx: XdpContext) -> u32 {

@@ -31,6 +31,10 @@ enum Fwd {
     Floor,
     XlbTcp,
     XlbUdp,
+    /// `dsr` listener: MAC rewrite only.
+    XlbDsr,
+    /// `tunnel` listener: IP-in-IP to the target.
+    XlbTunnel,
     /// No XDP on the balancer: the kernel routes.
     Routing,
     /// No XDP: nftables DNAT (conntrack) then routing.
@@ -44,6 +48,8 @@ impl Fwd {
             Fwd::Floor => "XDP forwarding floor (fib lookup + redirect)",
             Fwd::XlbTcp => "xlb, TCP SYN to the VIP, 1,000 flows",
             Fwd::XlbUdp => "xlb, UDP to the VIP, 1,000 flows",
+            Fwd::XlbDsr => "xlb dsr, TCP SYN to the VIP, 1,000 flows",
+            Fwd::XlbTunnel => "xlb tunnel, TCP SYN to the VIP, 1,000 flows",
             Fwd::Routing => "kernel routing, no balancer",
             Fwd::Nftables => "nftables DNAT, TCP SYN, 1,000 flows",
         }
@@ -102,16 +108,13 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
 
     let tables = config::Tables {
         maglev_size: 1021,
-        max_listeners: 4,
+        max_listeners: 8,
         max_connections: 65_536,
     };
     sink.enter_current_thread().unwrap();
     let mut sinkdp = object::load(&tables);
     object::attach(&mut sinkdp, "xlb_bench_sink", "s0").unwrap();
-    let cfg_text = "interfaces = [\"lb-g\", \"lb-s\"]\n[tables]\nmaglev_size = 1021\nmax_listeners = 4\nmax_connections = 65536\n\
-[[listener]]\nname = \"t\"\nvip = \"198.18.100.10\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"g\"\n\
-[[listener]]\nname = \"u\"\nvip = \"198.18.100.10\"\nport = 9000\nprotocol = \"udp\"\ntarget_group = \"g\"\n\
-[[target_group]]\nname = \"g\"\nport = 8080\nhealth_check = { enabled = false }\ntargets = [{ address = \"198.18.1.2\" }]\n";
+    let cfg_text = include_str!("../../../bench/packet-rate.toml");
     let cfg = config::parse(Path::new("packet-rate.toml"), cfg_text).expect("packet-rate config");
     let nft_file = std::env::temp_dir().join("xlb-bench-pr.nft");
     std::fs::write(
@@ -127,6 +130,8 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
         Fwd::XlbUdp,
         Fwd::Routing,
         Fwd::Nftables,
+        Fwd::XlbDsr,
+        Fwd::XlbTunnel,
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for _ in 0..args.reps {
@@ -145,7 +150,7 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
                     object::attach(&mut dp, prog, "lb-g").unwrap();
                     lbdp = Some(dp);
                 }
-                Fwd::XlbTcp | Fwd::XlbUdp => {
+                Fwd::XlbTcp | Fwd::XlbUdp | Fwd::XlbDsr | Fwd::XlbTunnel => {
                     // The product's own object, as the agent loads it.
                     let dp = AyaDataplane::load(xlb::EBPF_OBJECT, &tables).unwrap();
                     let mut b = Reconciler::new(dp, tables);
@@ -160,10 +165,11 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
                 }
             }
             // The frame: to the VIP, or straight to the sink for the floor and plain routing.
-            let dst = if matches!(mode, Fwd::Floor | Fwd::Routing) {
-                [198, 18, 1, 2]
-            } else {
-                VIP
+            let (dst, dport) = match mode {
+                Fwd::Floor | Fwd::Routing => ([198, 18, 1, 2], 80),
+                Fwd::XlbDsr => ([198, 18, 100, 11], 8080),
+                Fwd::XlbTunnel => ([198, 18, 100, 12], 8080),
+                _ => (VIP, 80),
             };
             let mut frame = Vec::new();
             let b = etherparse::PacketBuilder::ethernet2(g0_mac, lbg_mac).ipv4(
@@ -174,7 +180,7 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
             if mode == Fwd::XlbUdp {
                 b.udp(1024, 9000).write(&mut frame, &[0u8; 18]).unwrap();
             } else {
-                b.tcp(1024, 80, 1, 64_240)
+                b.tcp(1024, dport, 1, 64_240)
                     .syn()
                     .write(&mut frame, &[0u8; 10])
                     .unwrap();
@@ -225,7 +231,7 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
         figs[5].clone(),
     );
     let mut out = vec![base.clone(), floor.clone().vs(&base)];
-    for f in &figs[2..4] {
+    for f in figs[2..4].iter().chain(&figs[6..8]) {
         let met = f.median >= 0.9 * floor.median;
         out.push(f.clone().vs(&floor).goal(">= 0.9x floor", met));
         let met = f.median >= 3.0 * nft.median;

@@ -9,7 +9,8 @@ use etherparse::SlicedPacket;
 use lb_common::Stat;
 use xlb_bench_abi::{NEW_FLOW, SAME_FLOW};
 use xlb_rig::lab::{
-    CLIENT, Flags, Lab, VIP, XDP_PASS, XDP_REDIRECT, run_once, run_repeated, target, tcp,
+    CLIENT, Flags, Lab, VIP, VIP_DSR, VIP_TUN, XDP_PASS, XDP_REDIRECT, run_once, run_repeated,
+    target, target_mac, tcp,
 };
 
 use crate::{
@@ -31,6 +32,8 @@ pub fn timed(lab: &mut Lab, program: &str, pkt: &[u8], repeat: u32, want: u32) -
 
 struct Case {
     name: &'static str,
+    /// The measuring wrapper that runs it (`xlb_bench`, or `xlb_bench_tunnel`).
+    wrapper: &'static str,
     packet: Vec<u8>,
     mode: u32,
     verdict: u32,
@@ -42,6 +45,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
     let cases = [
         Case {
             name: "xlb: established TCP flow",
+            wrapper: "xlb_bench",
             packet: est.clone(),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -49,6 +53,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         },
         Case {
             name: "xlb: new TCP flow (SYN)",
+            wrapper: "xlb_bench",
             packet: tcp(CLIENT, 1024, VIP, 80, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -56,10 +61,43 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         },
         Case {
             name: "xlb: non-listener packet",
+            wrapper: "xlb_bench",
             packet: tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_PASS,
             stat: Stat::PassNotListener,
+        },
+        Case {
+            name: "xlb dsr: established TCP flow",
+            wrapper: "xlb_bench",
+            packet: tcp(CLIENT, 40_000, VIP_DSR, 8080, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb dsr: new TCP flow (SYN)",
+            wrapper: "xlb_bench",
+            packet: tcp(CLIENT, 1024, VIP_DSR, 8080, Flags::Syn, 64),
+            mode: NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb tunnel: established TCP flow (+ undoing the encapsulation)",
+            wrapper: "xlb_bench_tunnel",
+            packet: tcp(CLIENT, 40_000, VIP_TUN, 8080, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb tunnel: new TCP flow (SYN) (+ undoing the encapsulation)",
+            wrapper: "xlb_bench_tunnel",
+            packet: tcp(CLIENT, 1024, VIP_TUN, 8080, Flags::Syn, 64),
+            mode: NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
         },
     ];
     // The real program, once per case: verdict and the rewritten packet.
@@ -73,8 +111,9 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         };
         let dst = ip.header().destination();
         if c.verdict == XDP_REDIRECT {
+            // NAT and tunnel: the (outer) destination is the target; dsr: its MAC.
             assert!(
-                (1..=2).any(|k| dst == target(k)),
+                (1..=2).any(|k| dst == target(k) || out[0..6] == target_mac(k)),
                 "{}: sent to a target",
                 c.name
             );
@@ -95,7 +134,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         for (i, c) in cases.iter().enumerate() {
             object::set_template(lab.b.dataplane_mut(), &c.packet, c.mode);
             let before = lab.stats();
-            let t = timed(lab, "xlb_bench", &c.packet, args.repeat, c.verdict);
+            let t = timed(lab, c.wrapper, &c.packet, args.repeat, c.verdict);
             let after = lab.stats();
             let moved = after[c.stat as usize] - before[c.stat as usize];
             assert_eq!(
