@@ -55,9 +55,9 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
         dst: lb_common::ipv4_of(&target.addr),
         proto: PROTO_IPIP,
         tos,
-        tot_len: inner_len.saturating_add(OUTER_LEN),
     };
-    let hop = match forward::next_hop(ctx, Some(target_id), &route) {
+    let tot_len = inner_len.saturating_add(OUTER_LEN);
+    let hop = match forward::next_hop(ctx, Some(target_id), tot_len, || route) {
         Ok(hop) => Some(hop),
         Err(NoHop::NoNeigh) => None,
         Err(NoHop::FragNeeded { mtu }) if s.flags & SETTING_FRAG_NEEDED != 0 => {
@@ -66,7 +66,7 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
         Err(NoHop::FragNeeded { .. }) => return Verdict::drop(Stat::DropFragNeeded),
         Err(NoHop::Final(v)) => return v,
     };
-    if encapsulate(ctx, &route, df).is_none() {
+    if encapsulate(ctx, &route, tot_len, df).is_none() {
         return Verdict::drop(Stat::DropEncapFailed);
     }
     match hop {
@@ -79,12 +79,12 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
 /// Prepend Ethernet + outer IPv4 (`route.src` -> `route.dst`, protocol 4) to the IP packet.
 /// The MACs are left for `forward::send`.
 #[inline(always)]
-fn encapsulate(ctx: &mut XdpContext, route: &Route, df: u8) -> Option<()> {
+fn encapsulate(ctx: &mut XdpContext, route: &Route, tot_len: u16, df: u8) -> Option<()> {
     sys::adjust_head(ctx, -i32::from(OUTER_LEN))?;
     let eth = header_mut::<Eth>(ctx, 0)?;
     eth.ethertype = ETHERTYPE_IPV4;
     let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
-    let tot = route.tot_len.to_be_bytes();
+    let tot = tot_len.to_be_bytes();
     let mut h = [0u8; IPV4_MIN_LEN];
     h[0] = 0x45;
     h[1] = route.tos;

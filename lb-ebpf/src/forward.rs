@@ -38,19 +38,24 @@ pub enum NoHop {
 }
 
 /// What the FIB is asked.
+#[derive(Clone, Copy)]
 pub struct Route {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub proto: u8,
     pub tos: u8,
-    /// The length the packet will have on the wire (IPv4 total length): checked against the MTU.
-    pub tot_len: u16,
 }
 
-/// The next hop toward `r.dst`. `target`: the target it goes to, whose next hop may be cached;
-/// `None` for replies (many client addresses: always a FIB lookup).
+/// The next hop for a packet of `tot_len` bytes (IPv4 total length, checked against the MTU).
+/// `target`: the target it goes to, whose next hop may be cached; `None` for replies (many
+/// client addresses: always a FIB lookup). `route` is asked only on a cache miss.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, target: Option<u32>, r: &Route) -> Result<Hop, NoHop> {
+pub fn next_hop(
+    ctx: &XdpContext,
+    target: Option<u32>,
+    tot_len: u16,
+    route: impl FnOnce() -> Route,
+) -> Result<Hop, NoHop> {
     let ingress = ctx.ingress_ifindex() as u32;
     let cached = target.and_then(|id| sys::with_slot(&NEXT_HOPS, id, |nh| *nh));
     // Only the cache needs the time: replies (no target) skip the clock.
@@ -62,7 +67,7 @@ pub fn next_hop(ctx: &XdpContext, target: Option<u32>, r: &Route) -> Result<Hop,
     if let Some(nh) = cached
         && nh.expires_ns > now
         && nh.ingress == ingress
-        && r.tot_len <= nh.max_len
+        && tot_len <= nh.max_len
     {
         return Ok(Hop {
             ingress,
@@ -71,10 +76,11 @@ pub fn next_hop(ctx: &XdpContext, target: Option<u32>, r: &Route) -> Result<Hop,
             dmac: nh.dmac,
         });
     }
+    let r = route();
     let mut p = sys::fib_params();
     p.family = AF_INET;
     p.l4_protocol = r.proto;
-    p.__bindgen_anon_1.tot_len = r.tot_len;
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.__bindgen_anon_2.tos = r.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(r.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(r.dst);
@@ -103,9 +109,9 @@ pub fn next_hop(ctx: &XdpContext, target: Option<u32>, r: &Route) -> Result<Hop,
             ingress,
             egress: p.ifindex,
             max_len: if fresh {
-                nh.max_len.max(r.tot_len)
+                nh.max_len.max(tot_len)
             } else {
-                r.tot_len
+                tot_len
             },
             smac: p.smac,
             dmac: p.dmac,
@@ -129,14 +135,13 @@ pub fn forward(ctx: &XdpContext, target: Option<u32>, via: Option<[u8; 4]>) -> V
     let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
-    let route = Route {
+    let route = || Route {
         src: ip.src,
         dst: via.unwrap_or(ip.dst),
         proto: ip.proto,
         tos: ip.tos,
-        tot_len: u16::from_be_bytes(ip.tot_len),
     };
-    match next_hop(ctx, target, &route) {
+    match next_hop(ctx, target, u16::from_be_bytes(ip.tot_len), route) {
         Ok(hop) => send(ctx, &hop),
         Err(NoHop::NoNeigh) => Verdict::pass(Stat::PassNoNeigh),
         Err(NoHop::FragNeeded { .. }) => Verdict::pass(Stat::PassFragNeeded),
