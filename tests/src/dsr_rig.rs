@@ -137,6 +137,68 @@ impl DsrRig {
         Ok(())
     }
 
+    /// Prepare target K as the README tells users: `xlb target-setup --apply` for its
+    /// listener's VIP (and the decapsulation, for the tunnel targets).
+    pub fn set_up_target(&self, xlb: &Path, k: usize) -> anyhow::Result<()> {
+        let (vip, mode) = if k <= 2 {
+            (DSR_VIP, "dsr")
+        } else {
+            (TUNNEL_VIP, "tunnel")
+        };
+        let mut cmd = self.targets[k - 1].command(&xlb.display().to_string());
+        cmd.args([
+            "target-setup",
+            "--vip",
+            vip,
+            "--mode",
+            mode,
+            "--apply",
+            "--record",
+        ])
+        .arg(self.record(k))
+        .arg("--pin-dir")
+        .arg(self.pin_dir(k));
+        if mode == "tunnel" {
+            cmd.args(["--iface", "eth0"]);
+        }
+        let out = cmd.output().context("running xlb target-setup")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "target-setup on t{k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Start `cmd` (a command in target K's namespace) as its server; `ready` is what it
+    /// prints once it listens.
+    pub fn start_server(
+        &mut self,
+        k: usize,
+        cmd: std::process::Command,
+        ready: &str,
+    ) -> anyhow::Result<()> {
+        self.children
+            .spawn_until(&format!("server-{k}"), cmd, ready)
+    }
+
+    /// xlb-backend on target K: port 80 answering `backend-K`.
+    pub fn start_backend(&mut self, backend: &Path, k: usize) -> anyhow::Result<()> {
+        let mut cmd = self.targets[k - 1].command(&backend.display().to_string());
+        cmd.args(["--name", &format!("backend-{k}"), "--http"])
+            .arg(format!("0.0.0.0:{PORT}"))
+            .args(["--udp", "0.0.0.0:9000"]);
+        self.start_server(k, cmd, "ready")
+    }
+
+    /// The agent in the balancer's namespace; returns once it is ready.
+    pub fn start_agent(&mut self, xlb: &Path, config: &Path) -> anyhow::Result<()> {
+        let mut cmd = self.lb.command(&xlb.display().to_string());
+        cmd.args(["run", "--config"]).arg(config);
+        self.children
+            .spawn_until("xlb", cmd, "ready; control socket")
+    }
+
     /// Where target K pins its decapsulation program.
     pub fn pin_dir(&self, k: usize) -> PathBuf {
         self.bpffs.0.join(format!("t{k}"))

@@ -59,51 +59,17 @@ fn start_with(tag: &str, serve: Serve, unprepared: &[usize]) -> Env {
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut rig = DsrRig::up(&prefix).unwrap();
     for k in 1..=4 {
-        let (vip, mode) = if k <= 2 {
-            (DSR_VIP, "dsr")
-        } else {
-            (TUNNEL_VIP, "tunnel")
-        };
-        let record = rig.record(k).display().to_string();
-        let pins = rig.pin_dir(k).display().to_string();
-        let t = &rig.targets[k - 1];
-        let mut args = vec![
-            "target-setup",
-            "--vip",
-            vip,
-            "--mode",
-            mode,
-            "--apply",
-            "--record",
-            &record,
-            "--pin-dir",
-            &pins,
-        ];
-        if mode == "tunnel" {
-            args.extend(["--iface", "eth0"]);
-        }
         if !unprepared.contains(&k) {
-            assert!(xlb_in(t, &args).status.success(), "target-setup on t{k}");
+            rig.set_up_target(&xlb_bin(), k).unwrap();
         }
-        let (cmd, ready) = match serve {
-            Serve::Names => {
-                let mut cmd = t.command(&backend_bin().display().to_string());
-                cmd.args([
-                    "--name",
-                    &format!("backend-{k}"),
-                    "--http",
-                    &format!("0.0.0.0:{PORT}"),
-                    "--udp",
-                    "0.0.0.0:9000",
-                ]);
-                (cmd, "ready")
-            }
+        match serve {
+            Serve::Names => rig.start_backend(backend_bin(), k).unwrap(),
             Serve::File(size) => {
                 let files = dir.0.join(format!("files-{k}"));
                 std::fs::create_dir_all(&files).unwrap();
                 let f = std::fs::File::create(files.join("big")).unwrap();
                 f.set_len(size).unwrap();
-                let mut cmd = t.command("python3");
+                let mut cmd = rig.targets[k - 1].command("python3");
                 cmd.args([
                     "-u",
                     "-m",
@@ -114,21 +80,14 @@ fn start_with(tag: &str, serve: Serve, unprepared: &[usize]) -> Env {
                 ])
                 .arg("--directory")
                 .arg(&files);
-                (cmd, "Serving HTTP")
+                rig.start_server(k, cmd, "Serving HTTP").unwrap();
             }
-        };
-        rig.children
-            .spawn_until(&format!("server-{k}"), cmd, ready)
-            .unwrap();
+        }
     }
     let socket = dir.0.join("xlb.sock");
     let config = dir.0.join("xlb.toml");
     std::fs::write(&config, rig.config(&socket, &dir.0.join("state.json"))).unwrap();
-    let mut cmd = rig.lb.command(&xlb_bin().display().to_string());
-    cmd.args(["run", "--config", &config.display().to_string()]);
-    rig.children
-        .spawn_until("xlb", cmd, "ready; control socket")
-        .unwrap();
+    rig.start_agent(&xlb_bin(), &config).unwrap();
     let env = Env {
         rig,
         _dir: dir,

@@ -48,8 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing, build, and run the demo rig (or, with `-- --config FILE`, the
-    /// agent on this host).
+    /// Install what is missing, build, and run the demo rig (`-- --dsr`: the direct server
+    /// return demo; `-- --config FILE`: the agent on this host).
     Run {
         #[arg(last = true)]
         args: Vec<String>,
@@ -96,14 +96,15 @@ fn run() -> anyhow::Result<()> {
             need_root("run")?;
             build(&["--release"])?;
             let bin = root.join("target/release");
-            if args.is_empty() {
+            if args.is_empty() || args == ["--dsr"] {
                 step("starting the demo rig (Ctrl-C stops it)");
                 run_foreground(
                     Command::new(bin.join("xlb-rig"))
                         .args(["demo", "--xlb"])
                         .arg(bin.join("xlb"))
                         .arg("--backend")
-                        .arg(bin.join("xlb-backend")),
+                        .arg(bin.join("xlb-backend"))
+                        .args(&args),
                 )
             } else {
                 run_foreground(Command::new(bin.join("xlb")).arg("run").args(&args))

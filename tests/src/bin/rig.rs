@@ -1,6 +1,6 @@
 //! `xlb-rig`: the demo rig. `up` / `down` leave it standing or remove it; `demo` brings it up,
 //! starts the backends and the agent, and tears everything down on Ctrl-C.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -8,7 +8,12 @@ use signal_hook::{
     consts::{SIGINT, SIGTERM},
     iterator::Signals,
 };
-use xlb_rig::{Rig, RigSpec, Setup, rig::VIP, sh};
+use xlb_rig::{
+    Rig, RigSpec, Setup,
+    dsr_rig::{DSR_VIP, DsrRig, TUNNEL_VIP, dsr_target},
+    rig::VIP,
+    sh,
+};
 
 #[derive(Parser)]
 struct Cli {
@@ -31,6 +36,9 @@ enum Cmd {
         xlb: PathBuf,
         #[arg(long)]
         backend: PathBuf,
+        /// The direct-server-return rig instead: a router, `dsr` and `tunnel` listeners.
+        #[arg(long)]
+        dsr: bool,
     },
 }
 
@@ -55,7 +63,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Down => down(),
-        Cmd::Demo { xlb, backend } => {
+        Cmd::Demo {
+            xlb,
+            backend,
+            dsr: true,
+        } => dsr_demo(&xlb, &backend, &mut signals),
+        Cmd::Demo { xlb, backend, .. } => {
             let (mut rig, cfg) = bring_up(&backend)?;
             rig.start_agent(&xlb, &cfg).context("starting the agent")?;
             let x = xlb.display();
@@ -104,6 +117,65 @@ Ctrl-C stops the agent, detaches XDP and removes the rig.",
     }
 }
 
+/// Names of the DSR demo's namespaces.
+const DSR_PREFIX: &str = "xlb-dsr";
+const DSR_SOCKET: &str = "/run/xlb/xlb-dsr.sock";
+
+/// The direct-server-return demo: targets set up with `xlb target-setup --apply`, the agent
+/// with a `dsr` and a `tunnel` listener, until Ctrl-C.
+fn dsr_demo(xlb: &Path, backend: &Path, signals: &mut Signals) -> anyhow::Result<()> {
+    down()?;
+    let mut rig = DsrRig::up(DSR_PREFIX)?;
+    for k in 1..=4 {
+        rig.set_up_target(xlb, k)?;
+        rig.start_backend(backend, k)?;
+    }
+    let cfg = std::env::temp_dir().join("xlb-dsr-demo.toml");
+    let state = std::env::temp_dir().join("xlb-dsr-demo-state.json");
+    std::fs::write(&cfg, rig.config(DSR_SOCKET.as_ref(), &state))?;
+    rig.start_agent(xlb, &cfg).context("starting the agent")?;
+    let x = xlb.display();
+    println!(
+        "\n\
+xlb is balancing with direct server return (config: {cfg}).
+  client ns {p}-client 198.18.0.2 -> {p}-router -> balancer {p}-lb (one arm in, replies bypass it)
+  dsr targets    {p}-t1 {t1}, {p}-t2 {t2} (L2 next to the balancer)   VIP {DSR_VIP}:80
+  tunnel targets {p}-t3 {t3}, {p}-t4 {t4} (routed, IP-in-IP)        VIP {TUNNEL_VIP}:80
+  every target's replies go through the router, never the balancer.
+
+Try it from another shell:
+  for i in $(seq 6); do ip netns exec {p}-client curl -s http://{DSR_VIP}/; done
+  for i in $(seq 6); do ip netns exec {p}-client curl -s http://{TUNNEL_VIP}/; done
+  {x} status --socket {DSR_SOCKET}                     # modes, counters
+  {x} targets health --socket {DSR_SOCKET}             # probes go to the VIP through the dsr path
+  ip netns exec {p}-t2 ip addr del {DSR_VIP}/32 dev lo    # t2 loses the VIP: unhealthy in ~2 s
+  ip netns exec {p}-t3 {x} decap status --pin-dir /tmp/{p}-bpffs/t3
+
+Ctrl-C stops the agent and removes the rig.",
+        cfg = cfg.display(),
+        p = DSR_PREFIX,
+        t1 = dsr_target(1),
+        t2 = dsr_target(2),
+        t3 = dsr_target(3),
+        t4 = dsr_target(4),
+    );
+    loop {
+        if let Some(s) = signals.pending().next() {
+            println!("\nsignal {s}: stopping");
+            break;
+        }
+        if let Some(status) = rig.children.exited("xlb") {
+            println!("agent exited ({status})");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(rig);
+    let _ = std::fs::remove_file(&state);
+    println!("rig removed");
+    Ok(())
+}
+
 /// A fresh rig with its backends running, and its config written: (rig, config path).
 fn bring_up(backend: &std::path::Path) -> anyhow::Result<(Rig, PathBuf)> {
     down()?;
@@ -129,7 +201,8 @@ fn down() -> anyhow::Result<()> {
             || name == "xlb-lb"
             || name
                 .strip_prefix("xlb-t")
-                .is_some_and(|n| n.parse::<u32>().is_ok());
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+            || name.starts_with(&format!("{DSR_PREFIX}-"));
         if !ours {
             continue;
         }
