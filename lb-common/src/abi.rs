@@ -53,6 +53,14 @@ pub mod maps {
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
+/// Health-check probes that must take the data path carry the socket mark
+/// `PROBE_MARK_BASE | target id` (the agent's policy routes and `xlb_probe_encap` read it).
+pub const PROBE_MARK_BASE: u32 = 0x584c_0000;
+pub const PROBE_MARK_MASK: u32 = 0xffff_0000;
+
+/// Name of the TC egress program that encapsulates `tunnel` health-check probes.
+pub const PROBE_ENCAP_PROGRAM_NAME: &str = "xlb_probe_encap";
+
 /// Name of the decapsulation program (its own object, run on targets).
 pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 

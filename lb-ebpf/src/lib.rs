@@ -15,6 +15,7 @@ pub mod maps;
 pub mod nat;
 pub mod parse;
 pub mod pipeline;
+pub mod probe_encap;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;

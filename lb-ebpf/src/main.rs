@@ -3,11 +3,20 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![deny(unsafe_code)]
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn xlb(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance(&mut ctx)
+}
+
+/// TC egress: `tunnel` health-check probes take the data path (see `probe_encap`).
+#[classifier]
+pub fn xlb_probe_encap(ctx: TcContext) -> i32 {
+    lb_ebpf::probe_encap::run(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -134,6 +134,14 @@ pub fn with_slot<T, R>(
     Some(f(unsafe { &mut *p }))
 }
 
+/// The mark of a socket buffer (`SO_MARK` of the socket that sent it).
+#[inline(always)]
+pub fn skb_mark(ctx: &aya_ebpf::programs::TcContext) -> u32 {
+    // SAFETY: `skb` is the program's own context pointer, valid for the run; `mark` is a
+    // readable u32 field of __sk_buff for TC programs.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
 /// The coarse monotonic clock (jiffies resolution, cheaper than the precise one).
 #[inline(always)]
 pub fn coarse_ns() -> u64 {

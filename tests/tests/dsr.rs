@@ -299,6 +299,24 @@ fn a_dsr_target_without_the_vip_is_unhealthy_says_why_and_gets_no_flows() {
 }
 
 #[test]
+fn a_tunnel_target_without_decapsulation_is_unhealthy_says_why_and_gets_no_flows() {
+    // t4 serves on its own address, but neither holds the VIP nor decapsulates.
+    let env = start_with("nodecap", Serve::Names, &[4]);
+    let reason = env.wait_state(4, "unhealthy");
+    eprintln!("t4: {reason}");
+    assert!(
+        reason.contains("VIP 198.18.100.21:80 not answered through the tunnel path"),
+        "{reason}"
+    );
+    let names = env.curl_names(TUNNEL_VIP, 24);
+    assert_eq!(count(&names, "backend-3"), 24, "no flow to t4: {names:?}");
+    env.rig.set_up_target(&xlb_bin(), 4).unwrap();
+    env.wait_state(4, "healthy");
+    let names = env.curl_names(TUNNEL_VIP, 24);
+    assert!(count(&names, "backend-4") > 0, "{names:?}");
+}
+
+#[test]
 fn target_setup_apply_then_undo_leaves_the_target_as_it_was() {
     let ns = Netns::create(&format!("xlb-dsetup-{}", std::process::id())).unwrap();
     ns.exec("ip link add eth0 type veth peer name eth1")

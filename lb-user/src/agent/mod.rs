@@ -155,6 +155,10 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         let applied = self.reconciler.apply(&self.registry.plan(&self.cfg));
         // After the apply: data-path probes need the targets' ids.
         self.prober.set(self.probe_specs());
+        let encap = self.prober.encap_interfaces();
+        if let Err(e) = self.reconciler.dataplane_mut().set_probe_encap(&encap) {
+            log::error!("tunnel health checks cannot take the data path: {e}");
+        }
         match applied {
             Ok(report) => {
                 if let Some(e) = self.dataplane_error.take() {
@@ -177,7 +181,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
     }
 
     /// What to probe: every registered target of a group with checks on; a target of a group
-    /// a `dsr` listener uses is probed at that listener's VIP, through the data path.
+    /// a `dsr` or `tunnel` listener uses is probed at that listener's VIP, through the data path.
     fn probe_specs(&self) -> Vec<ProbeSpec> {
         self.registry
             .probes()
@@ -187,7 +191,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                     .cfg
                     .listeners
                     .iter()
-                    .find(|l| l.target_group == group && l.mode == Mode::Dsr)
+                    .find(|l| l.target_group == group && l.mode != Mode::Nat)
                     .zip(self.reconciler.target_id(&endpoint))
                     .map(|(l, id)| ProbePath {
                         vip: std::net::SocketAddr::new(l.vip, check.port.unwrap_or(l.port)),

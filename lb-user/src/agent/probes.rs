@@ -23,9 +23,7 @@ use crate::{
     model::Endpoint,
 };
 
-/// Marks (and routing table ids) of data-path probes: this base | target id.
-pub const PROBE_MARK_BASE: u32 = 0x584c_0000;
-const PROBE_MARK_MASK: u32 = 0xffff_0000;
+pub use lb_common::{PROBE_MARK_BASE, PROBE_MARK_MASK};
 /// Preference of the agent's policy rules (before the main table's 32766).
 pub const PROBE_RULE_PREF: u32 = 1000;
 
@@ -36,7 +34,8 @@ pub struct ProbePath {
     pub vip: SocketAddr,
     /// `PROBE_MARK_BASE | target id`.
     pub mark: u32,
-    /// "dsr": said in the reason when the VIP does not answer.
+    /// "dsr" or "tunnel": how the route is made, and said in the reason when the VIP does not
+    /// answer.
     pub mode: &'static str,
 }
 
@@ -54,14 +53,19 @@ pub type ProbeResult = (String, Endpoint, Probe);
 pub trait Prober {
     /// Probe exactly these targets from now on: start what is new or changed, stop the rest.
     fn set(&mut self, wanted: Vec<ProbeSpec>);
+    /// The interfaces `tunnel` probes leave by (they need the probe encapsulation there).
+    fn encap_interfaces(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One tokio task per probed target, each on its own timer (the first probe at once).
 pub struct TaskProber {
     tx: mpsc::Sender<ProbeResult>,
     tasks: HashMap<(String, Endpoint), (ProbeSpec, JoinHandle<()>)>,
-    /// Policy routes of data-path probes: mark -> (VIP, target) as installed.
-    routes: HashMap<u32, (IpAddr, IpAddr)>,
+    /// Policy routes of data-path probes: mark -> (VIP, target) as installed, and for tunnel
+    /// probes the interface they leave by.
+    routes: HashMap<u32, ((IpAddr, IpAddr), Option<String>)>,
 }
 
 impl TaskProber {
@@ -89,7 +93,7 @@ impl TaskProber {
         let stale: Vec<u32> = self
             .routes
             .iter()
-            .filter(|(m, r)| want.get(m) != Some(r))
+            .filter(|(m, (r, _))| want.get(m) != Some(r))
             .map(|(m, _)| *m)
             .collect();
         for mark in stale {
@@ -101,9 +105,10 @@ impl TaskProber {
             if self.routes.contains_key(&p.mark) {
                 continue;
             }
-            match add_route(p.mark, p.vip.ip(), s.endpoint.addr) {
-                Ok(()) => {
-                    self.routes.insert(p.mark, (p.vip.ip(), s.endpoint.addr));
+            match add_route(p.mark, p.vip.ip(), s.endpoint.addr, p.mode == "tunnel") {
+                Ok(dev) => {
+                    self.routes
+                        .insert(p.mark, ((p.vip.ip(), s.endpoint.addr), dev));
                 }
                 Err(e) => {
                     log::warn!(
@@ -140,16 +145,52 @@ fn args(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
-/// `mark` -> its own table, whose one route sends the VIP to the target as next hop.
-fn add_route(mark: u32, vip: IpAddr, target: IpAddr) -> Result<(), String> {
+/// `mark` -> its own table, whose one route sends the VIP to the target as next hop (dsr), or
+/// (tunnel) along the route to the target, where the probe encapsulation wraps it. Returns the
+/// interface of a tunnel route.
+fn add_route(
+    mark: u32,
+    vip: IpAddr,
+    target: IpAddr,
+    tunnel: bool,
+) -> Result<Option<String>, String> {
     let table = mark;
-    ip(&args(&format!(
-        "route replace {vip}/32 via {target} table {table}"
-    )))?;
+    let dev = if tunnel {
+        let (via, dev) = route_to(target)?;
+        ip(&args(&format!(
+            "route replace {vip}/32 via {} dev {dev} table {table}",
+            via.unwrap_or(target)
+        )))?;
+        Some(dev)
+    } else {
+        ip(&args(&format!(
+            "route replace {vip}/32 via {target} table {table}"
+        )))?;
+        None
+    };
     let _ = ip(&args(&format!("rule del fwmark {mark} lookup {table}")));
     ip(&args(&format!(
         "rule add fwmark {mark} lookup {table} pref {PROBE_RULE_PREF}"
-    )))
+    )))?;
+    Ok(dev)
+}
+
+/// The kernel's route to `target`: the gateway (if any) and the interface.
+fn route_to(target: IpAddr) -> Result<(Option<IpAddr>, String), String> {
+    let out = Command::new("ip")
+        .args(["-o", "route", "get", &target.to_string()])
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word_after = |w: &str| {
+        text.split_whitespace()
+            .skip_while(|x| *x != w)
+            .nth(1)
+            .map(str::to_owned)
+    };
+    let dev = word_after("dev").ok_or_else(|| format!("no route to {target}"))?;
+    let via = word_after("via").and_then(|v| v.parse().ok());
+    Ok((via, dev))
 }
 
 fn remove_route(mark: u32) {
@@ -177,6 +218,17 @@ fn clear_stale_rules() {
 }
 
 impl Prober for TaskProber {
+    fn encap_interfaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .routes
+            .values()
+            .filter_map(|(_, d)| d.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     fn set(&mut self, mut wanted: Vec<ProbeSpec>) {
         self.set_routes(&mut wanted);
         let keys: HashSet<(String, Endpoint)> = wanted

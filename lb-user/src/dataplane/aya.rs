@@ -2,7 +2,9 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use lb_common::{
     Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey,
@@ -32,6 +34,8 @@ pub struct AyaDataplane {
     target_stats: PerCpuArray<MapData, Counters>,
     /// (interface, link, mode)
     links: Vec<(String, XdpLinkId, AttachMode)>,
+    /// Probe encapsulation on egress: (interface, link).
+    encap_links: Vec<(String, SchedClassifierLinkId)>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -91,6 +95,7 @@ impl AyaDataplane {
             target_stats: take(&mut ebpf, maps::TARGET_STATS)?,
             ebpf,
             links: Vec::new(),
+            encap_links: Vec::new(),
         })
     }
 
@@ -241,7 +246,41 @@ impl Dataplane for AyaDataplane {
         Ok(mode)
     }
 
+    fn set_probe_encap(&mut self, ifaces: &[String]) -> Result<()> {
+        let name = lb_common::PROBE_ENCAP_PROGRAM_NAME;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program(
+                aya::programs::ProgramError::UnexpectedProgramType,
+            ))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        let mut kept = Vec::new();
+        for (iface, id) in std::mem::take(&mut self.encap_links) {
+            if ifaces.contains(&iface) {
+                kept.push((iface, id));
+            } else if let Err(e) = prog.detach(id) {
+                log::warn!("{iface}: detaching the probe encapsulation: {e}");
+            }
+        }
+        for iface in ifaces {
+            if !kept.iter().any(|(i, _)| i == iface) {
+                let id = prog.attach(iface, TcAttachType::Egress)?;
+                log::info!("{iface}: tunnel health checks encapsulated on egress");
+                kept.push((iface.clone(), id));
+            }
+        }
+        self.encap_links = kept;
+        Ok(())
+    }
+
     fn detach_all(&mut self) {
+        if !self.encap_links.is_empty() {
+            let _ = self.set_probe_encap(&[]);
+        }
         for (iface, id, _) in std::mem::take(&mut self.links) {
             match program_mut(&mut self.ebpf).map(|p| p.detach(id)) {
                 Ok(Ok(())) => {}

@@ -54,6 +54,8 @@ pub struct FakeDataplane {
     pub vip_hints: HashMap<u32, bool>,
     pub settings: Settings,
     pub attached: Vec<String>,
+    /// Interfaces running the probe encapsulation.
+    pub probe_encap: Vec<String>,
     pub log: Vec<Write>,
     /// Fail the write that would be number `n` of `log` (0-based), once.
     pub fail_at: Option<usize>,
@@ -215,5 +217,10 @@ impl Dataplane for FakeDataplane {
     }
     fn detach_all(&mut self) {
         self.attached.clear();
+        self.probe_encap.clear();
+    }
+    fn set_probe_encap(&mut self, ifaces: &[String]) -> Result<()> {
+        self.probe_encap = ifaces.to_vec();
+        Ok(())
     }
 }

@@ -96,4 +96,7 @@ pub trait Dataplane {
     fn attach(&mut self, iface: &str) -> Result<AttachMode>;
     /// Detach from every interface (also done when the data plane is dropped).
     fn detach_all(&mut self);
+    /// Run the probe encapsulation (TC egress) on exactly these interfaces: the ones `tunnel`
+    /// health-check probes leave by.
+    fn set_probe_encap(&mut self, ifaces: &[String]) -> Result<()>;
 }
