@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod dataplane;
 pub mod health;
+pub mod iproute;
 pub mod model;
 pub mod state;
 

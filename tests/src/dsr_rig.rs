@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use crate::{
     netns::{BpfFs, Netns, veth},
     procs::Children,
-    rig::host_side_offloads,
+    rig::{balancer_sysctls, host_side_offloads},
 };
 
 pub const DSR_VIP: &str = "198.18.100.20";
@@ -100,15 +100,7 @@ impl DsrRig {
         lb.exec("ip route add default via 198.18.19.1")?;
         lb.exec("ethtool -K eth0 tx off")?;
         lb.exec("ethtool -K eth1 tx off")?;
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-        ] {
-            lb.sysctl(key, value)?;
-        }
+        balancer_sysctls(lb)?;
         r.exec("ip route add 198.18.100.0/24 via 198.18.9.2")?;
 
         for (i, t) in self.targets.iter().enumerate() {

@@ -91,15 +91,7 @@ impl Rig {
 
     fn wire(&self) -> anyhow::Result<()> {
         let lb = &self.lb;
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-        ] {
-            lb.sysctl(key, value)?;
-        }
+        balancer_sysctls(lb)?;
         veth(&self.client, "eth0", lb, "lb-c")?;
         lb.exec("ip addr add 198.18.0.1/24 dev lb-c")?;
         self.client
@@ -254,6 +246,22 @@ health_check = {echo_hc}
     pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         self.children.exited(name)
     }
+}
+
+/// A balancer node's settings: forwarding on (the FIB lookup needs it), no reverse-path filter
+/// (packets the kernel forwards for XDP meet it), no ICMP redirects (a one-armed node would
+/// teach hosts to bypass it).
+pub fn balancer_sysctls(ns: &Netns) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.default.send_redirects", "0"),
+    ] {
+        ns.sysctl(key, value)?;
+    }
+    Ok(())
 }
 
 /// Hosts on a veth rig: local sockets leave a partial checksum that XDP cannot complete, so

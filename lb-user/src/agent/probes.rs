@@ -13,13 +13,13 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    process::Command,
 };
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     health::{self, HealthCheck, Probe},
+    iproute::{ip, ip_output},
     model::Endpoint,
 };
 
@@ -125,26 +125,6 @@ impl TaskProber {
     }
 }
 
-fn ip(args: &[String]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
-
 /// `mark` -> its own table, whose one route sends the VIP to the target as next hop (dsr), or
 /// (tunnel) along the route to the target, where the probe encapsulation wraps it. Returns the
 /// interface of a tunnel route.
@@ -157,31 +137,27 @@ fn add_route(
     let table = mark;
     let dev = if tunnel {
         let (via, dev) = route_to(target)?;
-        ip(&args(&format!(
+        ip(&format!(
             "route replace {vip}/32 via {} dev {dev} table {table}",
             via.unwrap_or(target)
-        )))?;
+        ))?;
         Some(dev)
     } else {
-        ip(&args(&format!(
+        ip(&format!(
             "route replace {vip}/32 via {target} table {table}"
-        )))?;
+        ))?;
         None
     };
-    let _ = ip(&args(&format!("rule del fwmark {mark} lookup {table}")));
-    ip(&args(&format!(
+    let _ = ip(&format!("rule del fwmark {mark} lookup {table}"));
+    ip(&format!(
         "rule add fwmark {mark} lookup {table} pref {PROBE_RULE_PREF}"
-    )))?;
+    ))?;
     Ok(dev)
 }
 
 /// The kernel's route to `target`: the gateway (if any) and the interface.
 fn route_to(target: IpAddr) -> Result<(Option<IpAddr>, String), String> {
-    let out = Command::new("ip")
-        .args(["-o", "route", "get", &target.to_string()])
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ip_output(&format!("-o route get {target}"))?;
     let word_after = |w: &str| {
         text.split_whitespace()
             .skip_while(|x| *x != w)
@@ -194,16 +170,16 @@ fn route_to(target: IpAddr) -> Result<(Option<IpAddr>, String), String> {
 }
 
 fn remove_route(mark: u32) {
-    let _ = ip(&args(&format!("rule del fwmark {mark} lookup {mark}")));
-    let _ = ip(&args(&format!("route flush table {mark}")));
+    let _ = ip(&format!("rule del fwmark {mark} lookup {mark}"));
+    let _ = ip(&format!("route flush table {mark}"));
 }
 
 /// Remove rules of the agent's mark range (a previous agent that did not exit cleanly).
 fn clear_stale_rules() {
-    let Ok(out) = Command::new("ip").args(["rule", "show"]).output() else {
+    let Ok(out) = ip_output("rule show") else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         let table = line
             .split_whitespace()
             .skip_while(|w| *w != "lookup")

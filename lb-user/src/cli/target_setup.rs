@@ -12,12 +12,15 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::ExitCode,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::decap;
+use crate::{
+    dataplane::decap,
+    iproute::{ip, ip_output},
+};
 
 /// Where `--apply` records what `--undo` restores, unless `--record` says otherwise.
 const DEFAULT_RECORD_DIR: &str = "/run/xlb";
@@ -120,28 +123,7 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
 }
 
 fn vip_on_loopback(vip: Ipv4Addr) -> Result<bool, String> {
-    let out = Command::new("ip")
-        .args(["-o", "-4", "addr", "show", "dev", "lo"])
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.contains(&format!(" {vip}/")))
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    Ok(ip_output("-o -4 addr show dev lo")?.contains(&format!(" {vip}/")))
 }
 
 fn record_path(a: &Args) -> PathBuf {
@@ -170,7 +152,7 @@ fn apply(a: &Args, steps: &[Step]) -> Result<Record, String> {
             }),
             Step::VipOnLoopback { vip } => vip_on_loopback(*vip).and_then(|there| {
                 if !there {
-                    ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+                    ip(&format!("addr add {vip}/32 dev lo"))?;
                     rec.vip_added = Some(*vip);
                 }
                 Ok(())
@@ -206,7 +188,7 @@ fn undo_record(a: &Args, rec: &Record) -> Result<(), String> {
         }
     }
     if let Some(vip) = rec.vip_added
-        && let Err(e) = ip(&["addr", "del", &format!("{vip}/32"), "dev", "lo"])
+        && let Err(e) = ip(&format!("addr del {vip}/32 dev lo"))
     {
         errors.push(e);
     }
