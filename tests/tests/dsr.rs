@@ -196,6 +196,26 @@ fn curl_through_dsr_and_tunnel_listeners_reaches_both_targets_of_each() {
         24,
         "{tun:?}"
     );
+    // Status says where the probes go.
+    let status = env.status();
+    let checks: Vec<String> = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["health_check"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.contains("tcp 198.18.100.20:80 through the dsr path")),
+        "{checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.contains("tcp 198.18.100.21:80 through the tunnel path")),
+        "{checks:?}"
+    );
     // The balancer sent every request packet on itself, in XDP.
     assert!(env.reason_count("fwd_redirect") - sent_before >= 48 * 3);
     // The tunnel targets decapsulated every one of them.

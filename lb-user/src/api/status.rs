@@ -144,10 +144,23 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
             let health_check = if !hc.enabled {
                 "disabled".to_owned()
             } else {
-                let port = hc
-                    .port
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "traffic port".into());
+                // Targets of a dsr/tunnel listener's group are probed at its VIP, along the
+                // data path (see agent::probes).
+                let path = cfg
+                    .listeners
+                    .iter()
+                    .find(|l| &l.target_group == name && l.mode != crate::model::Mode::Nat);
+                let port = match path {
+                    Some(l) => format!(
+                        "{} through the {} path",
+                        crate::model::Endpoint::new(l.vip, hc.port.unwrap_or(l.port)),
+                        l.mode.as_str()
+                    ),
+                    None => hc
+                        .port
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "traffic port".into()),
+                };
                 let what = match hc.protocol {
                     CheckProtocol::Tcp => format!("tcp {port}"),
                     CheckProtocol::Http => format!("http {port} {} codes {}", hc.path, hc.matcher),
