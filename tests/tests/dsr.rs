@@ -53,7 +53,7 @@ fn start(tag: &str, serve: Serve) -> Env {
 
 /// As [`start`], leaving the targets in `unprepared` without `target-setup`.
 fn start_with(tag: &str, serve: Serve, unprepared: &[usize]) -> Env {
-    let prefix = format!("xlb-d{tag}");
+    let prefix = format!("xlb-d{tag}-{}", std::process::id());
     let dir = TempDir(std::env::temp_dir().join(&prefix));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
