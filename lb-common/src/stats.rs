@@ -65,6 +65,9 @@ stats! {
     DropFragNeeded = 21, "drop_frag_needed", "drop";
     /// There was no room to add the outer header or build the ICMP answer.
     DropEncapFailed = 22, "drop_encap_failed", "drop";
+    /// An ICMP error addressed to a VIP whose embedded packet belongs to no known flow (or is
+    /// cut too short to tell).
+    DropIcmpNoFlow = 23, "drop_icmp_no_flow", "drop";
     /// Event: a balanced packet carried IPv4 options (kept and forwarded).
     EvIpv4Options = 24, "ev_ipv4_options", "event";
     /// Event: a flow's entry pointed at a removed target, or a UDP flow idled out; re-balanced.
@@ -72,6 +75,9 @@ stats! {
     /// Event: a packet with no connection entry that was not a TCP SYN (agent restart, eviction,
     /// another node): balanced by the ring like a new flow.
     EvMidFlowMiss = 26, "ev_mid_flow_miss", "event";
+    /// Event: an ICMP error about a balanced flow (fragmentation needed, unreachable, time
+    /// exceeded) was sent on to that flow's target, translated for NAT.
+    EvIcmpToTarget = 27, "ev_icmp_to_target", "event";
 }
 
 #[cfg(test)]

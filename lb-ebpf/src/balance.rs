@@ -46,6 +46,18 @@ pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
     sys::value(&LISTENERS, &key)
 }
 
+/// The listener on `addr:port/proto`, if any.
+#[inline(always)]
+pub fn listener_at(addr: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
+    let key = ListenerKey {
+        addr,
+        port,
+        proto,
+        family: FAMILY_IPV4,
+    };
+    sys::value(&LISTENERS, &key)
+}
+
 /// False: `dst` is certainly not a VIP (one array read). True: it may be.
 #[inline(always)]
 pub fn may_be_vip(dst: [u8; 4]) -> bool {
@@ -83,7 +95,7 @@ fn forward_key(f: &Flow) -> FlowKey {
 }
 
 #[inline(always)]
-fn active_target(id: u32) -> Option<TargetValue> {
+pub fn active_target(id: u32) -> Option<TargetValue> {
     let t = TARGETS.get(id)?;
     if id != 0 && t.flags & TARGET_ACTIVE != 0 {
         Some(*t)

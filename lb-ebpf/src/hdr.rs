@@ -68,6 +68,7 @@ pub struct Icmp {
 pub const ICMP_LEN: usize = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 /// In `frags[0]`: don't fragment.
 pub const IPV4_DF: u8 = 0x40;
 

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod encap;
 pub mod forward;
 pub mod hdr;
+pub mod icmp;
 pub mod maps;
 pub mod nat;
 pub mod parse;

@@ -1,11 +1,11 @@
 //! Stage 1: parse Ethernet, IPv4 (IHL honoured) and the TCP/UDP ports, or decide early.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_TCP, PROTO_UDP, Stat};
+use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat};
 
 use crate::{
     hdr::{
-        ETH_LEN, ETHERTYPE_IPV4, Eth, IPV4_MF, IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Ipv4,
-        TCP_MIN_LEN, Tcp, Udp,
+        ETH_LEN, ETHERTYPE_IPV4, Eth, ICMP_DEST_UNREACH, ICMP_LEN, ICMP_TIME_EXCEEDED, IPV4_MF,
+        IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Icmp, Ipv4, TCP_MIN_LEN, Tcp, Udp,
     },
     sys::header_mut,
 };
@@ -46,9 +46,29 @@ pub struct Flow {
     pub l4_off: usize,
 }
 
+/// An ICMP error (destination unreachable, time exceeded) and the packet it quotes.
+pub struct IcmpError {
+    /// The outer packet: who sent the error, to whom.
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ttl: u8,
+    /// Byte offsets of the ICMP header, the quoted IPv4 header and the quoted TCP/UDP header.
+    pub icmp_off: usize,
+    pub inner_off: usize,
+    pub inner_l4_off: usize,
+    /// The quoted packet's 5-tuple, as it was sent (for a NAT flow: VIP -> client).
+    pub inner_src: [u8; 4],
+    pub inner_dst: [u8; 4],
+    pub inner_sport: [u8; 2],
+    pub inner_dport: [u8; 2],
+    pub inner_proto: u8,
+}
+
 /// What parsing found.
 pub enum Parsed {
     Flow(Flow),
+    /// An ICMP error: it may concern a balanced flow (see `icmp`).
+    IcmpError(IcmpError),
     /// Decided without looking at any map.
     Done(Verdict),
     /// A defect whose verdict depends on whether `dst` is a VIP: traffic for the balancer is
@@ -110,6 +130,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             };
             (udp.src, udp.dst, 0)
         }
+        PROTO_ICMP => return icmp_error(ctx, src, dst, ttl, l4_off),
         _ => {
             return Parsed::Defect {
                 dst,
@@ -138,4 +159,57 @@ fn truncated_l4(dst: [u8; 4]) -> Parsed {
         if_vip: Stat::DropL4Truncated,
         otherwise: Stat::PassNotListener,
     }
+}
+
+/// An ICMP message: an error quoting a TCP/UDP packet, or (echo and the rest) a defect for a
+/// VIP. The quoted header's length is honoured; 8 bytes of its L4 header must be there (as
+/// RFC 792 requires), else the error cannot be matched to a flow.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: usize) -> Parsed {
+    let not_for_us = Parsed::Defect {
+        dst,
+        if_vip: Stat::DropVipNoListener,
+        otherwise: Stat::PassNotListener,
+    };
+    let Some(icmp) = header_mut::<Icmp>(ctx, icmp_off) else {
+        return truncated_l4(dst);
+    };
+    if icmp.kind != ICMP_DEST_UNREACH && icmp.kind != ICMP_TIME_EXCEEDED {
+        return not_for_us;
+    }
+    let no_flow = Parsed::Defect {
+        dst,
+        if_vip: Stat::DropIcmpNoFlow,
+        otherwise: Stat::PassNotListener,
+    };
+    let inner_off = icmp_off + ICMP_LEN;
+    let Some(inner) = header_mut::<Ipv4>(ctx, inner_off) else {
+        return no_flow;
+    };
+    let ihl = usize::from(inner.vihl & 0x0f);
+    if inner.vihl >> 4 != 4 || ihl * 4 < IPV4_MIN_LEN {
+        return no_flow;
+    }
+    let (inner_src, inner_dst, inner_proto) = (inner.src, inner.dst, inner.proto);
+    if inner_proto != PROTO_TCP && inner_proto != PROTO_UDP {
+        return no_flow;
+    }
+    let inner_l4_off = inner_off + ihl * 4;
+    // The first 8 bytes of TCP and UDP both start with the two ports.
+    let Some(ports) = header_mut::<Udp>(ctx, inner_l4_off) else {
+        return no_flow;
+    };
+    Parsed::IcmpError(IcmpError {
+        src,
+        dst,
+        ttl,
+        icmp_off,
+        inner_off,
+        inner_l4_off,
+        inner_src,
+        inner_dst,
+        inner_sport: ports.src,
+        inner_dport: ports.dst,
+        inner_proto,
+    })
 }

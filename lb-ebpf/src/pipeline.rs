@@ -3,7 +3,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{MODE_DSR, MODE_TUNNEL, Stat};
 
 use crate::{
-    balance, encap, forward,
+    balance, encap, forward, icmp,
     nat::{self, Side},
     parse::{self, Parsed, Verdict},
     stats::{self, Dir},
@@ -26,6 +26,7 @@ pub fn run(ctx: &mut XdpContext) -> (u32, Stat) {
             }
         }
         Parsed::Flow(f) => flow(ctx, &f),
+        Parsed::IcmpError(e) => icmp::to_target(ctx, &e),
     };
     (v.action, v.stat)
 }

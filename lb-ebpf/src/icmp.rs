@@ -1,0 +1,139 @@
+//! ICMP errors about balanced flows. A router on the client's path that cannot forward a
+//! target's reply ("fragmentation needed", unreachable, time exceeded) sends its error to the
+//! reply's source: the VIP. The quoted packet names the flow (VIP:port -> client:port), so the
+//! error is looked up in the connection table and sent on to that flow's target, translated
+//! for NAT (outer destination, quoted source and every checksum that covers them), so the
+//! target's path-MTU discovery works. Errors about no known flow are dropped, counted.
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FAMILY_IPV4, FlowKey, MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, Stat, csum, ipv4_of,
+};
+
+use crate::{
+    balance, encap, forward,
+    hdr::{ETH_LEN, Icmp, Ipv4, Tcp, Udp},
+    maps::FLOWS,
+    parse::{Flow, IcmpError, Verdict},
+    stats, sys,
+    sys::header_mut,
+};
+
+#[inline(always)]
+pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
+    if !balance::is_vip(e.dst) {
+        return Verdict::pass(Stat::PassNotListener);
+    }
+    // The quoted packet went VIP -> client; its flow is keyed client -> VIP.
+    let key = FlowKey {
+        src: e.inner_dst,
+        dst: e.inner_src,
+        sport: e.inner_dport,
+        dport: e.inner_sport,
+        proto: e.inner_proto,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    };
+    let Some(entry) = sys::lru_value(&FLOWS, &key) else {
+        return Verdict::drop(Stat::DropIcmpNoFlow);
+    };
+    let target_id = entry.target_id;
+    let (Some(target), Some(l)) = (
+        balance::active_target(target_id),
+        balance::listener_at(e.inner_src, e.inner_sport, e.inner_proto),
+    ) else {
+        return Verdict::drop(Stat::DropIcmpNoFlow);
+    };
+    if e.ttl <= 1 {
+        return Verdict::pass(Stat::PassTtlExceeded);
+    }
+    stats::count(Stat::EvIcmpToTarget);
+    let addr = ipv4_of(&target.addr);
+    match l.mode {
+        MODE_DSR => forward::forward(ctx, Some(target_id), Some(addr)),
+        MODE_TUNNEL => {
+            // The whole error goes into the tunnel, as the data does.
+            let f = Flow {
+                src: e.src,
+                dst: e.dst,
+                sport: [0; 2],
+                dport: [0; 2],
+                proto: lb_common::PROTO_ICMP,
+                tcp_flags: 0,
+                ttl: e.ttl,
+                has_options: false,
+                l4_off: e.icmp_off,
+            };
+            encap::tunnel(ctx, &f, target_id, &target)
+        }
+        _ => match translate(ctx, e, addr, target.port) {
+            Some(()) => forward::forward(ctx, Some(target_id), None),
+            None => Verdict::drop(Stat::DropIcmpNoFlow),
+        },
+    }
+}
+
+/// NAT: the error goes to the target as if the target's own packet had been refused: outer
+/// destination VIP -> target, quoted source VIP:vport -> target:port, TTL - 1, and the outer
+/// IPv4, quoted IPv4, quoted UDP (or TCP, when quoted that far) and ICMP checksums updated.
+#[inline(always)]
+fn translate(ctx: &XdpContext, e: &IcmpError, addr: [u8; 4], port: [u8; 2]) -> Option<()> {
+    let vip = e.inner_src;
+    let (vport, tport) = (u16::from_be_bytes(e.inner_sport), u16::from_be_bytes(port));
+    // The quoted transport checksum, if it is inside the quote: its pseudo-header has the
+    // source address, and the source port is in the header.
+    let is_udp = match e.inner_proto {
+        PROTO_UDP => true,
+        PROTO_TCP => false,
+        _ => return None,
+    };
+    let old_l4 = if is_udp {
+        header_mut::<Udp>(ctx, e.inner_l4_off).map(|u| u16::from_be_bytes(u.check))
+    } else {
+        header_mut::<Tcp>(ctx, e.inner_l4_off).map(|t| u16::from_be_bytes(t.check))
+    };
+    let new_l4 = old_l4.map(|c| {
+        let n = csum::replace16(csum::replace32(c, vip, addr), vport, tport);
+        if is_udp { csum::udp_fixup(c, n) } else { n }
+    });
+
+    let inner = header_mut::<Ipv4>(ctx, e.inner_off)?;
+    let old_inner_check = u16::from_be_bytes(inner.check);
+    let new_inner_check = csum::replace32(old_inner_check, vip, addr);
+    inner.check = new_inner_check.to_be_bytes();
+    inner.src = addr;
+
+    // The quoted ports (the first bytes of TCP and UDP alike) and the quoted checksum.
+    let ports = header_mut::<Udp>(ctx, e.inner_l4_off)?;
+    ports.src = port;
+    if let (Some(old), Some(new)) = (old_l4, new_l4) {
+        if is_udp {
+            header_mut::<Udp>(ctx, e.inner_l4_off)?.check = new.to_be_bytes();
+        } else {
+            header_mut::<Tcp>(ctx, e.inner_l4_off)?.check = new.to_be_bytes();
+        }
+        // ICMP covers the quoted checksum too.
+        fix_icmp(ctx, e, |c| csum::replace16(c, old, new))?;
+    }
+    fix_icmp(ctx, e, |c| {
+        let c = csum::replace32(c, vip, addr);
+        let c = csum::replace16(c, old_inner_check, new_inner_check);
+        csum::replace16(c, vport, tport)
+    })?;
+
+    let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
+    let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let ttl = ip.ttl.saturating_sub(1);
+    let mut check = csum::replace32(u16::from_be_bytes(ip.check), e.dst, addr);
+    check = csum::replace16(check, ttl_word, u16::from_be_bytes([ttl, ip.proto]));
+    ip.check = check.to_be_bytes();
+    ip.ttl = ttl;
+    ip.dst = addr;
+    Some(())
+}
+
+#[inline(always)]
+fn fix_icmp(ctx: &XdpContext, e: &IcmpError, f: impl FnOnce(u16) -> u16) -> Option<()> {
+    let icmp = header_mut::<Icmp>(ctx, e.icmp_off)?;
+    icmp.check = f(u16::from_be_bytes(icmp.check)).to_be_bytes();
+    Some(())
+}

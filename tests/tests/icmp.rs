@@ -1,0 +1,165 @@
+//! Path-MTU discovery through a NAT listener, with real clients: the client sits behind a router
+//! whose link towards it has MTU 1280 (the client's own MTU is 1500, so TCP's MSS does not hide
+//! it). The router's "fragmentation needed" about the targets' 1500-byte replies is addressed
+//! to the VIP; the balancer sends it on to the flow's target, which lowers its segment size,
+//! and a 12 MB download completes.
+mod common;
+
+use std::process::Command;
+
+use common::{TempDir, xlb_bin};
+use xlb_rig::{
+    Netns,
+    netns::veth,
+    procs::Children,
+    rig::{balancer_sysctls, host_side_offloads},
+};
+
+const VIP: &str = "198.18.100.10";
+const SIZE: u64 = 12 * 1024 * 1024;
+
+struct Topo {
+    children: Children,
+    client: Netns,
+    router: Netns,
+    lb: Netns,
+    targets: Vec<Netns>,
+}
+
+fn topology(prefix: &str) -> anyhow::Result<Topo> {
+    let t = Topo {
+        children: Children::default(),
+        client: Netns::create(&format!("{prefix}-client"))?,
+        router: Netns::create(&format!("{prefix}-router"))?,
+        lb: Netns::create(&format!("{prefix}-lb"))?,
+        targets: vec![
+            Netns::create(&format!("{prefix}-t1"))?,
+            Netns::create(&format!("{prefix}-t2"))?,
+        ],
+    };
+    let (c, r, lb) = (&t.client, &t.router, &t.lb);
+    veth(c, "eth0", r, "r-c")?;
+    c.exec("ip addr add 198.18.0.2/24 dev eth0")?;
+    c.exec("ip route add default via 198.18.0.1")?;
+    host_side_offloads(c)?;
+    r.exec("ip addr add 198.18.0.1/24 dev r-c")?;
+    // The narrow link: the router cannot send the client more than 1280 bytes.
+    r.exec("ip link set r-c mtu 1280")?;
+    r.sysctl("net.ipv4.ip_forward", "1")?;
+    veth(r, "r-lb", lb, "lb-c")?;
+    r.exec("ip addr add 198.18.50.1/24 dev r-lb")?;
+    r.exec("ip route add 198.18.100.0/24 via 198.18.50.2")?;
+    // The balancer redirects replies into r-lb: that veth needs GRO.
+    r.exec("ethtool -K r-lb gro on")?;
+    lb.exec("ip addr add 198.18.50.2/24 dev lb-c")?;
+    lb.exec("ip route add 198.18.0.0/24 via 198.18.50.1")?;
+    lb.exec("ethtool -K lb-c tx off")?;
+    balancer_sysctls(lb)?;
+    for (i, tns) in t.targets.iter().enumerate() {
+        let k = i + 1;
+        veth(tns, "eth0", lb, &format!("lb-t{k}"))?;
+        lb.exec(&format!("ip addr add 198.18.{k}.1/24 dev lb-t{k}"))?;
+        tns.exec(&format!("ip addr add 198.18.{k}.2/24 dev eth0"))?;
+        tns.exec(&format!("ip route add default via 198.18.{k}.1"))?;
+        host_side_offloads(tns)?;
+    }
+    Ok(t)
+}
+
+#[test]
+fn a_download_behind_a_smaller_mtu_link_completes_with_path_mtu_discovery() {
+    let prefix = format!("xlb-pmtu-{}", std::process::id());
+    let dir = TempDir(std::env::temp_dir().join(&prefix));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut t = topology(&prefix).unwrap();
+    for k in 1..=2 {
+        let files = dir.0.join(format!("files-{k}"));
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::File::create(files.join("big"))
+            .unwrap()
+            .set_len(SIZE)
+            .unwrap();
+        let mut cmd = t.targets[k - 1].command("python3");
+        cmd.args([
+            "-u",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(&files);
+        t.children
+            .spawn_until(&format!("server-{k}"), cmd, "Serving HTTP")
+            .unwrap();
+    }
+    let socket = dir.0.join("xlb.sock");
+    let config = dir.0.join("xlb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"lb-c\", \"lb-t1\", \"lb-t2\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n\
+[[listener]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\
+[[target_group]]\nname = \"web\"\nport = 8080\ntargets = [{{ address = \"198.18.1.2\" }}, {{ address = \"198.18.2.2\" }}]\n\
+health_check = {{ enabled = false }}\n",
+            socket.display(),
+            dir.0.join("state.json").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = t.lb.command(&xlb_bin().display().to_string());
+    cmd.args(["run", "--config"]).arg(&config);
+    t.children
+        .spawn_until("xlb", cmd, "ready; control socket")
+        .unwrap();
+
+    for attempt in 0..2 {
+        let out = t
+            .client
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{time_total}",
+                "--max-time",
+                "30",
+                &format!("http://{VIP}/big"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("download {attempt}: {text} (bytes, seconds)");
+        let got: u64 = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        assert_eq!(
+            got, SIZE,
+            "the whole file arrives through the 1280-byte link"
+        );
+    }
+    let status = Command::new(xlb_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let icmp = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "ev_icmp_to_target")
+        .and_then(|r| r["packets"].as_u64())
+        .unwrap_or(0);
+    eprintln!("ICMP errors sent on to targets: {icmp}");
+    assert!(
+        icmp > 0,
+        "the router's errors reached the targets through xlb"
+    );
+    drop(t);
+}

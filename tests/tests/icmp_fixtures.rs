@@ -1,0 +1,154 @@
+//! ICMP errors about balanced flows through BPF_PROG_TEST_RUN: a router's "fragmentation
+//! needed" about a target's reply is addressed to the VIP; the balancer finds the flow by the
+//! quoted packet and sends the error to that flow's target, translated for NAT, so path-MTU
+//! discovery works. Outputs are read with etherparse; checksums are computed here.
+use etherparse::{
+    Icmpv4Type, IpNumber, Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice,
+    icmpv4::DestUnreachableHeader,
+};
+use lb_common::Stat;
+use xlb_rig::lab::*;
+
+const ROUTER: [u8; 4] = [198, 18, 0, 254];
+
+/// The Internet checksum of `bytes`, from scratch (RFC 1071): 0 when a valid checksum is in.
+fn ones_complement(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP packet (IP and on, no Ethernet) from `src:sport` to the client.
+fn reply(src: [u8; 4], sport: u16, ttl: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src, CLIENT, ttl)
+        .tcp(sport, 40_000, 777, 64_240)
+        .ack(1001)
+        .write(&mut v, &[0x42; 1400])
+        .unwrap();
+    v
+}
+
+/// The router's "fragmentation needed" (next-hop MTU 1280) about `quoted`, which it quotes up
+/// to `quote` bytes, sent to `to`.
+fn frag_needed(to: [u8; 4], quoted: &[u8], quote: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)
+        .ipv4(ROUTER, to, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+        ))
+        .write(&mut v, &quoted[..quote])
+        .unwrap();
+    v
+}
+
+#[test]
+fn frag_needed_about_a_nat_reply_goes_to_its_target_translated() {
+    let mut lab = Lab::new("icmpnat", &[1, 2]);
+    let syn = lab.run(&tcp(CLIENT, 40_000, VIP, 80, Flags::Syn, 64), lab.in0);
+    assert_eq!(syn.retval, XDP_REDIRECT);
+    let k = (1..=3u8).find(|k| syn.out[30..34] == target(*k)).unwrap();
+    // The reply as it left the balancer (from the VIP, TTL already decremented), quoted with
+    // its whole TCP header (so the quoted checksum must be translated too).
+    let quoted = reply(VIP, 80, 63);
+    let icmp = frag_needed(VIP, &quoted, 40);
+    let r = lab.run(&icmp, lab.in0);
+    assert_eq!(r.retval, XDP_REDIRECT);
+    r.counted(Stat::FwdRedirect, &[Stat::EvIcmpToTarget]);
+    let out = &r.out;
+    assert_eq!(out[0..6], target_mac(k), "to the flow's target");
+    let outer = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+    assert_eq!(
+        outer.header_checksum,
+        outer.calc_header_checksum(),
+        "outer IPv4 checksum"
+    );
+    assert_eq!((outer.source, outer.destination), (ROUTER, target(k)));
+    assert_eq!(outer.protocol, IpNumber::ICMP);
+    assert_eq!(outer.time_to_live, 63, "forwarded like any packet");
+    let msg = &out[34..];
+    assert_eq!((msg[0], msg[1]), (3, 4), "still fragmentation needed");
+    assert_eq!(
+        u16::from_be_bytes([msg[6], msg[7]]),
+        1280,
+        "the MTU is kept"
+    );
+    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    let inner = Ipv4HeaderSlice::from_slice(&msg[8..]).unwrap().to_header();
+    assert_eq!(
+        inner.header_checksum,
+        inner.calc_header_checksum(),
+        "quoted IPv4 checksum"
+    );
+    assert_eq!((inner.source, inner.destination), (target(k), CLIENT));
+    let tcp_q = TcpHeaderSlice::from_slice(&msg[28..]).unwrap();
+    assert_eq!(
+        (tcp_q.source_port(), tcp_q.destination_port()),
+        (8080, 40_000)
+    );
+    // The quoted TCP checksum is the one the target's own packet had.
+    let own = reply(target(k), 8080, 63);
+    let own_tcp = TcpHeaderSlice::from_slice(&own[20..]).unwrap();
+    assert_eq!(
+        tcp_q.checksum(),
+        own_tcp.checksum(),
+        "quoted TCP checksum translated"
+    );
+}
+
+#[test]
+fn an_error_about_no_known_flow_is_dropped_and_one_not_for_a_vip_passes() {
+    let mut lab = Lab::new("icmpnone", &[1, 2]);
+    let quoted = reply(VIP, 80, 63);
+    let r = lab.run(&frag_needed(VIP, &quoted, 28), lab.in0);
+    assert_eq!(r.retval, XDP_DROP);
+    r.counted(Stat::DropIcmpNoFlow, &[]);
+    // A quote too short to hold the ports cannot be matched either.
+    let r = lab.run(&frag_needed(VIP, &quoted, 22), lab.in0);
+    r.counted(Stat::DropIcmpNoFlow, &[]);
+    let other = frag_needed([198, 18, 0, 1], &quoted, 28);
+    let r = lab.run(&other, lab.in0);
+    assert_eq!((r.retval, r.out.as_slice()), (XDP_PASS, other.as_slice()));
+    r.counted(Stat::PassNotListener, &[]);
+}
+
+#[test]
+fn frag_needed_about_a_dsr_flow_goes_to_its_target_unchanged() {
+    let mut lab = Lab::new("icmpdsr", &[1, 2]);
+    let syn = lab.run(&tcp(CLIENT, 40_000, VIP_DSR, 8080, Flags::Syn, 64), lab.in0);
+    let k = (1..=3u8).find(|k| syn.out[0..6] == target_mac(*k)).unwrap();
+    let quoted = reply(VIP_DSR, 8080, 64);
+    let icmp = frag_needed(VIP_DSR, &quoted, 28);
+    let r = lab.run(&icmp, lab.in0);
+    assert_eq!(r.retval, XDP_REDIRECT);
+    r.counted(Stat::FwdRedirect, &[Stat::EvIcmpToTarget]);
+    assert_eq!(r.out[0..6], target_mac(k), "to the flow's target");
+    assert_eq!(r.out[12..], icmp[12..], "the packet itself untouched");
+}
+
+#[test]
+fn frag_needed_about_a_tunnel_flow_is_encapsulated_to_its_target() {
+    let mut lab = Lab::new("icmptun", &[1, 2]);
+    let syn = lab.run(&tcp(CLIENT, 40_000, VIP_TUN, 8080, Flags::Syn, 64), lab.in0);
+    let k = (1..=3u8).find(|k| syn.out[30..34] == target(*k)).unwrap();
+    let quoted = reply(VIP_TUN, 8080, 64);
+    let icmp = frag_needed(VIP_TUN, &quoted, 28);
+    let r = lab.run(&icmp, lab.in0);
+    assert_eq!(r.retval, XDP_REDIRECT);
+    r.counted(Stat::FwdRedirect, &[Stat::EvIcmpToTarget]);
+    let outer = Ipv4HeaderSlice::from_slice(&r.out[14..])
+        .unwrap()
+        .to_header();
+    assert_eq!(outer.header_checksum, outer.calc_header_checksum());
+    assert_eq!(
+        (outer.protocol, outer.destination),
+        (IpNumber::IPV4, target(k))
+    );
+    assert_eq!(r.out[34..], icmp[14..], "the error itself, byte for byte");
+}
