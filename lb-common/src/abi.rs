@@ -25,6 +25,8 @@ pub const PROTO_ICMP: u8 = 1;
 /// `Settings::flags`: answer a tunnelled packet that would exceed the egress MTU with ICMP
 /// "fragmentation needed" (else it is dropped, counted).
 pub const SETTING_FRAG_NEEDED: u32 = 1;
+/// `Settings::flags`: answer ICMP echo requests to VIPs.
+pub const SETTING_ICMP_ECHO: u32 = 2;
 
 /// `PORT_FLAGS[port]` bits: a listener uses `port` as destination, a target as source.
 pub const PORT_LISTENER: u8 = 1;

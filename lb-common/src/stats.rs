@@ -78,6 +78,9 @@ stats! {
     /// Event: an ICMP error about a balanced flow (fragmentation needed, unreachable, time
     /// exceeded) was sent on to that flow's target, translated for NAT.
     EvIcmpToTarget = 27, "ev_icmp_to_target", "event";
+    /// An ICMP echo request to a VIP, answered by the balancer (`icmp_echo = false` turns it
+    /// off: `drop_vip_no_listener`).
+    TxIcmpEcho = 28, "tx_icmp_echo", "answer";
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub const ICMP_LEN: usize = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
 /// In `frags[0]`: don't fragment.
 pub const IPV4_DF: u8 = 0x40;
 

@@ -4,15 +4,16 @@
 //! error is looked up in the connection table and sent on to that flow's target, translated
 //! for NAT (outer destination, quoted source and every checksum that covers them), so the
 //! target's path-MTU discovery works. Errors about no known flow are dropped, counted.
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    FAMILY_IPV4, FlowKey, MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, Stat, csum, ipv4_of,
+    FAMILY_IPV4, FlowKey, MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, SETTING_ICMP_ECHO, Stat,
+    csum, ipv4_of,
 };
 
 use crate::{
     balance, encap, forward,
-    hdr::{ETH_LEN, Icmp, Ipv4, Tcp, Udp},
-    maps::FLOWS,
+    hdr::{ETH_LEN, Eth, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Icmp, Ipv4, Tcp, Udp},
+    maps::{FLOWS, SETTINGS},
     parse::{Flow, IcmpError, Verdict},
     stats, sys,
     sys::header_mut,
@@ -135,5 +136,55 @@ fn translate(ctx: &XdpContext, e: &IcmpError, addr: [u8; 4], port: [u8; 2]) -> O
 fn fix_icmp(ctx: &XdpContext, e: &IcmpError, f: impl FnOnce(u16) -> u16) -> Option<()> {
     let icmp = header_mut::<Icmp>(ctx, e.icmp_off)?;
     icmp.check = f(u16::from_be_bytes(icmp.check)).to_be_bytes();
+    Some(())
+}
+
+/// TTL of echo replies.
+const ECHO_TTL: u8 = 64;
+
+/// An echo request to a VIP is answered here, in place (addresses and MACs swapped, type 0),
+/// unless `icmp_echo = false`. Requests to other addresses pass to the kernel.
+#[inline(always)]
+pub fn echo(ctx: &XdpContext, dst: [u8; 4], icmp_off: usize) -> Verdict {
+    if !balance::is_vip(dst) {
+        return Verdict::pass(Stat::PassNotListener);
+    }
+    let on = SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & SETTING_ICMP_ECHO != 0);
+    if !on {
+        return Verdict::drop(Stat::DropVipNoListener);
+    }
+    match answer_echo(ctx, icmp_off) {
+        Some(()) => Verdict {
+            action: xdp_action::XDP_TX,
+            stat: Stat::TxIcmpEcho,
+        },
+        None => Verdict::drop(Stat::DropL4Truncated),
+    }
+}
+
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, icmp_off: usize) -> Option<()> {
+    let icmp = header_mut::<Icmp>(ctx, icmp_off)?;
+    icmp.kind = ICMP_ECHO_REPLY;
+    icmp.check = csum::replace16(
+        u16::from_be_bytes(icmp.check),
+        u16::from(ICMP_ECHO_REQUEST) << 8,
+        u16::from(ICMP_ECHO_REPLY) << 8,
+    )
+    .to_be_bytes();
+    let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
+    core::mem::swap(&mut ip.src, &mut ip.dst);
+    let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
+    ip.check = csum::replace16(
+        u16::from_be_bytes(ip.check),
+        ttl_word,
+        u16::from_be_bytes([ECHO_TTL, ip.proto]),
+    )
+    .to_be_bytes();
+    ip.ttl = ECHO_TTL;
+    let eth = header_mut::<Eth>(ctx, 0)?;
+    core::mem::swap(&mut eth.src, &mut eth.dst);
     Some(())
 }

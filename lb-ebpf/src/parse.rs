@@ -4,8 +4,9 @@ use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat};
 
 use crate::{
     hdr::{
-        ETH_LEN, ETHERTYPE_IPV4, Eth, ICMP_DEST_UNREACH, ICMP_LEN, ICMP_TIME_EXCEEDED, IPV4_MF,
-        IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Icmp, Ipv4, TCP_MIN_LEN, Tcp, Udp,
+        ETH_LEN, ETHERTYPE_IPV4, Eth, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_LEN,
+        ICMP_TIME_EXCEEDED, IPV4_MF, IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Icmp, Ipv4, TCP_MIN_LEN,
+        Tcp, Udp,
     },
     sys::header_mut,
 };
@@ -69,6 +70,11 @@ pub enum Parsed {
     Flow(Flow),
     /// An ICMP error: it may concern a balanced flow (see `icmp`).
     IcmpError(IcmpError),
+    /// An ICMP echo request to `dst` (answered if `dst` is a VIP, see `icmp`).
+    Echo {
+        dst: [u8; 4],
+        icmp_off: usize,
+    },
     /// Decided without looking at any map.
     Done(Verdict),
     /// A defect whose verdict depends on whether `dst` is a VIP: traffic for the balancer is
@@ -174,6 +180,9 @@ fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: u
     let Some(icmp) = header_mut::<Icmp>(ctx, icmp_off) else {
         return truncated_l4(dst);
     };
+    if icmp.kind == ICMP_ECHO_REQUEST && icmp.code == 0 {
+        return Parsed::Echo { dst, icmp_off };
+    }
     if icmp.kind != ICMP_DEST_UNREACH && icmp.kind != ICMP_TIME_EXCEEDED {
         return not_for_us;
     }

@@ -27,6 +27,7 @@ pub fn run(ctx: &mut XdpContext) -> (u32, Stat) {
         }
         Parsed::Flow(f) => flow(ctx, &f),
         Parsed::IcmpError(e) => icmp::to_target(ctx, &e),
+        Parsed::Echo { dst, icmp_off } => icmp::echo(ctx, dst, icmp_off),
     };
     (v.action, v.stat)
 }

@@ -211,6 +211,10 @@ impl Lab {
         self.b.apply(&Plan::from_config(&cfg(web))).unwrap();
     }
 
+    pub fn apply_config(&mut self, c: &Config) {
+        self.b.apply(&Plan::from_config(c)).unwrap();
+    }
+
     pub fn stats(&self) -> Vec<u64> {
         self.b.snapshot().unwrap().stats
     }

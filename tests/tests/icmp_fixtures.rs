@@ -152,3 +152,53 @@ fn frag_needed_about_a_tunnel_flow_is_encapsulated_to_its_target() {
     );
     assert_eq!(r.out[34..], icmp[14..], "the error itself, byte for byte");
 }
+
+fn echo_request(dst: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)
+        .ipv4(CLIENT, dst, 61)
+        .icmpv4_echo_request(0x1234, 7)
+        .write(&mut v, b"ping payload 0123456789")
+        .unwrap();
+    v
+}
+
+#[test]
+fn an_echo_request_to_a_vip_is_answered_and_others_pass() {
+    let mut lab = Lab::new("echo", &[1, 2]);
+    let req = echo_request(VIP);
+    let r = lab.run(&req, lab.in0);
+    assert_eq!(r.retval, 3, "XDP_TX: back where it came from");
+    r.counted(Stat::TxIcmpEcho, &[]);
+    let out = &r.out;
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&req[6..12], &req[0..6]),
+        "MACs swapped"
+    );
+    let ip = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!(
+        (ip.source, ip.destination, ip.time_to_live),
+        (VIP, CLIENT, 64)
+    );
+    let msg = &out[34..];
+    assert_eq!((msg[0], msg[1]), (0, 0), "echo reply");
+    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    assert_eq!(msg[4..], req[38..], "identifier, sequence and payload kept");
+    let other = echo_request([198, 18, 0, 1]);
+    let r = lab.run(&other, lab.in0);
+    assert_eq!((r.retval, r.out.as_slice()), (XDP_PASS, other.as_slice()));
+    r.counted(Stat::PassNotListener, &[]);
+}
+
+#[test]
+fn icmp_echo_false_leaves_echo_requests_to_a_vip_unanswered() {
+    let mut lab = Lab::new("noecho", &[1, 2]);
+    let mut c = cfg(&[1, 2]);
+    c.icmp_echo = false;
+    lab.apply_config(&c);
+    let r = lab.run(&echo_request(VIP), lab.in0);
+    assert_eq!(r.retval, XDP_DROP);
+    r.counted(Stat::DropVipNoListener, &[]);
+}

@@ -26,6 +26,7 @@ const APT: &[(&str, &str)] = &[
     ("command -v ethtool", "ethtool"),
     ("command -v curl", "curl"),
     ("command -v nc", "netcat-openbsd"),
+    ("command -v ping", "iputils-ping"),
     ("command -v setpriv", "util-linux"),
     // The benchmark's plot: fontconfig (built against) and a font.
     ("command -v pkg-config", "pkg-config"),

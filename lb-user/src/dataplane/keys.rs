@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, SETTING_FRAG_NEEDED, Settings, TargetValue, VipKey,
-    addr_from_ipv4,
+    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO, Settings,
+    TargetValue, VipKey, addr_from_ipv4,
 };
 
 use crate::model::{
@@ -60,10 +60,15 @@ pub fn target_value(e: &Endpoint, flags: u8) -> TargetValue {
     }
 }
 
-/// `SETTINGS[0]` for these tunnel settings (all zero without tunnel listeners).
-pub fn settings(t: Option<&Tunnel>) -> Settings {
+/// `SETTINGS[0]` for these tunnel settings (the tunnel part all zero without tunnel
+/// listeners) and echo answers.
+pub fn settings(t: Option<&Tunnel>, icmp_echo: bool) -> Settings {
+    let echo = if icmp_echo { SETTING_ICMP_ECHO } else { 0 };
     let Some(t) = t else {
-        return Settings::default();
+        return Settings {
+            flags: echo,
+            ..Settings::default()
+        };
     };
     let host_bits = 32 - u32::from(t.source_prefix_len);
     let hostmask = if host_bits == 32 {
@@ -74,10 +79,11 @@ pub fn settings(t: Option<&Tunnel>) -> Settings {
     Settings {
         tunnel_src: t.source.octets(),
         tunnel_src_hostmask: hostmask.to_be_bytes(),
-        flags: if t.icmp_frag_needed {
-            SETTING_FRAG_NEEDED
-        } else {
-            0
-        },
+        flags: echo
+            | if t.icmp_frag_needed {
+                SETTING_FRAG_NEEDED
+            } else {
+                0
+            },
     }
 }

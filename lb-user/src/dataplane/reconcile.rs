@@ -67,6 +67,7 @@ pub struct Plan {
     pub listeners: Vec<Listener>,
     pub groups: BTreeMap<String, Vec<PlannedTarget>>,
     pub tunnel: Option<Tunnel>,
+    pub icmp_echo: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +102,7 @@ impl Plan {
             listeners: cfg.listeners.clone(),
             groups,
             tunnel: cfg.tunnel,
+            icmp_echo: cfg.icmp_echo,
         }
     }
 
@@ -234,7 +236,7 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Phase 0: node-wide settings, before any listener that needs them.
     fn install_settings(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
-        let s = keys::settings(plan.tunnel.as_ref());
+        let s = keys::settings(plan.tunnel.as_ref(), plan.icmp_echo);
         if self.settings != Some(s) {
             self.dp.set_settings(s)?;
             self.settings = Some(s);

@@ -74,6 +74,7 @@ struct RawConfig {
     tables: Option<Spanned<RawTables>>,
     #[serde(default)]
     tunnel: Option<Spanned<RawTunnel>>,
+    icmp_echo: Option<bool>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
@@ -153,6 +154,8 @@ pub struct Config {
     pub target_groups: Vec<TargetGroup>,
     /// Set when a `tunnel` listener exists (then `tunnel.source_prefix` is required).
     pub tunnel: Option<Tunnel>,
+    /// Answer ICMP echo requests to VIPs (default true).
+    pub icmp_echo: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,6 +377,7 @@ impl Validator<'_> {
             listeners,
             target_groups,
             tunnel,
+            icmp_echo: raw.icmp_echo.unwrap_or(true),
         }
     }
 

@@ -354,7 +354,11 @@ fn a_mode_change_rewrites_the_listener_and_settings_go_in_before_anything_else()
     let mut b = reconciler(&c);
     assert_eq!(
         b.dataplane().log.first(),
-        Some(&Write::Settings(Settings::default()))
+        Some(&Write::Settings(Settings {
+            flags: lb_common::SETTING_ICMP_ECHO,
+            ..Settings::default()
+        })),
+        "echo answers are on by default"
     );
     let web = key(&c, "web");
     assert_eq!(b.dataplane().listeners[&web].mode, lb_common::MODE_NAT);
@@ -375,7 +379,7 @@ fn a_mode_change_rewrites_the_listener_and_settings_go_in_before_anything_else()
         (
             [198, 18, 250, 0],
             [0, 0, 0, 255],
-            lb_common::SETTING_FRAG_NEEDED
+            lb_common::SETTING_FRAG_NEEDED | lb_common::SETTING_ICMP_ECHO
         )
     );
     assert!(matches!(

@@ -450,3 +450,10 @@ fn a_tunnel_listener_needs_a_source_prefix_and_it_must_be_one() {
         "unknown variant",
     );
 }
+
+#[test]
+fn icmp_echo_is_on_unless_turned_off() {
+    assert!(parse(Path::new("xlb.toml"), GOOD).unwrap().icmp_echo);
+    let off = GOOD.replacen("interfaces", "icmp_echo = false\ninterfaces", 1);
+    assert!(!parse(Path::new("xlb.toml"), &off).unwrap().icmp_echo);
+}
