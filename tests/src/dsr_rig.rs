@@ -14,9 +14,9 @@
 //!  {p}-t4 eth0 198.18.22.2/24 ── r-t4 198.18.22.1/24 ┘
 //! ```
 //!
-//! Direct veths only: frames an XDP program sends back out of the veth they came in on
-//! (`XDP_TX`) were dropped by the peer at high rates here (`xdp_tx_errors`), so the balancer
-//! sends out of another interface (`XDP_REDIRECT`) in both modes. Each target is prepared with
+//! Direct veths, and the balancer sends out of another interface than the one a packet came in on
+//! (`XDP_REDIRECT`) in both modes: frames sent back out of the same veth (`XDP_TX`) need an XDP
+//! program on the peer (see `netns::xdp_receiver`). Each target is prepared with
 //! `xlb target-setup --apply` as a user would.
 use std::path::{Path, PathBuf};
 

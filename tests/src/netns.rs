@@ -123,3 +123,21 @@ impl Drop for BpfFs {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// An XDP program on `dev` in `ns` that passes everything but IP-in-IP to the host (xlb's
+/// decapsulation program, with no address to decapsulate for), kept attached as long as the
+/// value lives. A veth only receives the frames its peer sends back with `XDP_TX` promptly when
+/// it runs an XDP program itself (the kernel schedules its queue only then); GRO alone leaves
+/// them waiting until other traffic comes.
+pub fn xdp_receiver(ns: &Netns, dev: &str) -> anyhow::Result<xlb::dataplane::decap::Decap> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter_current_thread()?;
+            let mut d = xlb::dataplane::decap::Decap::load(xlb::DECAP_OBJECT)?;
+            d.attach(dev)?;
+            Ok(d)
+        })
+        .join()
+        .expect("attach thread")
+    })
+}

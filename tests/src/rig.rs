@@ -60,6 +60,9 @@ pub struct RigSpec {
 
 pub struct Rig {
     children: Children,
+    /// XDP programs on the client's interface (see `xdp_receiver`): the balancer answers
+    /// pings there with `XDP_TX`.
+    _receivers: Vec<xlb::dataplane::decap::Decap>,
     pub prefix: String,
     pub client: Netns,
     pub lb: Netns,
@@ -77,6 +80,7 @@ impl Rig {
         let lb = Netns::create(&format!("{p}-lb"))?;
         let mut rig = Self {
             children: Children::default(),
+            _receivers: Vec::new(),
             prefix: p.clone(),
             client,
             lb,
@@ -86,6 +90,8 @@ impl Rig {
             rig.targets.push(Netns::create(&format!("{p}-t{k}"))?);
         }
         rig.wire()?;
+        rig._receivers
+            .push(crate::netns::xdp_receiver(&rig.client, "eth0")?);
         Ok(rig)
     }
 

@@ -180,6 +180,13 @@ impl Decap {
         read_stats(&a)
     }
 
+    /// Attach to `iface` in native mode for as long as this value lives (no pins). Rigs use it
+    /// as the XDP program a veth needs to receive frames its peer sends with `XDP_TX`.
+    pub fn attach(&mut self, iface: &str) -> Result<()> {
+        program(&mut self.ebpf)?.attach(iface, XdpMode::Driver)?;
+        Ok(())
+    }
+
     /// Attach to `iface` and pin the link and the maps, so the program stays after this
     /// process exits. Returns the mode it got.
     pub fn attach_pinned(mut self, root: &Path, iface: &str) -> Result<AttachMode> {
