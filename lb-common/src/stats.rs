@@ -81,6 +81,9 @@ stats! {
     /// An ICMP echo request to a VIP, answered by the balancer (`icmp_echo = false` turns it
     /// off: `drop_vip_no_listener`).
     TxIcmpEcho = 28, "tx_icmp_echo", "answer";
+    /// Event: an ICMP error a NAT target sent about a balanced flow was translated so the
+    /// client sees it from the VIP.
+    EvIcmpToClient = 29, "ev_icmp_to_client", "event";
 }
 
 #[cfg(test)]

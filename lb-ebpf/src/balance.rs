@@ -35,6 +35,12 @@ pub fn maybe_reply(f: &Flow) -> bool {
     port_flags(f.sport) & PORT_TARGET != 0
 }
 
+/// Could `port` be a target's? (The port pre-filter, before any hash lookup.)
+#[inline(always)]
+pub fn is_target_port(port: [u8; 2]) -> bool {
+    port_flags(port) & PORT_TARGET != 0
+}
+
 #[inline(always)]
 pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
     let key = ListenerKey {
@@ -189,5 +195,26 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
 #[inline(always)]
 pub fn reply(f: &Flow) -> Option<&'static ReverseValue> {
     let key = forward_key(f);
+    sys::lru_value(&REVERSE, &key)
+}
+
+/// The return-path entry of the reply 5-tuple `src:sport -> dst:dport`.
+#[inline(always)]
+pub fn reply_of(
+    src: [u8; 4],
+    sport: [u8; 2],
+    dst: [u8; 4],
+    dport: [u8; 2],
+    proto: u8,
+) -> Option<&'static ReverseValue> {
+    let key = FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    };
     sys::lru_value(&REVERSE, &key)
 }

@@ -22,7 +22,7 @@ use crate::{
 #[inline(always)]
 pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
     if !balance::is_vip(e.dst) {
-        return Verdict::pass(Stat::PassNotListener);
+        return from_target(ctx, e);
     }
     // The quoted packet went VIP -> client; its flow is keyed client -> VIP.
     let key = FlowKey {
@@ -73,62 +73,145 @@ pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
     }
 }
 
+/// An ICMP error a NAT target sends about a balanced flow (e.g. "port unreachable" for UDP)
+/// quotes the request as the target got it (client -> target:port); the client must see it
+/// from the VIP, quoting VIP:vport. Anything else passes.
+#[inline(always)]
+fn from_target(ctx: &XdpContext, e: &IcmpError) -> Verdict {
+    if !balance::is_target_port(e.inner_dport) {
+        return Verdict::pass(Stat::PassNotListener);
+    }
+    // The reply direction of the quoted request: target:port -> client:port.
+    let Some(r) = balance::reply_of(
+        e.inner_dst,
+        e.inner_dport,
+        e.inner_src,
+        e.inner_sport,
+        e.inner_proto,
+    ) else {
+        return Verdict::pass(Stat::PassNotListener);
+    };
+    if e.ttl <= 1 {
+        return Verdict::pass(Stat::PassTtlExceeded);
+    }
+    let vip = ipv4_of(&r.vip);
+    if rewrite_quoted(
+        ctx,
+        e,
+        Quoted::Destination,
+        e.inner_dst,
+        vip,
+        e.inner_dport,
+        r.vport,
+    )
+    .and_then(|()| rewrite_outer(ctx, Quoted::Source, e.src, vip))
+    .is_none()
+    {
+        return Verdict::drop(Stat::DropIcmpNoFlow);
+    }
+    stats::count(Stat::EvIcmpToClient);
+    forward::forward(ctx, None, None)
+}
+
+/// Which side of the quoted packet (and of the outer header) a translation changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoted {
+    Source,
+    Destination,
+}
+
 /// NAT: the error goes to the target as if the target's own packet had been refused: outer
 /// destination VIP -> target, quoted source VIP:vport -> target:port, TTL - 1, and the outer
 /// IPv4, quoted IPv4, quoted UDP (or TCP, when quoted that far) and ICMP checksums updated.
 #[inline(always)]
 fn translate(ctx: &XdpContext, e: &IcmpError, addr: [u8; 4], port: [u8; 2]) -> Option<()> {
-    let vip = e.inner_src;
-    let (vport, tport) = (u16::from_be_bytes(e.inner_sport), u16::from_be_bytes(port));
-    // The quoted transport checksum, if it is inside the quote: its pseudo-header has the
-    // source address, and the source port is in the header.
+    rewrite_quoted(
+        ctx,
+        e,
+        Quoted::Source,
+        e.inner_src,
+        addr,
+        e.inner_sport,
+        port,
+    )?;
+    rewrite_outer(ctx, Quoted::Destination, e.dst, addr)
+}
+
+/// Rewrite one side of the quoted packet from `old:old_port` to `new:new_port`: the quoted
+/// IPv4 header and its checksum, the port, the quoted UDP (or TCP, when quoted that far)
+/// checksum, and the ICMP checksum over all of it.
+#[inline(always)]
+fn rewrite_quoted(
+    ctx: &XdpContext,
+    e: &IcmpError,
+    side: Quoted,
+    old: [u8; 4],
+    new: [u8; 4],
+    old_port: [u8; 2],
+    new_port: [u8; 2],
+) -> Option<()> {
+    let (op, np) = (u16::from_be_bytes(old_port), u16::from_be_bytes(new_port));
     let is_udp = match e.inner_proto {
         PROTO_UDP => true,
         PROTO_TCP => false,
         _ => return None,
     };
+    // The quoted transport checksum, if it is inside the quote: the pseudo-header has both
+    // addresses, the header both ports.
     let old_l4 = if is_udp {
         header_mut::<Udp>(ctx, e.inner_l4_off).map(|u| u16::from_be_bytes(u.check))
     } else {
         header_mut::<Tcp>(ctx, e.inner_l4_off).map(|t| u16::from_be_bytes(t.check))
     };
     let new_l4 = old_l4.map(|c| {
-        let n = csum::replace16(csum::replace32(c, vip, addr), vport, tport);
+        let n = csum::replace16(csum::replace32(c, old, new), op, np);
         if is_udp { csum::udp_fixup(c, n) } else { n }
     });
 
     let inner = header_mut::<Ipv4>(ctx, e.inner_off)?;
     let old_inner_check = u16::from_be_bytes(inner.check);
-    let new_inner_check = csum::replace32(old_inner_check, vip, addr);
+    let new_inner_check = csum::replace32(old_inner_check, old, new);
     inner.check = new_inner_check.to_be_bytes();
-    inner.src = addr;
-
+    match side {
+        Quoted::Source => inner.src = new,
+        Quoted::Destination => inner.dst = new,
+    }
     // The quoted ports (the first bytes of TCP and UDP alike) and the quoted checksum.
     let ports = header_mut::<Udp>(ctx, e.inner_l4_off)?;
-    ports.src = port;
-    if let (Some(old), Some(new)) = (old_l4, new_l4) {
+    match side {
+        Quoted::Source => ports.src = new_port,
+        Quoted::Destination => ports.dst = new_port,
+    }
+    if let (Some(o), Some(n)) = (old_l4, new_l4) {
         if is_udp {
-            header_mut::<Udp>(ctx, e.inner_l4_off)?.check = new.to_be_bytes();
+            header_mut::<Udp>(ctx, e.inner_l4_off)?.check = n.to_be_bytes();
         } else {
-            header_mut::<Tcp>(ctx, e.inner_l4_off)?.check = new.to_be_bytes();
+            header_mut::<Tcp>(ctx, e.inner_l4_off)?.check = n.to_be_bytes();
         }
         // ICMP covers the quoted checksum too.
-        fix_icmp(ctx, e, |c| csum::replace16(c, old, new))?;
+        fix_icmp(ctx, e, |c| csum::replace16(c, o, n))?;
     }
     fix_icmp(ctx, e, |c| {
-        let c = csum::replace32(c, vip, addr);
+        let c = csum::replace32(c, old, new);
         let c = csum::replace16(c, old_inner_check, new_inner_check);
-        csum::replace16(c, vport, tport)
-    })?;
+        csum::replace16(c, op, np)
+    })
+}
 
+/// Rewrite the outer header's `side` from `old` to `new`, decrementing the TTL.
+#[inline(always)]
+fn rewrite_outer(ctx: &XdpContext, side: Quoted, old: [u8; 4], new: [u8; 4]) -> Option<()> {
     let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
     let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
     let ttl = ip.ttl.saturating_sub(1);
-    let mut check = csum::replace32(u16::from_be_bytes(ip.check), e.dst, addr);
+    let mut check = csum::replace32(u16::from_be_bytes(ip.check), old, new);
     check = csum::replace16(check, ttl_word, u16::from_be_bytes([ttl, ip.proto]));
     ip.check = check.to_be_bytes();
     ip.ttl = ttl;
-    ip.dst = addr;
+    match side {
+        Quoted::Source => ip.src = new,
+        Quoted::Destination => ip.dst = new,
+    }
     Some(())
 }
 

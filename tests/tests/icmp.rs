@@ -106,6 +106,7 @@ fn start(tag: &str) -> (Topo, TempDir, std::path::PathBuf) {
         format!(
             "interfaces = [\"lb-c\", \"lb-t1\", \"lb-t2\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n\
 [[listener]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\
+[[listener]]\nname = \"udp\"\nvip = \"{VIP}\"\nport = 9999\nprotocol = \"udp\"\ntarget_group = \"web\"\n\
 [[target_group]]\nname = \"web\"\nport = 8080\ntargets = [{{ address = \"198.18.1.2\" }}, {{ address = \"198.18.2.2\" }}]\n\
 health_check = {{ enabled = false }}\n",
             socket.display(),
@@ -192,4 +193,30 @@ fn ping_to_the_vip_is_answered_by_the_balancer() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("3 received"), "{text}");
     assert_eq!(reason(&socket, "tx_icmp_echo"), 3);
+}
+
+/// A UDP datagram to a port no target serves: the target's "port unreachable" comes back through
+/// the balancer translated, so the client's socket sees it (from the VIP, quoting VIP:9999) and
+/// reports "connection refused" at once instead of waiting in vain.
+#[test]
+fn a_targets_port_unreachable_reaches_the_client_as_connection_refused() {
+    let (t, _dir, socket) = start("unreach");
+    let probe = "import socket\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+s.settimeout(3)\n\
+s.connect(('198.18.100.10', 9999))\n\
+s.send(b'anyone?')\n\
+try:\n    s.recv(64)\n    print('answered')\n\
+except ConnectionRefusedError:\n    print('refused')\n\
+except socket.timeout:\n    print('timeout')\n";
+    let out = t
+        .client
+        .command("python3")
+        .args(["-c", probe])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("client: {said} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said, "refused");
+    assert!(reason(&socket, "ev_icmp_to_client") >= 1);
 }

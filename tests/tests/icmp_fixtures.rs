@@ -202,3 +202,72 @@ fn icmp_echo_false_leaves_echo_requests_to_a_vip_unanswered() {
     assert_eq!(r.retval, XDP_DROP);
     r.counted(Stat::DropVipNoListener, &[]);
 }
+
+#[test]
+fn an_error_from_a_nat_target_reaches_the_client_from_the_vip() {
+    let mut lab = Lab::new("icmpback", &[1, 2]);
+    let req = tcp(CLIENT, 40_000, VIP, 80, Flags::Syn, 64);
+    let fwd = lab.run(&req, lab.in0);
+    let k = (1..=3u8).find(|k| fwd.out[30..34] == target(*k)).unwrap();
+    // The target refuses what it got (client -> target:8080, TTL 63), quoting 40 bytes.
+    let got = &fwd.out[14..];
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(target_mac(k), node_mac(k))
+        .ipv4(target(k), CLIENT, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FilterProhibited,
+        ))
+        .write(&mut icmp, &got[..40])
+        .unwrap();
+    let r = lab.run(&icmp, lab.t[usize::from(k) - 1]);
+    assert_eq!(r.retval, XDP_REDIRECT);
+    r.counted(Stat::FwdRedirect, &[Stat::EvIcmpToClient]);
+    let out = &r.out;
+    assert_eq!(out[0..6], CLIENT_MAC, "towards the client");
+    let outer = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+    assert_eq!(
+        outer.header_checksum,
+        outer.calc_header_checksum(),
+        "outer checksum"
+    );
+    assert_eq!(
+        (outer.source, outer.destination),
+        (VIP, CLIENT),
+        "from the VIP"
+    );
+    let msg = &out[34..];
+    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    let inner = Ipv4HeaderSlice::from_slice(&msg[8..]).unwrap().to_header();
+    assert_eq!(
+        inner.header_checksum,
+        inner.calc_header_checksum(),
+        "quoted checksum"
+    );
+    assert_eq!(
+        (inner.source, inner.destination),
+        (CLIENT, VIP),
+        "quotes the VIP"
+    );
+    let q = TcpHeaderSlice::from_slice(&msg[28..]).unwrap();
+    assert_eq!((q.source_port(), q.destination_port()), (40_000, 80));
+    let sent = TcpHeaderSlice::from_slice(&req[34..]).unwrap();
+    assert_eq!(
+        q.checksum(),
+        sent.checksum(),
+        "the client's own TCP checksum"
+    );
+    // An error from a target about no balanced flow passes untouched.
+    let mut other = Vec::new();
+    PacketBuilder::ethernet2(target_mac(k), node_mac(k))
+        .ipv4(target(k), CLIENT, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FilterProhibited,
+        ))
+        .write(
+            &mut other,
+            &tcp(CLIENT, 40_999, target(k), 8080, Flags::Syn, 63)[14..54],
+        )
+        .unwrap();
+    let r = lab.run(&other, lab.t[usize::from(k) - 1]);
+    assert_eq!((r.retval, r.out.as_slice()), (XDP_PASS, other.as_slice()));
+}
