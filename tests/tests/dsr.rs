@@ -248,26 +248,7 @@ fn a_download_crosses_the_balancer_in_the_request_direction_only() {
     let mut results = Vec::new();
     for vip in [DSR_VIP, TUNNEL_VIP] {
         let before = env.rig.lb_bytes().unwrap();
-        let out = env
-            .rig
-            .client
-            .command("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                "--max-time",
-                "30",
-                &format!("http://{vip}:{PORT}/big"),
-            ])
-            .output()
-            .unwrap();
-        let got: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
+        let (got, _) = common::download(&env.rig.client, &format!("http://{vip}:{PORT}/big"));
         let seen = env.rig.lb_bytes().unwrap() - before;
         results.push((vip, got, seen));
     }

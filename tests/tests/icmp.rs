@@ -142,29 +142,8 @@ fn reason(socket: &std::path::Path, name: &str) -> u64 {
 fn a_download_behind_a_smaller_mtu_link_completes_with_path_mtu_discovery() {
     let (t, _dir, socket) = start("pmtu");
     for attempt in 0..2 {
-        let out = t
-            .client
-            .command("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download} %{time_total}",
-                "--max-time",
-                "30",
-                &format!("http://{VIP}/big"),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("download {attempt}: {text} (bytes, seconds)");
-        let got: u64 = text
-            .split_whitespace()
-            .next()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
+        let (got, secs) = common::download(&t.client, &format!("http://{VIP}/big"));
+        eprintln!("download {attempt}: {got} bytes in {secs} s");
         assert_eq!(
             got, SIZE,
             "the whole file arrives through the 1280-byte link"

@@ -253,3 +253,27 @@ impl Conn {
         Ok(String::from_utf8_lossy(&body).trim().to_owned())
     }
 }
+
+/// Download `url` with curl from `ns` (30 s at most): the bytes that arrived and the seconds it
+/// took.
+pub fn download(ns: &xlb_rig::Netns, url: &str) -> (u64, f64) {
+    let out = ns
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{time_total}",
+            "--max-time",
+            "30",
+            url,
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    let bytes = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let secs = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+    (bytes, secs)
+}
