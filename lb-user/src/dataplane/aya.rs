@@ -122,6 +122,27 @@ impl Drop for AyaDataplane {
     }
 }
 
+/// Attach `prog` to `iface` in native (driver) mode, falling back to generic (SKB) mode with a
+/// warning; the error names both refusals.
+pub(super) fn attach_xdp(prog: &mut Xdp, iface: &str) -> Result<(XdpLinkId, AttachMode)> {
+    match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => Ok((id, AttachMode::Native)),
+        Err(native) => match prog.attach(iface, XdpMode::Skb) {
+            Ok(id) => {
+                log::warn!(
+                    "{iface}: native XDP refused ({native}); attached in generic (SKB) mode, which is much slower"
+                );
+                Ok((id, AttachMode::Generic))
+            }
+            Err(generic) => Err(DataplaneError::Attach {
+                iface: iface.to_owned(),
+                native: native.to_string(),
+                generic: generic.to_string(),
+            }),
+        },
+    }
+}
+
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     program_named(ebpf, lb_common::PROGRAM_NAME)
 }
@@ -223,25 +244,7 @@ impl Dataplane for AyaDataplane {
     }
 
     fn attach(&mut self, iface: &str) -> Result<AttachMode> {
-        let prog = program_mut(&mut self.ebpf)?;
-        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, AttachMode::Native),
-            Err(native) => match prog.attach(iface, XdpMode::Skb) {
-                Ok(id) => {
-                    log::warn!(
-                        "{iface}: native XDP refused ({native}); attached in generic (SKB) mode, which is much slower"
-                    );
-                    (id, AttachMode::Generic)
-                }
-                Err(generic) => {
-                    return Err(DataplaneError::Attach {
-                        iface: iface.to_owned(),
-                        native: native.to_string(),
-                        generic: generic.to_string(),
-                    });
-                }
-            },
-        };
+        let (id, mode) = attach_xdp(program_mut(&mut self.ebpf)?, iface)?;
         self.links.push((iface.to_owned(), id, mode));
         Ok(mode)
     }

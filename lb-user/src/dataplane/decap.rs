@@ -51,14 +51,8 @@ pub enum DecapError {
     AlreadyAttached(String),
     #[error("decapsulation is not attached to {0}")]
     NotAttached(String),
-    #[error(
-        "interface {iface}: cannot attach XDP in native mode ({native}) nor in generic mode ({generic})"
-    )]
-    Attach {
-        iface: String,
-        native: String,
-        generic: String,
-    },
+    #[error(transparent)]
+    Attach(#[from] super::DataplaneError),
 }
 
 type Result<T> = std::result::Result<T, DecapError>;
@@ -196,19 +190,7 @@ impl Decap {
         }
         std::fs::create_dir_all(&dir).map_err(|e| DecapError::Io(dir.clone(), e))?;
         let prog = program(&mut self.ebpf)?;
-        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, AttachMode::Native),
-            Err(native) => match prog.attach(iface, XdpMode::Skb) {
-                Ok(id) => (id, AttachMode::Generic),
-                Err(generic) => {
-                    return Err(DecapError::Attach {
-                        iface: iface.into(),
-                        native: native.to_string(),
-                        generic: generic.to_string(),
-                    });
-                }
-            },
-        };
+        let (id, mode) = super::aya::attach_xdp(prog, iface)?;
         let link = prog.take_link(id)?;
         let fd: FdLink = link.try_into()?;
         let pin = |e| DecapError::Pin {
