@@ -17,6 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::{PROTO_UDP, csum};
 use lb_ebpf::{
+    family::V4,
     forward,
     hdr::{ETH_LEN, Eth, IPV4_MIN_LEN, Ipv4, Tcp, Udp},
     sys::{self, header_mut},
@@ -169,7 +170,7 @@ pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
 /// The XDP forwarding floor: a FIB lookup and a redirect, nothing else.
 #[xdp]
 pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
-    forward::forward(&ctx, None, None).action
+    forward::forward::<V4>(&ctx, None, None).action
 }
 
 /// Overwrite the packet's first `N * 8` bytes with `words`; `None` if the packet is shorter.

@@ -1,7 +1,7 @@
 //! Map names, keys and values shared by the XDP program and the agent.
 use core::mem::size_of;
 
-/// Address family codes used in every key (IPv6 has its slot already).
+/// Address family codes used in every key.
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
@@ -21,6 +21,8 @@ pub const MODE_TUNNEL: u8 = 2;
 pub const PROTO_IPIP: u8 = 4;
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
+/// IP protocol (next header) number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// `Settings::flags`: answer a tunnelled packet that would exceed the egress MTU with ICMP
 /// "fragmentation needed" (else it is dropped, counted).
@@ -40,6 +42,11 @@ pub const TARGET_ACTIVE: u8 = 1;
 pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     pub const VIPS: &str = "VIPS";
+    /// The IPv6 twins of `LISTENERS`, `VIPS`, `FLOWS` and `REVERSE` (16-byte addresses).
+    pub const LISTENERS6: &str = "LISTENERS6";
+    pub const VIPS6: &str = "VIPS6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const REVERSE6: &str = "REVERSE6";
     pub const RINGS: &str = "RINGS";
     pub const TARGETS: &str = "TARGETS";
     pub const FLOWS: &str = "FLOWS";
@@ -50,6 +57,7 @@ pub mod maps {
     pub const TARGET_STATS: &str = "TARGET_STATS";
     pub const VIP_HINTS: &str = "VIP_HINTS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// The decapsulation program's maps (`xlb decap`).
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
@@ -68,6 +76,13 @@ pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 
 /// Name of the XDP entry point in the object.
 pub const PROGRAM_NAME: &str = "xlb";
+
+/// Name of the IPv6 half of the balancer: `xlb` hands every IPv6 frame to it with a tail call
+/// (slot [`TAIL_IPV6`] of `TAIL_CALLS`), so each half has the whole 512-byte stack and IPv4
+/// never runs IPv6 code.
+pub const PROGRAM6_NAME: &str = "xlb6";
+/// `TAIL_CALLS` slot of [`PROGRAM6_NAME`].
+pub const TAIL_IPV6: u32 = 0;
 
 /// An IPv4 address in the 16-byte slot every key uses (the rest stays zero).
 pub const fn addr_from_ipv4(octets: [u8; 4]) -> [u8; 16] {
@@ -94,8 +109,8 @@ pub const fn vip_hint_index(addr: [u8; 4]) -> u32 {
 ///
 /// Hash-map keys are sized for IPv4 (4-byte addresses): the kernel's hashing cost grows with
 /// the key's length, and it was the largest single cost of a packet in the profile (see
-/// BENCHMARKS.md). IPv6 gets maps of its own with 16-byte addresses. Map *values* keep a
-/// 16-byte address slot.
+/// BENCHMARKS.md). IPv6 has maps of its own with 16-byte addresses (`*6` below). Map *values*
+/// keep a 16-byte address slot, shared by both families.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
@@ -190,6 +205,37 @@ pub struct Settings {
     pub flags: u32,
 }
 
+/// `LISTENERS6` key: [`ListenerKey`] with an IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey6 {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `VIPS6` key: an IPv6 address that carries at least one listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey6 {
+    pub addr: [u8; 16],
+}
+
+/// `FLOWS6` / `REVERSE6` key: [`FlowKey`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Per-CPU traffic counters of one listener or one target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -225,6 +271,9 @@ const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);
 const _: () = assert!(size_of::<Settings>() == 12);
+const _: () = assert!(size_of::<ListenerKey6>() == 20);
+const _: () = assert!(size_of::<VipKey6>() == 16);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
 
 #[cfg(feature = "user")]
 #[expect(
@@ -252,4 +301,10 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey6 {}
 }

@@ -57,6 +57,26 @@ pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     )
 }
 
+/// New checksum after a 128-bit field (an IPv6 address) changed from `old` to `new`: the sum
+/// of the differences of its eight words, folded once.
+#[inline(always)]
+pub fn replace128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut sum = u32::from(!check);
+    let mut i = 0;
+    while i < 16 {
+        sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    !fold(sum)
+}
+
+/// UDP over IPv6: the checksum is mandatory (RFC 8200), so a computed zero is sent as 0xffff.
+#[inline(always)]
+pub fn udp6_fixup(computed: u16) -> u16 {
+    if computed == 0 { 0xffff } else { computed }
+}
+
 /// UDP over IPv4: a zero checksum means "none" and must stay zero; a computed zero is sent as
 /// 0xffff (RFC 768).
 #[inline(always)]
@@ -130,6 +150,32 @@ mod tests {
             data[4..8].copy_from_slice(&new);
             assert_eq!(replace32(before, old, new), full(&data), "case {i}");
         }
+    }
+
+    #[test]
+    fn replace128_matches_a_full_recompute_for_many_addresses() {
+        let mut data = [0u8; 40];
+        for i in 0..2000u32 {
+            let mut old = [0u8; 16];
+            let mut new = [0u8; 16];
+            for w in 0..4u32 {
+                let o = i.wrapping_mul(2_654_435_761).rotate_left(w * 7) ^ w;
+                let n = (i.wrapping_mul(40_503) ^ 0x2001_0db8).rotate_left(w * 5);
+                old[w as usize * 4..][..4].copy_from_slice(&o.to_be_bytes());
+                new[w as usize * 4..][..4].copy_from_slice(&n.to_be_bytes());
+            }
+            data[8..24].copy_from_slice(&old);
+            data[0] = i as u8;
+            let before = full(&data);
+            data[8..24].copy_from_slice(&new);
+            assert_eq!(replace128(before, old, new), full(&data), "case {i}");
+        }
+    }
+
+    #[test]
+    fn udp6_computed_zero_becomes_ffff() {
+        assert_eq!(udp6_fixup(0), 0xffff);
+        assert_eq!(udp6_fixup(0x1234), 0x1234);
     }
 
     #[test]

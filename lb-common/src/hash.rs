@@ -26,6 +26,31 @@ pub fn flow_hash_v4(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], 
     h
 }
 
+/// Hash of an IPv6 5-tuple: the four words of each address folded in turn, then the ports
+/// and protocol as for IPv4.
+#[inline(always)]
+pub fn flow_hash_v6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+) -> u32 {
+    let ports = u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
+    let mut h = FLOW_HASH_SEED;
+    let mut i = 0;
+    while i < 16 {
+        h = fmix32(h ^ u32::from_be_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
+        i += 4;
+    }
+    i = 0;
+    while i < 16 {
+        h = fmix32(h ^ u32::from_be_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
+        i += 4;
+    }
+    fmix32(h ^ ports ^ (u32::from(proto) << 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +73,39 @@ mod tests {
             assert!(
                 (1100..1400).contains(&b),
                 "bucket {b} of 1250 expected: {buckets:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_source_port_and_every_address_word_change_the_hash() {
+        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let dst = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0,
+        ];
+        let mut buckets = [0u32; 16];
+        for p in 20_000u16..40_000 {
+            let h = flow_hash_v6(src, dst, p.to_be_bytes(), [0, 80], 6);
+            buckets[(h % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((1100..1400).contains(&b), "{buckets:?}");
+        }
+        let base = flow_hash_v6(src, dst, [0, 1], [0, 80], 6);
+        for i in 0..16 {
+            let mut s = src;
+            s[i] ^= 1;
+            let mut d = dst;
+            d[i] ^= 1;
+            assert_ne!(
+                flow_hash_v6(s, dst, [0, 1], [0, 80], 6),
+                base,
+                "src byte {i}"
+            );
+            assert_ne!(
+                flow_hash_v6(src, d, [0, 1], [0, 80], 6),
+                base,
+                "dst byte {i}"
             );
         }
     }

@@ -36,7 +36,7 @@ pub const MAX_UDP_IDLE_TIMEOUT_S: u32 = 3600;
 pub const PORT_FLAG_ENTRIES: u32 = 65_536;
 
 /// Number of slots in the per-reason counter array (see [`crate::Stat`]).
-pub const STAT_SLOTS: u32 = 32;
+pub const STAT_SLOTS: u32 = 64;
 
 /// Entries of the VIP pre-filter array (indexed by a VIP's last two octets).
 pub const VIP_HINT_ENTRIES: u32 = 65_536;

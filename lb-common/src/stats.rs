@@ -29,9 +29,10 @@ stats! {
     PassFragNeeded = 4, "pass_frag_needed", "pass";
     /// TTL would expire here: not rewritten; the kernel answers ICMP time exceeded.
     PassTtlExceeded = 5, "pass_ttl_exceeded", "pass";
-    /// Not IPv4 (ARP, IPv6, ...).
-    PassNotIpv4 = 6, "pass_not_ipv4", "pass";
-    /// IPv4 that is neither for a listener nor a reply from a target.
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, VLAN-tagged frames, ...).
+    PassNotIp = 6, "pass_not_ip", "pass";
+    /// IPv4 or IPv6 that is neither for a listener nor a reply from a target (neighbour
+    /// discovery and router advertisements included).
     PassNotListener = 7, "pass_not_listener", "pass";
     /// Frame shorter than an Ethernet header.
     PassEthTruncated = 8, "pass_eth_truncated", "pass";
@@ -84,6 +85,18 @@ stats! {
     /// Event: an ICMP error a NAT target sent about a balanced flow was translated so the
     /// client sees it from the VIP.
     EvIcmpToClient = 29, "ev_icmp_to_client", "event";
+    /// Frame shorter than its IPv6 header (40 bytes).
+    PassIpv6Truncated = 30, "pass_ipv6_truncated", "pass";
+    /// IPv6 ethertype, but the version field is not 6. The kernel discards it and counts it.
+    PassIpv6BadHeader = 31, "pass_ipv6_bad_header", "pass";
+    /// An IPv6 packet to a VIP whose next header is an extension header (hop-by-hop, routing,
+    /// destination options, authentication, mobility, HIP, shim6, experimental): xlb does not
+    /// walk extension chains, so it never guesses where TCP/UDP starts. (Fragments count as
+    /// `drop_fragment`.)
+    DropIpv6ExtHeader = 32, "drop_ipv6_ext_header", "drop";
+    /// An IPv6 frame, but the IPv6 program (`xlb6`) is not in `TAIL_CALLS`: passed untouched.
+    /// The agent installs it at load; seeing this means the object was loaded by other means.
+    PassIpv6NoProgram = 33, "pass_ipv6_no_program", "pass";
 }
 
 #[cfg(test)]

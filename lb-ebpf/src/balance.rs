@@ -1,14 +1,14 @@
-//! Stages 2-4: listener lookup, connection table, Maglev ring.
+//! Stages 2-4: listener lookup, connection table, Maglev ring, for either family.
 use lb_common::{
-    FAMILY_IPV4, FlowKey, FlowValue, ListenerKey, ListenerValue, MODE_NAT, PORT_LISTENER,
-    PORT_TARGET, PROTO_TCP, PROTO_UDP, ReverseValue, Stat, TARGET_ACTIVE, TargetValue, VipKey,
-    addr_from_ipv4, hash::flow_hash_v4,
+    FlowValue, ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, PROTO_TCP, PROTO_UDP,
+    ReverseValue, Stat, TARGET_ACTIVE, TargetValue,
 };
 
 use crate::{
+    family::{Family, V4},
     hdr::{TCP_ACK, TCP_SYN},
-    maps::{FLOWS, LISTENERS, PORT_FLAGS, REVERSE, RINGS, TARGETS, VIP_HINTS, VIPS},
-    parse::{Flow, Verdict},
+    maps::{PORT_FLAGS, REVERSE, RINGS, TARGETS},
+    parse::{FlowOf, Verdict},
     stats, sys,
 };
 
@@ -25,13 +25,13 @@ fn port_flags(port: [u8; 2]) -> u8 {
 /// Could this packet be for a listener? Only if its destination may be a VIP and its port is
 /// some listener's: array reads only, before any hash lookup.
 #[inline(always)]
-pub fn maybe_listener(f: &Flow) -> bool {
-    may_be_vip(f.dst) && port_flags(f.dport) & PORT_LISTENER != 0
+pub fn maybe_listener<F: Family>(f: &FlowOf<F>) -> bool {
+    F::may_be_vip(f.dst) && port_flags(f.dport) & PORT_LISTENER != 0
 }
 
 /// Could this packet be a reply from a target? Only if its source port is some target's.
 #[inline(always)]
-pub fn maybe_reply(f: &Flow) -> bool {
+pub fn maybe_reply<F: Family>(f: &FlowOf<F>) -> bool {
     port_flags(f.sport) & PORT_TARGET != 0
 }
 
@@ -42,62 +42,25 @@ pub fn is_target_port(port: [u8; 2]) -> bool {
 }
 
 #[inline(always)]
-pub fn listener(f: &Flow) -> Option<&'static ListenerValue> {
-    let key = ListenerKey {
-        addr: f.dst,
-        port: f.dport,
-        proto: f.proto,
-        family: FAMILY_IPV4,
-    };
-    sys::value(&LISTENERS, &key)
+pub fn listener<F: Family>(f: &FlowOf<F>) -> Option<&'static ListenerValue> {
+    F::listener(f.dst, f.dport, f.proto)
 }
 
-/// The listener on `addr:port/proto`, if any.
+/// The IPv4 listener on `addr:port/proto`, if any.
 #[inline(always)]
 pub fn listener_at(addr: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
-    let key = ListenerKey {
-        addr,
-        port,
-        proto,
-        family: FAMILY_IPV4,
-    };
-    sys::value(&LISTENERS, &key)
+    V4::listener(addr, port, proto)
 }
 
-/// False: `dst` is certainly not a VIP (one array read). True: it may be.
-#[inline(always)]
-pub fn may_be_vip(dst: [u8; 4]) -> bool {
-    VIP_HINTS
-        .get(lb_common::vip_hint_index(dst))
-        .copied()
-        .unwrap_or(0)
-        != 0
-}
-
+/// Is `dst` an IPv4 VIP?
 #[inline(always)]
 pub fn is_vip(dst: [u8; 4]) -> bool {
-    if !may_be_vip(dst) {
-        return false;
-    }
-    let key = VipKey {
-        addr: dst,
-        family: FAMILY_IPV4,
-        _pad: [0; 3],
-    };
-    VIPS.get_ptr(key).is_some()
+    V4::is_vip(dst)
 }
 
 #[inline(always)]
-fn forward_key(f: &Flow) -> FlowKey {
-    FlowKey {
-        src: f.src,
-        dst: f.dst,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
+fn forward_key<F: Family>(f: &FlowOf<F>) -> F::FlowKey {
+    F::flow_key(f.src, f.dst, f.sport, f.dport, f.proto)
 }
 
 #[inline(always)]
@@ -118,7 +81,7 @@ pub struct Pick {
 }
 
 #[inline(always)]
-pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
+pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict> {
     let key = forward_key(f);
     // The coarse clock (jiffies resolution) is ample for idle timeouts in seconds, and cheaper.
     let now = if f.proto == PROTO_UDP {
@@ -126,7 +89,7 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
     } else {
         0
     };
-    let hit = sys::with_value_mut(&FLOWS, &key, |entry| {
+    let hit = sys::with_value_mut(F::flows(), &key, |entry| {
         let idle_out = f.proto == PROTO_UDP
             && now.saturating_sub(entry.last_seen_ns) > u64::from(l.udp_idle_timeout_s) * NS_PER_S;
         if idle_out {
@@ -148,7 +111,7 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         }
         None => {}
     }
-    let hash = flow_hash_v4(f.src, f.dst, f.sport, f.dport, f.proto);
+    let hash = F::hash(f.src, f.dst, f.sport, f.dport, f.proto);
     let slot = l.ring_base + hash % l.ring_size.max(1);
     let target_id = RINGS.get(slot).copied().unwrap_or(0);
     let Some(target) = active_target(target_id) else {
@@ -159,19 +122,17 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
         listener_id: l.id,
         last_seen_ns: now,
     };
-    let reply_key = FlowKey {
-        src: lb_common::ipv4_of(&target.addr),
-        dst: key.src,
-        sport: target.port,
-        dport: f.sport,
-        proto: f.proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    };
+    let reply_key = F::flow_key(
+        F::of_slot(&target.addr),
+        f.src,
+        target.port,
+        f.sport,
+        f.proto,
+    );
     let reverse = ReverseValue {
-        vip: addr_from_ipv4(key.dst),
+        vip: F::to_slot(f.dst),
         vport: f.dport,
-        family: FAMILY_IPV4,
+        family: F::CODE,
         _pad: 0,
         listener_id: l.id,
         target_id,
@@ -179,8 +140,8 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
     // Reverse first: once the forward entry exists, replies must find their way back. DSR
     // and tunnel replies go from the target straight to the client: no reverse entry.
     let nat = l.mode == MODE_NAT;
-    if (nat && REVERSE.insert(reply_key, reverse, 0).is_err())
-        || FLOWS.insert(key, value, 0).is_err()
+    if (nat && F::reverse().insert(reply_key, reverse, 0).is_err())
+        || F::flows().insert(key, value, 0).is_err()
     {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
     }
@@ -193,9 +154,9 @@ pub fn pick(f: &Flow, l: &ListenerValue) -> Result<Pick, Verdict> {
 
 /// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
 #[inline(always)]
-pub fn reply(f: &Flow) -> Option<&'static ReverseValue> {
+pub fn reply<F: Family>(f: &FlowOf<F>) -> Option<&'static ReverseValue> {
     let key = forward_key(f);
-    sys::lru_value(&REVERSE, &key)
+    sys::lru_value(F::reverse(), &key)
 }
 
 /// The return-path entry of the reply 5-tuple `src:sport -> dst:dport`.
@@ -207,14 +168,5 @@ pub fn reply_of(
     dport: [u8; 2],
     proto: u8,
 ) -> Option<&'static ReverseValue> {
-    let key = FlowKey {
-        src,
-        dst,
-        sport,
-        dport,
-        proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    };
-    sys::lru_value(&REVERSE, &key)
+    sys::lru_value(&REVERSE, &V4::flow_key(src, dst, sport, dport, proto))
 }

@@ -8,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{self, NoHop, Route},
+    forward::{self, NoHop},
     hdr::{
         ETH_LEN, ETHERTYPE_IPV4, Eth, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_LEN, IPV4_DF,
         IPV4_MIN_LEN, Icmp, Ipv4, Word,
@@ -50,14 +50,20 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
     };
     let inner_len = u16::from_be_bytes(ip.tot_len);
     let (tos, df) = (ip.tos, ip.frags[0] & IPV4_DF);
-    let route = Route {
-        src: outer_source(&s, f),
-        dst: lb_common::ipv4_of(&target.addr),
-        proto: PROTO_IPIP,
-        tos,
-    };
+    let (src, dst) = (outer_source(&s, f), lb_common::ipv4_of(&target.addr));
+
     let tot_len = inner_len.saturating_add(OUTER_LEN);
-    let hop = match forward::next_hop(ctx, Some(target_id), tot_len, || route) {
+    let hop = match forward::next_hop(
+        ctx,
+        Some(target_id),
+        tot_len,
+        forward::Outer4 {
+            src,
+            dst,
+            proto: PROTO_IPIP,
+            tos,
+        },
+    ) {
         Ok(hop) => Some(hop),
         Err(NoHop::NoNeigh) => None,
         Err(NoHop::FragNeeded { mtu }) if s.flags & SETTING_FRAG_NEEDED != 0 => {
@@ -66,7 +72,7 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
         Err(NoHop::FragNeeded { .. }) => return Verdict::drop(Stat::DropFragNeeded),
         Err(NoHop::Final(v)) => return v,
     };
-    if encapsulate(ctx, &route, tot_len, df).is_none() {
+    if encapsulate(ctx, src, dst, tos, tot_len, df).is_none() {
         return Verdict::drop(Stat::DropEncapFailed);
     }
     match hop {
@@ -76,10 +82,17 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
     }
 }
 
-/// Prepend Ethernet + outer IPv4 (`route.src` -> `route.dst`, protocol 4) to the IP packet.
+/// Prepend Ethernet + outer IPv4 (`src` -> `dst`, protocol 4) to the IP packet.
 /// The MACs are left for `forward::send`.
 #[inline(always)]
-fn encapsulate(ctx: &mut XdpContext, route: &Route, tot_len: u16, df: u8) -> Option<()> {
+fn encapsulate(
+    ctx: &mut XdpContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    tos: u8,
+    tot_len: u16,
+    df: u8,
+) -> Option<()> {
     sys::adjust_head(ctx, -i32::from(OUTER_LEN))?;
     let eth = header_mut::<Eth>(ctx, 0)?;
     eth.ethertype = ETHERTYPE_IPV4;
@@ -87,14 +100,14 @@ fn encapsulate(ctx: &mut XdpContext, route: &Route, tot_len: u16, df: u8) -> Opt
     let tot = tot_len.to_be_bytes();
     let mut h = [0u8; IPV4_MIN_LEN];
     h[0] = 0x45;
-    h[1] = route.tos;
+    h[1] = tos;
     h[2] = tot[0];
     h[3] = tot[1];
     h[6] = df;
     h[8] = TTL;
     h[9] = PROTO_IPIP;
-    h[12..16].copy_from_slice(&route.src);
-    h[16..20].copy_from_slice(&route.dst);
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
     let check = csum::ipv4_header(&h).to_be_bytes();
     ip.vihl = h[0];
     ip.tos = h[1];
@@ -104,8 +117,8 @@ fn encapsulate(ctx: &mut XdpContext, route: &Route, tot_len: u16, df: u8) -> Opt
     ip.ttl = TTL;
     ip.proto = PROTO_IPIP;
     ip.check = check;
-    ip.src = route.src;
-    ip.dst = route.dst;
+    ip.src = src;
+    ip.dst = dst;
     Some(())
 }
 

@@ -10,13 +10,15 @@ use aya_ebpf::{
 use lb_common::{Stat, limits::NEXT_HOP_TTL_NS};
 
 use crate::{
-    hdr::{ETH_LEN, Eth, Ipv4},
+    family::Family,
+    hdr::Eth,
     maps::{NEXT_HOPS, NextHop},
     parse::Verdict,
     sys::{self, header_mut},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Where a packet goes next: out of `egress`, with these MACs.
 #[derive(Clone, Copy)]
@@ -37,24 +39,74 @@ pub enum NoHop {
     Final(Verdict),
 }
 
-/// What the FIB is asked.
-#[derive(Clone, Copy)]
-pub struct Route {
+pub use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+
+/// What the FIB is asked, filled in only on a next-hop cache miss. (A trait rather than a
+/// closure: each impl is forced inline, which LLVM does not always do for closures, and an
+/// out-of-line call adds its stack to the program's.)
+pub trait Ask {
+    fn ask(self, ctx: &XdpContext, p: &mut FibParams);
+}
+
+/// The packet's own IP header, towards `via` if given (DSR: the target).
+pub struct Header<F: Family> {
+    pub via: Option<F::Addr>,
+}
+
+impl<F: Family> Ask for Header<F> {
+    #[inline(always)]
+    fn ask(self, ctx: &XdpContext, p: &mut FibParams) {
+        F::ask(ctx, self.via, p);
+    }
+}
+
+/// An IPv4 packet yet to be built (the outer header of a tunnel).
+pub struct Outer4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub proto: u8,
     pub tos: u8,
 }
 
-/// The next hop for a packet of `tot_len` bytes (IPv4 total length, checked against the MTU).
+impl Ask for Outer4 {
+    #[inline(always)]
+    fn ask(self, _: &XdpContext, p: &mut FibParams) {
+        ask_v4(p, self.src, self.dst, self.proto, self.tos);
+    }
+}
+
+/// Ask the FIB about IPv4 `src -> dst`.
+#[inline(always)]
+pub fn ask_v4(p: &mut FibParams, src: [u8; 4], dst: [u8; 4], proto: u8, tos: u8) {
+    p.family = AF_INET;
+    p.l4_protocol = proto;
+    p.__bindgen_anon_2.tos = tos;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+}
+
+/// Ask the FIB about IPv6 `src -> dst`.
+#[inline(always)]
+pub fn ask_v6(p: &mut FibParams, src: &[u8; 16], dst: &[u8; 16], proto: u8) {
+    p.family = AF_INET6;
+    p.l4_protocol = proto;
+    let words = |a: &[u8; 16]| {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        [w(0), w(4), w(8), w(12)]
+    };
+    p.__bindgen_anon_3.ipv6_src = words(src);
+    p.__bindgen_anon_4.ipv6_dst = words(dst);
+}
+
+/// The next hop for a packet of `tot_len` bytes (its IP length, checked against the MTU).
 /// `target`: the target it goes to, whose next hop may be cached; `None` for replies (many
-/// client addresses: always a FIB lookup). `route` is asked only on a cache miss.
+/// client addresses: always a FIB lookup). `ask` fills in the question, only on a cache miss.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
     target: Option<u32>,
     tot_len: u16,
-    route: impl FnOnce() -> Route,
+    ask: impl Ask,
 ) -> Result<Hop, NoHop> {
     let ingress = ctx.ingress_ifindex() as u32;
     let cached = target.and_then(|id| sys::with_slot(&NEXT_HOPS, id, |nh| *nh));
@@ -76,14 +128,9 @@ pub fn next_hop(
             dmac: nh.dmac,
         });
     }
-    let r = route();
     let mut p = sys::fib_params();
-    p.family = AF_INET;
-    p.l4_protocol = r.proto;
+    ask.ask(ctx, &mut p);
     p.__bindgen_anon_1.tot_len = tot_len;
-    p.__bindgen_anon_2.tos = r.tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(r.src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(r.dst);
     p.ifindex = ingress;
     match sys::fib_lookup(ctx, &mut p) {
         BPF_FIB_LKUP_RET_SUCCESS => {}
@@ -127,21 +174,15 @@ pub fn next_hop(
     })
 }
 
-/// Send a packet whose IPv4 header is already what goes on the wire (NAT, DSR, replies): the
+/// Send a packet whose IP header is already what goes on the wire (NAT, DSR, replies): the
 /// FIB is asked for the header's own destination, unless `via` names another (DSR: the target,
 /// while the header keeps the VIP).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, target: Option<u32>, via: Option<[u8; 4]>) -> Verdict {
-    let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
+pub fn forward<F: Family>(ctx: &XdpContext, target: Option<u32>, via: Option<F::Addr>) -> Verdict {
+    let Some(len) = F::ip_len(ctx) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
-    let route = || Route {
-        src: ip.src,
-        dst: via.unwrap_or(ip.dst),
-        proto: ip.proto,
-        tos: ip.tos,
-    };
-    match next_hop(ctx, target, u16::from_be_bytes(ip.tot_len), route) {
+    match next_hop(ctx, target, len, Header::<F> { via }) {
         Ok(hop) => send(ctx, &hop),
         Err(NoHop::NoNeigh) => Verdict::pass(Stat::PassNoNeigh),
         Err(NoHop::FragNeeded { .. }) => Verdict::pass(Stat::PassFragNeeded),

@@ -10,6 +10,7 @@ pub struct Eth {
 }
 pub const ETH_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+pub const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 
 #[repr(C)]
 pub struct Ipv4 {
@@ -28,6 +29,27 @@ pub const IPV4_MIN_LEN: usize = 20;
 /// In `frags[0]`: more-fragments flag and the top 5 bits of the offset.
 pub const IPV4_MF: u8 = 0x20;
 pub const IPV4_OFFSET_HI_MASK: u8 = 0x1f;
+
+#[repr(C)]
+pub struct Ipv6 {
+    /// Version (high nibble), traffic class and flow label.
+    pub vtcfl: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+pub const IPV6_LEN: usize = 40;
+
+/// Is next-header value `n` an IPv6 extension header (RFC 8200 and the IANA registry)?
+/// Hop-by-hop, routing, destination options, authentication, mobility, HIP, shim6 and the two
+/// experimental values. The fragment header is apart: [`IPV6_FRAGMENT`].
+#[inline(always)]
+pub const fn is_ipv6_ext_header(n: u8) -> bool {
+    matches!(n, 0 | 43 | 60 | 51 | 135 | 139 | 140 | 253 | 254)
+}
+pub const IPV6_FRAGMENT: u8 = 44;
 
 #[repr(C)]
 pub struct Tcp {
@@ -71,6 +93,14 @@ pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+/// Router solicitation .. redirect: neighbour discovery, always the kernel's.
+pub const ICMP6_ND_FIRST: u8 = 133;
+pub const ICMP6_ND_LAST: u8 = 137;
 /// In `frags[0]`: don't fragment.
 pub const IPV4_DF: u8 = 0x40;
 
@@ -81,6 +111,8 @@ pub struct Word(pub [u8; 2]);
 const _: () = assert!(core::mem::size_of::<Eth>() == ETH_LEN && core::mem::align_of::<Eth>() == 1);
 const _: () =
     assert!(core::mem::size_of::<Ipv4>() == IPV4_MIN_LEN && core::mem::align_of::<Ipv4>() == 1);
+const _: () =
+    assert!(core::mem::size_of::<Ipv6>() == IPV6_LEN && core::mem::align_of::<Ipv6>() == 1);
 const _: () =
     assert!(core::mem::size_of::<Tcp>() == TCP_MIN_LEN && core::mem::align_of::<Tcp>() == 1);
 const _: () = assert!(core::mem::size_of::<Udp>() == UDP_LEN && core::mem::align_of::<Udp>() == 1);

@@ -11,8 +11,13 @@ use lb_common::{
 };
 
 use crate::{
-    balance, encap, forward,
-    hdr::{ETH_LEN, Eth, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Icmp, Ipv4, Tcp, Udp},
+    balance, encap,
+    family::{Family, V4, V6},
+    forward,
+    hdr::{
+        ETH_LEN, Eth, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
+        Icmp, Ipv4, Ipv6, Tcp, Udp,
+    },
     maps::{FLOWS, SETTINGS},
     parse::{Flow, IcmpError, Verdict},
     stats, sys,
@@ -50,7 +55,7 @@ pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
     stats::count(Stat::EvIcmpToTarget);
     let addr = ipv4_of(&target.addr);
     match l.mode {
-        MODE_DSR => forward::forward(ctx, Some(target_id), Some(addr)),
+        MODE_DSR => forward::forward::<V4>(ctx, Some(target_id), Some(addr)),
         MODE_TUNNEL => {
             // The whole error goes into the tunnel, as the data does.
             let f = Flow {
@@ -67,7 +72,7 @@ pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
             encap::tunnel(ctx, &f, target_id, &target)
         }
         _ => match translate(ctx, e, addr, target.port) {
-            Some(()) => forward::forward(ctx, Some(target_id), None),
+            Some(()) => forward::forward::<V4>(ctx, Some(target_id), None),
             None => Verdict::drop(Stat::DropIcmpNoFlow),
         },
     }
@@ -110,7 +115,7 @@ fn from_target(ctx: &XdpContext, e: &IcmpError) -> Verdict {
         return Verdict::drop(Stat::DropIcmpNoFlow);
     }
     stats::count(Stat::EvIcmpToClient);
-    forward::forward(ctx, None, None)
+    forward::forward::<V4>(ctx, None, None)
 }
 
 /// Which side of the quoted packet (and of the outer header) a translation changes.
@@ -222,14 +227,25 @@ fn fix_icmp(ctx: &XdpContext, e: &IcmpError, f: impl FnOnce(u16) -> u16) -> Opti
     Some(())
 }
 
-/// TTL of echo replies.
+/// TTL (hop limit) of echo replies.
 const ECHO_TTL: u8 = 64;
 
 /// An echo request to a VIP is answered here, in place (addresses and MACs swapped, type 0),
 /// unless `icmp_echo = false`. Requests to other addresses pass to the kernel.
 #[inline(always)]
 pub fn echo(ctx: &XdpContext, dst: [u8; 4], icmp_off: usize) -> Verdict {
-    if !balance::is_vip(dst) {
+    echo_of::<V4>(dst, || answer_echo(ctx, icmp_off))
+}
+
+/// ICMPv6 echo requests to a VIP, as [`echo`] (type 128 -> 129).
+#[inline(always)]
+pub fn echo6(ctx: &XdpContext, dst: [u8; 16], icmp_off: usize) -> Verdict {
+    echo_of::<V6>(dst, || answer_echo6(ctx, icmp_off))
+}
+
+#[inline(always)]
+fn echo_of<F: Family>(dst: F::Addr, answer: impl FnOnce() -> Option<()>) -> Verdict {
+    if !F::is_vip(dst) {
         return Verdict::pass(Stat::PassNotListener);
     }
     let on = SETTINGS
@@ -238,7 +254,7 @@ pub fn echo(ctx: &XdpContext, dst: [u8; 4], icmp_off: usize) -> Verdict {
     if !on {
         return Verdict::drop(Stat::DropVipNoListener);
     }
-    match answer_echo(ctx, icmp_off) {
+    match answer() {
         Some(()) => Verdict {
             action: xdp_action::XDP_TX,
             stat: Stat::TxIcmpEcho,
@@ -247,16 +263,43 @@ pub fn echo(ctx: &XdpContext, dst: [u8; 4], icmp_off: usize) -> Verdict {
     }
 }
 
+/// Type `request` becomes `reply` in the ICMP header at `icmp_off`, checksum updated.
 #[inline(always)]
-fn answer_echo(ctx: &XdpContext, icmp_off: usize) -> Option<()> {
+fn echo_type(ctx: &XdpContext, icmp_off: usize, request: u8, reply: u8) -> Option<()> {
     let icmp = header_mut::<Icmp>(ctx, icmp_off)?;
-    icmp.kind = ICMP_ECHO_REPLY;
+    icmp.kind = reply;
     icmp.check = csum::replace16(
         u16::from_be_bytes(icmp.check),
-        u16::from(ICMP_ECHO_REQUEST) << 8,
-        u16::from(ICMP_ECHO_REPLY) << 8,
+        u16::from(request) << 8,
+        u16::from(reply) << 8,
     )
     .to_be_bytes();
+    Some(())
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &XdpContext) -> Option<()> {
+    let eth = header_mut::<Eth>(ctx, 0)?;
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    Some(())
+}
+
+/// The ICMPv6 checksum covers a pseudo-header with both addresses: swapping them keeps its
+/// sum, so only the type word changes it. The hop limit is not covered.
+#[inline(always)]
+fn answer_echo6(ctx: &XdpContext, icmp_off: usize) -> Option<()> {
+    header_mut::<Ipv6>(ctx, ETH_LEN)?;
+    echo_type(ctx, icmp_off, ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY)?;
+    let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
+    core::mem::swap(&mut ip.src, &mut ip.dst);
+    ip.hop_limit = ECHO_TTL;
+    swap_macs(ctx)
+}
+
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, icmp_off: usize) -> Option<()> {
+    header_mut::<Ipv4>(ctx, ETH_LEN)?;
+    echo_type(ctx, icmp_off, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)?;
     let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
     core::mem::swap(&mut ip.src, &mut ip.dst);
     let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
@@ -267,7 +310,5 @@ fn answer_echo(ctx: &XdpContext, icmp_off: usize) -> Option<()> {
     )
     .to_be_bytes();
     ip.ttl = ECHO_TTL;
-    let eth = header_mut::<Eth>(ctx, 0)?;
-    core::mem::swap(&mut eth.src, &mut eth.dst);
-    Some(())
+    swap_macs(ctx)
 }

@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod encap;
+pub mod family;
 pub mod forward;
 pub mod hdr;
 pub mod icmp;
@@ -25,6 +26,14 @@ pub mod sys;
 #[inline(always)]
 pub fn balance(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
     let (action, stat) = pipeline::run(ctx);
+    stats::count(stat);
+    action
+}
+
+/// The IPv6 half (`xlb6`): what [`balance`] hands IPv6 frames to.
+#[inline(always)]
+pub fn balance6(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
+    let (action, stat) = pipeline::run6(ctx);
     stats::count(stat);
     action
 }

@@ -13,6 +13,12 @@ pub fn xlb(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance(&mut ctx)
 }
 
+/// IPv6 frames, handed over by `xlb` with a tail call.
+#[xdp]
+pub fn xlb6(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::balance6(&mut ctx)
+}
+
 /// TC egress: `tunnel` health-check probes take the data path (see `probe_encap`).
 #[classifier]
 pub fn xlb_probe_encap(ctx: TcContext) -> i32 {

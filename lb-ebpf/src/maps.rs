@@ -2,11 +2,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, ListenerKey, ListenerValue, ReverseValue, Settings, TargetValue,
-    VipKey,
+    Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, ReverseValue,
+    Settings, TargetValue, VipKey, VipKey6,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
         PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS, VIP_HINT_ENTRIES,
@@ -19,6 +19,23 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
 
 #[map]
 pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// IPv6 listeners, VIPs, connections and return paths: the same values, 16-byte addresses in
+/// the keys. Apart from the IPv4 maps so an IPv4 lookup never hashes a 16-byte address.
+#[map]
+pub static LISTENERS6: HashMap<ListenerKey6, ListenerValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+#[map]
+pub static VIPS6: HashMap<VipKey6, u32> = HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static REVERSE6: LruHashMap<FlowKey6, ReverseValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
 /// Maglev rings of all listeners, back to back: entry = target id, 0 = empty. Mappable, so
 /// the agent writes a whole table with one copy instead of M syscalls.
@@ -82,3 +99,7 @@ pub static TARGET_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(M
 /// Node-wide settings (tunnel source prefix, ICMP answers), written by the agent.
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Programs the balancer hands packets to: `TAIL_CALLS[TAIL_IPV6]` is `xlb6`.
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -1,12 +1,16 @@
-//! Stage 1: parse Ethernet, IPv4 (IHL honoured) and the TCP/UDP ports, or decide early.
+//! Stage 1: parse Ethernet, IPv4 (IHL honoured) or IPv6 (no extension headers), and the
+//! TCP/UDP ports, or decide early.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat};
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat};
 
 use crate::{
+    family::{Family, V4, V6},
     hdr::{
-        ETH_LEN, ETHERTYPE_IPV4, Eth, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_LEN,
-        ICMP_TIME_EXCEEDED, IPV4_MF, IPV4_MIN_LEN, IPV4_OFFSET_HI_MASK, Icmp, Ipv4, TCP_MIN_LEN,
-        Tcp, Udp,
+        ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Eth, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST,
+        ICMP_LEN, ICMP_TIME_EXCEEDED, ICMP6_DEST_UNREACH, ICMP6_ECHO_REQUEST, ICMP6_ND_FIRST,
+        ICMP6_ND_LAST, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, IPV4_MF, IPV4_MIN_LEN,
+        IPV4_OFFSET_HI_MASK, IPV6_FRAGMENT, IPV6_LEN, Icmp, Ipv4, Ipv6, TCP_MIN_LEN, Tcp, Udp,
+        is_ipv6_ext_header,
     },
     sys::header_mut,
 };
@@ -33,19 +37,24 @@ impl Verdict {
     }
 }
 
-/// An IPv4 TCP/UDP packet, with everything later stages need.
-pub struct Flow {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+/// A TCP/UDP packet of family `F`, with everything later stages need.
+pub struct FlowOf<F: Family> {
+    pub src: F::Addr,
+    pub dst: F::Addr,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
     pub tcp_flags: u8,
+    /// TTL or hop limit.
     pub ttl: u8,
+    /// IPv4 options (IPv6: always false; extension headers are refused).
     pub has_options: bool,
-    /// Byte offset of the TCP/UDP header (14 + IHL * 4).
+    /// Byte offset of the TCP/UDP header (14 + IHL * 4, or 14 + 40).
     pub l4_off: usize,
 }
+
+pub type Flow = FlowOf<V4>;
+pub type Flow6 = FlowOf<V6>;
 
 /// An ICMP error (destination unreachable, time exceeded) and the packet it quotes.
 pub struct IcmpError {
@@ -75,6 +84,8 @@ pub enum Parsed {
         dst: [u8; 4],
         icmp_off: usize,
     },
+    /// An IPv6 frame: see [`parse6`].
+    Ipv6,
     /// Decided without looking at any map.
     Done(Verdict),
     /// A defect whose verdict depends on whether `dst` is a VIP: traffic for the balancer is
@@ -92,7 +103,10 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Done(Verdict::pass(Stat::PassEthTruncated));
     };
     if eth.ethertype != ETHERTYPE_IPV4 {
-        return Parsed::Done(Verdict::pass(Stat::PassNotIpv4));
+        if eth.ethertype == ETHERTYPE_IPV6 {
+            return Parsed::Ipv6;
+        }
+        return Parsed::Done(Verdict::pass(Stat::PassNotIp));
     }
     let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) else {
         return Parsed::Done(Verdict::pass(Stat::PassIpv4Truncated));
@@ -220,5 +234,98 @@ fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: u
         inner_sport: ports.src,
         inner_dport: ports.dst,
         inner_proto,
+    })
+}
+
+/// What parsing an IPv6 frame found.
+pub enum Parsed6 {
+    Flow(Flow6),
+    /// An ICMPv6 echo request to `dst`.
+    Echo {
+        dst: [u8; 16],
+        icmp_off: usize,
+    },
+    Done(Verdict),
+    /// As [`Parsed::Defect`].
+    Defect {
+        dst: [u8; 16],
+        if_vip: Stat,
+        otherwise: Stat,
+    },
+}
+
+/// IPv6: the fixed header, then TCP, UDP or ICMPv6 directly. Extension headers are not walked:
+/// a packet that has one gets its own verdict (fragments `drop_fragment`, the rest
+/// `drop_ipv6_ext_header`) if it is for a VIP, and passes otherwise.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext) -> Parsed6 {
+    let Some(ip) = header_mut::<Ipv6>(ctx, ETH_LEN) else {
+        return Parsed6::Done(Verdict::pass(Stat::PassIpv6Truncated));
+    };
+    if ip.vtcfl[0] >> 4 != 6 {
+        return Parsed6::Done(Verdict::pass(Stat::PassIpv6BadHeader));
+    }
+    let (src, dst, next, ttl) = (ip.src, ip.dst, ip.next, ip.hop_limit);
+    let l4_off = ETH_LEN + IPV6_LEN;
+    let defect = |if_vip, otherwise| Parsed6::Defect {
+        dst,
+        if_vip,
+        otherwise,
+    };
+    let (sport, dport, tcp_flags) = match next {
+        PROTO_TCP => {
+            let Some(tcp) = header_mut::<Tcp>(ctx, l4_off) else {
+                return defect(Stat::DropL4Truncated, Stat::PassNotListener);
+            };
+            if usize::from(tcp.doff >> 4) * 4 < TCP_MIN_LEN {
+                return defect(Stat::DropTcpBadHeader, Stat::PassNotListener);
+            }
+            (tcp.src, tcp.dst, tcp.flags)
+        }
+        PROTO_UDP => {
+            let Some(udp) = header_mut::<Udp>(ctx, l4_off) else {
+                return defect(Stat::DropL4Truncated, Stat::PassNotListener);
+            };
+            (udp.src, udp.dst, 0)
+        }
+        PROTO_ICMPV6 => {
+            let Some(icmp) = header_mut::<Icmp>(ctx, l4_off) else {
+                return defect(Stat::DropL4Truncated, Stat::PassNotListener);
+            };
+            let kind = icmp.kind;
+            if (ICMP6_ND_FIRST..=ICMP6_ND_LAST).contains(&kind) {
+                // Neighbour discovery is the kernel's, whoever it is addressed to.
+                return Parsed6::Done(Verdict::pass(Stat::PassNotListener));
+            }
+            if kind == ICMP6_ECHO_REQUEST && icmp.code == 0 {
+                return Parsed6::Echo {
+                    dst,
+                    icmp_off: l4_off,
+                };
+            }
+            if kind == ICMP6_DEST_UNREACH
+                || kind == ICMP6_PACKET_TOO_BIG
+                || kind == ICMP6_TIME_EXCEEDED
+            {
+                return defect(Stat::DropIcmpNoFlow, Stat::PassNotListener);
+            }
+            return defect(Stat::DropVipNoListener, Stat::PassNotListener);
+        }
+        IPV6_FRAGMENT => return defect(Stat::DropFragment, Stat::PassFragment),
+        n if is_ipv6_ext_header(n) => {
+            return defect(Stat::DropIpv6ExtHeader, Stat::PassNotListener);
+        }
+        _ => return defect(Stat::DropVipNoListener, Stat::PassNotListener),
+    };
+    Parsed6::Flow(Flow6 {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: next,
+        tcp_flags,
+        ttl,
+        has_options: false,
+        l4_off,
     })
 }

@@ -1,11 +1,16 @@
 //! The pipeline, stage by stage. Returns the action and the one counter that explains it.
+//! IPv4 and IPv6 share the balancing stages (generic over [`Family`]); parsing and ICMP are
+//! per family.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{MODE_DSR, MODE_TUNNEL, Stat};
+use lb_common::{MODE_DSR, MODE_TUNNEL, Stat, TAIL_IPV6};
 
 use crate::{
-    balance, encap, forward, icmp,
+    balance,
+    family::{Family, V4, V6},
+    forward, icmp,
+    maps::TAIL_CALLS,
     nat::{self, Side},
-    parse::{self, Parsed, Verdict},
+    parse::{self, FlowOf, Parsed, Parsed6, Verdict},
     stats::{self, Dir},
     sys,
 };
@@ -18,22 +23,51 @@ pub fn run(ctx: &mut XdpContext) -> (u32, Stat) {
             dst,
             if_vip,
             otherwise,
-        } => {
-            if balance::is_vip(dst) {
-                Verdict::drop(if_vip)
-            } else {
-                Verdict::pass(otherwise)
-            }
-        }
+        } => defect::<V4>(dst, if_vip, otherwise),
         Parsed::Flow(f) => flow(ctx, &f),
         Parsed::IcmpError(e) => icmp::to_target(ctx, &e),
         Parsed::Echo { dst, icmp_off } => icmp::echo(ctx, dst, icmp_off),
+        Parsed::Ipv6 => {
+            sys::tail_call(ctx, &TAIL_CALLS, TAIL_IPV6);
+            Verdict::pass(Stat::PassIpv6NoProgram)
+        }
     };
     (v.action, v.stat)
 }
 
+/// The IPv6 program's pipeline (`xlb6`, reached by a tail call from `xlb`).
 #[inline(always)]
-fn flow(ctx: &mut XdpContext, f: &parse::Flow) -> Verdict {
+pub fn run6(ctx: &mut XdpContext) -> (u32, Stat) {
+    let v = ipv6(ctx);
+    (v.action, v.stat)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &mut XdpContext) -> Verdict {
+    match parse::parse6(ctx) {
+        Parsed6::Done(v) => v,
+        Parsed6::Defect {
+            dst,
+            if_vip,
+            otherwise,
+        } => defect::<V6>(dst, if_vip, otherwise),
+        Parsed6::Flow(f) => flow(ctx, &f),
+        Parsed6::Echo { dst, icmp_off } => icmp::echo6(ctx, dst, icmp_off),
+    }
+}
+
+/// Traffic for the balancer is dropped by a named reason; anything else passes untouched.
+#[inline(always)]
+fn defect<F: Family>(dst: F::Addr, if_vip: Stat, otherwise: Stat) -> Verdict {
+    if F::is_vip(dst) {
+        Verdict::drop(if_vip)
+    } else {
+        Verdict::pass(otherwise)
+    }
+}
+
+#[inline(always)]
+fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
     if balance::maybe_listener(f)
         && let Some(l) = balance::listener(f)
     {
@@ -46,20 +80,21 @@ fn flow(ctx: &mut XdpContext, f: &parse::Flow) -> Verdict {
             return Verdict::pass(Stat::PassTtlExceeded);
         }
         let bytes = sys::packet_len(ctx);
-        if nat::rewrite(ctx, f, Side::Source, lb_common::ipv4_of(&r.vip), r.vport).is_none() {
+        if nat::rewrite(ctx, f, Side::Source, F::of_slot(&r.vip), r.vport).is_none() {
             return Verdict::drop(Stat::DropL4Truncated);
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
-        return forward::forward(ctx, None, None);
+        return forward::forward::<F>(ctx, None, None);
     }
-    if balance::is_vip(f.dst) {
-        return Verdict::drop(Stat::DropVipNoListener);
-    }
-    Verdict::pass(Stat::PassNotListener)
+    defect::<F>(f.dst, Stat::DropVipNoListener, Stat::PassNotListener)
 }
 
 #[inline(always)]
-fn to_target(ctx: &mut XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue) -> Verdict {
+fn to_target<F: Family>(
+    ctx: &mut XdpContext,
+    f: &FlowOf<F>,
+    l: &lb_common::ListenerValue,
+) -> Verdict {
     // NAT decrements the TTL as a router does; DSR and tunnel leave the client's packet as it is.
     let nat = l.mode != MODE_DSR && l.mode != MODE_TUNNEL;
     if nat && f.ttl <= 1 {
@@ -73,7 +108,7 @@ fn to_target(ctx: &mut XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue
         stats::count(Stat::EvIpv4Options);
     }
     let bytes = sys::packet_len(ctx);
-    let addr = lb_common::ipv4_of(&pick.target.addr);
+    let addr = F::of_slot(&pick.target.addr);
     stats::traffic(
         l.id,
         pick.target_id,
@@ -84,13 +119,13 @@ fn to_target(ctx: &mut XdpContext, f: &parse::Flow, l: &lb_common::ListenerValue
     );
     match l.mode {
         // Same IP packet, the target's MAC: the FIB is asked for the target, not the VIP.
-        MODE_DSR => forward::forward(ctx, Some(pick.target_id), Some(addr)),
-        MODE_TUNNEL => encap::tunnel(ctx, f, pick.target_id, &pick.target),
+        MODE_DSR => forward::forward::<F>(ctx, Some(pick.target_id), Some(addr)),
+        MODE_TUNNEL => F::tunnel(ctx, f, pick.target_id, &pick.target),
         _ => {
             if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
                 return Verdict::drop(Stat::DropL4Truncated);
             }
-            forward::forward(ctx, Some(pick.target_id), None)
+            forward::forward::<F>(ctx, Some(pick.target_id), None)
         }
     }
 }

@@ -17,11 +17,11 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail,
     },
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 
-use crate::hdr::{Eth, Icmp, Ipv4, Tcp, Udp, Word};
+use crate::hdr::{Eth, Icmp, Ipv4, Ipv6, Tcp, Udp, Word};
 
 /// Marker for types that may be viewed in place in packet memory.
 ///
@@ -29,11 +29,13 @@ use crate::hdr::{Eth, Icmp, Ipv4, Tcp, Udp, Word};
 /// Implementors are `repr(C)`, have alignment 1 and accept every bit pattern.
 pub unsafe trait Header {}
 
-// SAFETY: all four are repr(C) structs of u8 and [u8; N] fields only (sizes and alignment 1
+// SAFETY: all of them are repr(C) structs of u8 and [u8; N] fields only (sizes and alignment 1
 // asserted in `hdr`).
 unsafe impl Header for Eth {}
 // SAFETY: as above.
 unsafe impl Header for Ipv4 {}
+// SAFETY: as above.
+unsafe impl Header for Ipv6 {}
 // SAFETY: as above.
 unsafe impl Header for Tcp {}
 // SAFETY: as above.
@@ -179,4 +181,13 @@ pub fn redirect(ifindex: u32) -> u32 {
     // SAFETY: a helper taking plain integers.
     let action = unsafe { bpf_redirect(ifindex, 0) };
     action as u32
+}
+
+/// Continue in the program at `index` of `map` (a tail call: this run ends there). Returns
+/// only if there is no program at `index`.
+#[inline(always)]
+pub fn tail_call(ctx: &XdpContext, map: &'static ProgramArray, index: u32) {
+    // SAFETY: on success control never comes back, so no state of this run is used after it;
+    // on failure the helper has changed nothing and execution continues here.
+    unsafe { map.tail_call(ctx, index) }
 }

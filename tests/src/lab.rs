@@ -22,6 +22,7 @@ use crate::{Netns, netns::veth};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 pub const VIP: [u8; 4] = [198, 18, 100, 10];
@@ -35,8 +36,30 @@ pub const CLIENT: [u8; 4] = [198, 18, 0, 2];
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 pub const IN0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
+/// IPv6 listeners: "web6" (TCP 80, NAT, group "web6" on 8080), "dsr6" (TCP 8080, mode dsr,
+/// group "web6"), "echo6" (UDP 9000, NAT, group "echo6").
+pub const VIP6: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10]);
+pub const VIP6_DSR: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x12]);
+pub const CLIENT6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]);
+
+/// An IPv6 address from its eight 16-bit groups.
+pub const fn v6(g: [u16; 8]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 8 {
+        a[2 * i] = (g[i] >> 8) as u8;
+        a[2 * i + 1] = g[i] as u8;
+        i += 1;
+    }
+    a
+}
+
 pub fn target(k: u8) -> [u8; 4] {
     [198, 18, k, 2]
+}
+/// Target K's IPv6 address, 2001:db8:K::2.
+pub fn target6(k: u8) -> [u8; 16] {
+    v6([0x2001, 0xdb8, u16::from(k), 0, 0, 0, 0, 2])
 }
 pub fn target_mac(k: u8) -> [u8; 6] {
     [2, 0, 0, 0, k, 2]
@@ -58,11 +81,17 @@ pub fn config_text(web: &[u8]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let list6 = |port: u16| {
+        web.iter()
+            .map(|k| format!("{{ address = \"2001:db8:{k}::2\", port = {port} }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         r#"interfaces = ["in0"]
 [tables]
 maglev_size = 1021
-max_listeners = 8
+max_listeners = 12
 max_connections = 4096
 [tunnel]
 source_prefix = "198.18.250.0/24"
@@ -98,6 +127,25 @@ vip = "198.18.100.10"
 port = 9000
 protocol = "udp"
 target_group = "echo"
+[[listener]]
+name = "web6"
+vip = "2001:db8:100::10"
+port = 80
+protocol = "tcp"
+target_group = "web6"
+[[listener]]
+name = "dsr6"
+vip = "2001:db8:100::12"
+port = 8080
+protocol = "tcp"
+target_group = "web6"
+mode = "dsr"
+[[listener]]
+name = "echo6"
+vip = "2001:db8:100::10"
+port = 9000
+protocol = "udp"
+target_group = "echo6"
 [[target_group]]
 name = "web"
 port = 8080
@@ -108,9 +156,21 @@ name = "echo"
 port = 9000
 targets = [{}]
 health_check = {{ enabled = false }}
+[[target_group]]
+name = "web6"
+port = 8080
+targets = [{}]
+health_check = {{ enabled = false }}
+[[target_group]]
+name = "echo6"
+port = 9000
+targets = [{}]
+health_check = {{ enabled = false }}
 "#,
         list(8080),
-        list(9000)
+        list(9000),
+        list6(8080),
+        list6(9000)
     )
 }
 
@@ -166,12 +226,20 @@ impl Lab {
     pub fn with_object(tag: &str, web: &[u8], object: &[u8]) -> Self {
         let ns = Netns::create(&format!("xlb-fx-{}-{tag}", std::process::id())).unwrap();
         ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
         veth(&ns, "in0", &ns, "c0").unwrap();
         ns.exec(&format!("ip link set in0 address {}", mac(IN0_MAC)))
             .unwrap();
         ns.exec("ip addr add 198.18.0.1/24 dev in0").unwrap();
         ns.exec(&format!(
             "ip neigh replace 198.18.0.2 lladdr {} dev in0 nud permanent",
+            mac(CLIENT_MAC)
+        ))
+        .unwrap();
+        ns.exec("ip -6 addr add 2001:db8::1/64 dev in0 nodad")
+            .unwrap();
+        ns.exec(&format!(
+            "ip -6 neigh replace 2001:db8::2 lladdr {} dev in0 nud permanent",
             mac(CLIENT_MAC)
         ))
         .unwrap();
@@ -183,6 +251,13 @@ impl Lab {
                 .unwrap();
             ns.exec(&format!(
                 "ip neigh replace 198.18.{k}.2 lladdr {} dev t{k} nud permanent",
+                mac(target_mac(k))
+            ))
+            .unwrap();
+            ns.exec(&format!("ip -6 addr add 2001:db8:{k}::1/64 dev t{k} nodad"))
+                .unwrap();
+            ns.exec(&format!(
+                "ip -6 neigh replace 2001:db8:{k}::2 lladdr {} dev t{k} nud permanent",
                 mac(target_mac(k))
             ))
             .unwrap();
@@ -305,6 +380,39 @@ pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         .ipv4(src, dst, 64)
         .udp(sport, dport)
         .write(&mut v, b"hello")
+        .unwrap();
+    v
+}
+
+// ---- IPv6 packets ----
+
+pub fn tcp6(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    flags: Flags,
+    hops: u8,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)
+        .ipv6(src, dst, hops)
+        .tcp(sport, dport, 1000, 64240);
+    b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::Ack => b.ack(5000),
+        Flags::SynAck => b.syn().ack(1001),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"payload!").unwrap();
+    v
+}
+
+pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
         .unwrap();
     v
 }

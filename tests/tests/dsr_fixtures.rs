@@ -8,8 +8,6 @@ use lb_common::{DecapStat, Stat};
 use xlb::{DECAP_OBJECT, dataplane::decap::Decap};
 use xlb_rig::lab::*;
 
-const XDP_TX: u32 = 3;
-
 /// The Internet checksum of `bytes`, from scratch (RFC 1071): 0 when a valid checksum is in.
 fn ones_complement(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;

@@ -191,13 +191,13 @@ fn a_packet_not_for_a_vip_passes_untouched() {
 }
 
 #[test]
-fn non_ipv4_passes_untouched() {
+fn non_ip_passes_untouched() {
     let mut lab = Lab::new("arp", &[1]);
     let mut arp = tcp(CLIENT, 1, VIP, 80, Flags::Syn, 64);
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     let r = lab.run(&arp, lab.in0);
     assert_eq!(r.retval, XDP_PASS);
-    r.counted(Stat::PassNotIpv4, &[]);
+    r.counted(Stat::PassNotIp, &[]);
     assert_eq!(r.out, arp);
 }
 

@@ -52,9 +52,9 @@ fn registry_failure(e: RegistryError) -> Failure {
             FailureKind::NotFound
         }
         RegistryError::AlreadyRegistered { .. } => FailureKind::Conflict,
-        RegistryError::Invalid(_) | RegistryError::PortFixedByMode { .. } => {
-            FailureKind::BadRequest
-        }
+        RegistryError::Invalid(_)
+        | RegistryError::PortFixedByMode { .. }
+        | RegistryError::WrongFamily { .. } => FailureKind::BadRequest,
     };
     Failure::new(kind, e.to_string())
 }

@@ -111,7 +111,7 @@ fn start(dir: &Dir, web: &[u8], now: Instant) -> TestAgent {
 /// The targets the "web" listener's table sends new flows to, read from the fake maps.
 fn in_ring(a: &TestAgent) -> BTreeSet<Endpoint> {
     let dp = a.reconciler().dataplane();
-    let key = keys::listener_key(&a.config().listeners[0]).unwrap();
+    let key = keys::listener_key(&a.config().listeners[0]);
     let by_id = |id: u32| {
         let r = a.reconciler();
         a.registry().groups["web"]

@@ -1,19 +1,19 @@
 //! The real data plane: the XDP object loaded into the kernel, its maps and its links.
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
 use lb_common::{
-    Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey,
+    Counters, ListenerKey, ListenerKey6, ListenerValue, Settings, TargetValue, VipKey, VipKey6,
     limits::{MAX_TARGETS, RINGS_PER_LISTENER, STAT_SLOTS},
     maps,
 };
 use lb_sys::SharedSlots;
 
-use super::{AttachMode, Dataplane, DataplaneError, Result, Snapshot};
+use super::{AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, Snapshot, VipMapKey};
 use crate::model::config::Tables;
 
 /// The real data plane: the XDP object loaded into the kernel.
@@ -21,6 +21,10 @@ pub struct AyaDataplane {
     ebpf: Ebpf,
     listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
     vips: BpfHashMap<MapData, VipKey, u32>,
+    listeners6: BpfHashMap<MapData, ListenerKey6, ListenerValue>,
+    vips6: BpfHashMap<MapData, VipKey6, u32>,
+    /// Holds `xlb6` in its slot for as long as the object is loaded.
+    _tail_calls: ProgramArray<MapData>,
     ring_memory: SharedSlots,
     /// Kept open: programs loaded later (by tests, from the same object) are relocated
     /// against its fd.
@@ -62,10 +66,24 @@ impl AyaDataplane {
             .map_max_entries(maps::RINGS, rings)
             .map_max_entries(maps::FLOWS, tables.max_connections)
             .map_max_entries(maps::REVERSE, tables.max_connections)
+            .map_max_entries(maps::LISTENERS6, tables.max_listeners)
+            .map_max_entries(maps::VIPS6, tables.max_listeners)
+            .map_max_entries(maps::FLOWS6, tables.max_connections)
+            .map_max_entries(maps::REVERSE6, tables.max_connections)
             .map_max_entries(maps::LISTENER_STATS, tables.max_listeners + 1)
             .load(object)?;
         let prog: &mut Xdp = program_mut(&mut ebpf)?;
         prog.load()?;
+        let prog6: &mut Xdp = program_named(&mut ebpf, lb_common::PROGRAM6_NAME)?;
+        prog6.load()?;
+        let fd6 = prog6
+            .fd()?
+            .try_clone()
+            .map_err(|e| DataplaneError::Program(e.into()))?;
+        let mut tail_calls: ProgramArray<MapData> = take(&mut ebpf, maps::TAIL_CALLS)?;
+        tail_calls
+            .set(lb_common::TAIL_IPV6, &fd6, 0)
+            .map_err(map_err(maps::TAIL_CALLS))?;
         let ring_map = ebpf
             .take_map(maps::RINGS)
             .ok_or(DataplaneError::MissingMap(maps::RINGS))?;
@@ -84,6 +102,9 @@ impl AyaDataplane {
         Ok(Self {
             listeners: take(&mut ebpf, maps::LISTENERS)?,
             vips: take(&mut ebpf, maps::VIPS)?,
+            listeners6: take(&mut ebpf, maps::LISTENERS6)?,
+            vips6: take(&mut ebpf, maps::VIPS6)?,
+            _tail_calls: tail_calls,
             ring_memory,
             _ring_map: ring_map,
             targets: take(&mut ebpf, maps::TARGETS)?,
@@ -184,24 +205,44 @@ impl Dataplane for AyaDataplane {
         Ok(())
     }
 
-    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()> {
-        self.listeners
-            .insert(key, value, 0)
-            .map_err(map_err(maps::LISTENERS))
+    fn set_listener(&mut self, key: ListenerMapKey, value: ListenerValue) -> Result<()> {
+        match key {
+            ListenerMapKey::V4(k) => self
+                .listeners
+                .insert(k, value, 0)
+                .map_err(map_err(maps::LISTENERS)),
+            ListenerMapKey::V6(k) => self
+                .listeners6
+                .insert(k, value, 0)
+                .map_err(map_err(maps::LISTENERS6)),
+        }
     }
 
-    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
-        self.listeners.remove(key).map_err(map_err(maps::LISTENERS))
+    fn remove_listener(&mut self, key: &ListenerMapKey) -> Result<()> {
+        match key {
+            ListenerMapKey::V4(k) => self.listeners.remove(k).map_err(map_err(maps::LISTENERS)),
+            ListenerMapKey::V6(k) => self.listeners6.remove(k).map_err(map_err(maps::LISTENERS6)),
+        }
     }
 
-    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()> {
-        self.vips
-            .insert(key, listeners, 0)
-            .map_err(map_err(maps::VIPS))
+    fn set_vip(&mut self, key: VipMapKey, listeners: u32) -> Result<()> {
+        match key {
+            VipMapKey::V4(k) => self
+                .vips
+                .insert(k, listeners, 0)
+                .map_err(map_err(maps::VIPS)),
+            VipMapKey::V6(k) => self
+                .vips6
+                .insert(k, listeners, 0)
+                .map_err(map_err(maps::VIPS6)),
+        }
     }
 
-    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips.remove(key).map_err(map_err(maps::VIPS))
+    fn remove_vip(&mut self, key: &VipMapKey) -> Result<()> {
+        match key {
+            VipMapKey::V4(k) => self.vips.remove(k).map_err(map_err(maps::VIPS)),
+            VipMapKey::V6(k) => self.vips6.remove(k).map_err(map_err(maps::VIPS6)),
+        }
     }
 
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()> {

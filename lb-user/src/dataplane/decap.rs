@@ -127,6 +127,10 @@ impl Decap {
             maps::TARGET_STATS,
             maps::VIP_HINTS,
             maps::SETTINGS,
+            maps::LISTENERS6,
+            maps::VIPS6,
+            maps::FLOWS6,
+            maps::REVERSE6,
             "NEXT_HOPS",
         ] {
             loader.map_max_entries(m, 1);

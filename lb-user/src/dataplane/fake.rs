@@ -4,21 +4,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey,
+    Counters, ListenerValue, Settings, TargetValue,
     limits::{MAX_TARGETS, STAT_SLOTS},
 };
 
-use super::{AttachMode, Dataplane, DataplaneError, Result, Snapshot};
+use super::{AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, Snapshot, VipMapKey};
 
 /// One write, in the order it reached the data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Target { id: u32, flags: u8 },
     Ring { base: u32, len: usize },
-    Listener { key: ListenerKey, ring_base: u32 },
-    RemoveListener { key: ListenerKey },
-    Vip { key: VipKey, listeners: u32 },
-    RemoveVip { key: VipKey },
+    Listener { key: ListenerMapKey, ring_base: u32 },
+    RemoveListener { key: ListenerMapKey },
+    Vip { key: VipMapKey, listeners: u32 },
+    RemoveVip { key: VipMapKey },
     PortFlags { port: u16, flags: u8 },
     VipHint { index: u32, on: bool },
     Settings(Settings),
@@ -37,8 +37,8 @@ pub type SeenListener = (u32, u8, Vec<Option<SeenTarget>>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contents {
     pub active_targets: BTreeSet<SeenTarget>,
-    pub listeners: BTreeMap<[u8; 8], SeenListener>,
-    pub vips: BTreeMap<[u8; 8], u32>,
+    pub listeners: BTreeMap<String, SeenListener>,
+    pub vips: BTreeMap<String, u32>,
     pub port_flags: BTreeMap<u16, u8>,
     pub vip_hints: BTreeSet<u32>,
     pub settings: Settings,
@@ -48,8 +48,8 @@ pub struct Contents {
 pub struct FakeDataplane {
     pub targets: HashMap<u32, TargetValue>,
     pub rings: HashMap<u32, u32>,
-    pub listeners: HashMap<ListenerKey, ListenerValue>,
-    pub vips: HashMap<VipKey, u32>,
+    pub listeners: HashMap<ListenerMapKey, ListenerValue>,
+    pub vips: HashMap<VipMapKey, u32>,
     pub port_flags: HashMap<u16, u8>,
     pub vip_hints: HashMap<u32, bool>,
     pub settings: Settings,
@@ -63,7 +63,7 @@ pub struct FakeDataplane {
 
 impl FakeDataplane {
     /// The ring a listener currently points at, read back as the XDP program would.
-    pub fn ring_of(&self, key: &ListenerKey) -> Vec<u32> {
+    pub fn ring_of(&self, key: &ListenerMapKey) -> Vec<u32> {
         let l = &self.listeners[key];
         (l.ring_base..l.ring_base + l.ring_size)
             .map(|i| self.rings.get(&i).copied().unwrap_or(0))
@@ -83,20 +83,9 @@ impl FakeDataplane {
     /// What a packet could observe: ids are kept (flows refer to them), ring slots are
     /// compared through the listeners that point at them.
     pub fn contents(&self) -> Contents {
-        let lk = |k: &ListenerKey| {
-            let mut b = [0u8; 8];
-            b[..4].copy_from_slice(&k.addr);
-            b[4..6].copy_from_slice(&k.port);
-            b[6] = k.proto;
-            b[7] = k.family;
-            b
-        };
-        let vk = |k: &VipKey| {
-            let mut b = [0u8; 8];
-            b[..4].copy_from_slice(&k.addr);
-            b[4] = k.family;
-            b
-        };
+        // Keys compared by what they say (family, address, port, protocol).
+        let lk = |k: &ListenerMapKey| format!("{k:?}");
+        let vk = |k: &VipMapKey| format!("{k:?}");
         Contents {
             active_targets: self
                 .targets
@@ -163,7 +152,7 @@ impl Dataplane for FakeDataplane {
         }
         Ok(())
     }
-    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()> {
+    fn set_listener(&mut self, key: ListenerMapKey, value: ListenerValue) -> Result<()> {
         self.record(Write::Listener {
             key,
             ring_base: value.ring_base,
@@ -171,17 +160,17 @@ impl Dataplane for FakeDataplane {
         self.listeners.insert(key, value);
         Ok(())
     }
-    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+    fn remove_listener(&mut self, key: &ListenerMapKey) -> Result<()> {
         self.record(Write::RemoveListener { key: *key })?;
         self.listeners.remove(key);
         Ok(())
     }
-    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()> {
+    fn set_vip(&mut self, key: VipMapKey, listeners: u32) -> Result<()> {
         self.record(Write::Vip { key, listeners })?;
         self.vips.insert(key, listeners);
         Ok(())
     }
-    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+    fn remove_vip(&mut self, key: &VipMapKey) -> Result<()> {
         self.record(Write::RemoveVip { key: *key })?;
         self.vips.remove(key);
         Ok(())

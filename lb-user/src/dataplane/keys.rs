@@ -1,11 +1,11 @@
 //! Model types to map keys and values: the one place that knows the ABI's byte layouts.
-//! Hash-map keys hold IPv4 addresses in 4 bytes (see lb-common); an IPv6 address cannot be a
-//! key until the data plane has IPv6 maps, and says so.
+//! Hash-map keys hold IPv4 addresses in 4 bytes and IPv6 addresses in 16, in maps of their
+//! own (see lb-common); [`ListenerMapKey`] and [`VipMapKey`] say which.
 use std::net::IpAddr;
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO, Settings,
-    TargetValue, VipKey, addr_from_ipv4,
+    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, ListenerKey6, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO,
+    Settings, TargetValue, VipKey, VipKey6, addr_from_ipv4,
 };
 
 use crate::model::{
@@ -13,37 +13,55 @@ use crate::model::{
     config::{Listener, Tunnel},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{0}: IPv6 listeners are not supported by the data plane yet")]
-pub struct Ipv6Unsupported(pub IpAddr);
+/// A listener's key, in `LISTENERS` or `LISTENERS6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerMapKey {
+    V4(ListenerKey),
+    V6(ListenerKey6),
+}
 
-fn ipv4_octets(a: IpAddr) -> Result<[u8; 4], Ipv6Unsupported> {
-    match a {
-        IpAddr::V4(v4) => Ok(v4.octets()),
-        IpAddr::V6(_) => Err(Ipv6Unsupported(a)),
+/// A VIP's key, in `VIPS` or `VIPS6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VipMapKey {
+    V4(VipKey),
+    V6(VipKey6),
+}
+
+pub fn listener_key(l: &Listener) -> ListenerMapKey {
+    let (port, proto) = (l.port.to_be_bytes(), l.protocol.number());
+    match l.vip {
+        IpAddr::V4(a) => ListenerMapKey::V4(ListenerKey {
+            addr: a.octets(),
+            port,
+            proto,
+            family: FAMILY_IPV4,
+        }),
+        IpAddr::V6(a) => ListenerMapKey::V6(ListenerKey6 {
+            addr: a.octets(),
+            port,
+            proto,
+            family: FAMILY_IPV6,
+        }),
     }
 }
 
-pub fn listener_key(l: &Listener) -> Result<ListenerKey, Ipv6Unsupported> {
-    Ok(ListenerKey {
-        addr: ipv4_octets(l.vip)?,
-        port: l.port.to_be_bytes(),
-        proto: l.protocol.number(),
-        family: FAMILY_IPV4,
-    })
+pub fn vip_key(a: IpAddr) -> VipMapKey {
+    match a {
+        IpAddr::V4(a) => VipMapKey::V4(VipKey {
+            addr: a.octets(),
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+        }),
+        IpAddr::V6(a) => VipMapKey::V6(VipKey6 { addr: a.octets() }),
+    }
 }
 
-pub fn vip_key(a: IpAddr) -> Result<VipKey, Ipv6Unsupported> {
-    Ok(VipKey {
-        addr: ipv4_octets(a)?,
-        family: FAMILY_IPV4,
-        _pad: [0; 3],
-    })
-}
-
-/// `VIP_HINTS` index of a VIP.
-pub fn vip_hint(k: &VipKey) -> u32 {
-    lb_common::vip_hint_index(k.addr)
+/// `VIP_HINTS` index of a VIP; IPv6 VIPs have no pre-filter array.
+pub fn vip_hint(k: &VipMapKey) -> Option<u32> {
+    match k {
+        VipMapKey::V4(k) => Some(lb_common::vip_hint_index(k.addr)),
+        VipMapKey::V6(_) => None,
+    }
 }
 
 /// `TARGETS[id]` of an endpoint: the value's 16-byte slot holds either family.

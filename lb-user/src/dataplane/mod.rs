@@ -12,7 +12,9 @@ pub mod keys;
 pub mod maglev;
 pub mod reconcile;
 
-use lb_common::{Counters, ListenerKey, ListenerValue, Settings, TargetValue, VipKey};
+use lb_common::{Counters, ListenerValue, Settings, TargetValue};
+
+pub use self::keys::{ListenerMapKey, VipMapKey};
 
 pub use self::aya::AyaDataplane;
 
@@ -82,10 +84,10 @@ pub trait Dataplane {
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()>;
     /// Write `ring` into `RINGS` starting at `base`.
     fn write_ring(&mut self, base: u32, ring: &[u32]) -> Result<()>;
-    fn set_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<()>;
-    fn remove_listener(&mut self, key: &ListenerKey) -> Result<()>;
-    fn set_vip(&mut self, key: VipKey, listeners: u32) -> Result<()>;
-    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
+    fn set_listener(&mut self, key: ListenerMapKey, value: ListenerValue) -> Result<()>;
+    fn remove_listener(&mut self, key: &ListenerMapKey) -> Result<()>;
+    fn set_vip(&mut self, key: VipMapKey, listeners: u32) -> Result<()>;
+    fn remove_vip(&mut self, key: &VipMapKey) -> Result<()>;
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()>;
     /// `VIP_HINTS[index]`: non-zero when some VIP maps to `index`.
     fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()>;

@@ -21,15 +21,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lb_common::{
-    ListenerKey, ListenerValue, PORT_LISTENER, PORT_TARGET, Settings, TARGET_ACTIVE, VipKey,
+    ListenerValue, PORT_LISTENER, PORT_TARGET, Settings, TARGET_ACTIVE,
     limits::{MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER},
 };
 
-use super::{
-    Dataplane, DataplaneError, Snapshot,
-    keys::{self, Ipv6Unsupported},
-    maglev,
-};
+use super::{Dataplane, DataplaneError, ListenerMapKey, Snapshot, VipMapKey, keys, maglev};
 use crate::model::{
     Endpoint, Target,
     config::{Config, Listener, Tables, Tunnel},
@@ -41,8 +37,6 @@ pub enum ApplyError {
     TargetIdsExhausted,
     #[error("no free listener slot (tables.max_listeners)")]
     ListenerSlotsExhausted,
-    #[error(transparent)]
-    Unsupported(#[from] Ipv6Unsupported),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -148,7 +142,7 @@ pub struct Reconciler<D> {
     dp: D,
     tables: Tables,
     plan: Option<Plan>,
-    listeners: HashMap<ListenerKey, Installed>,
+    listeners: HashMap<ListenerMapKey, Installed>,
     target_ids: HashMap<Endpoint, u32>,
     /// `TARGETS[id].flags` as last written.
     target_flags: HashMap<u32, u8>,
@@ -156,7 +150,7 @@ pub struct Reconciler<D> {
     /// removed target never lands on a new one.
     last_target_id: u32,
     port_flags: Vec<u8>,
-    vips: HashMap<VipKey, u32>,
+    vips: HashMap<VipMapKey, u32>,
     vip_hints: HashSet<u32>,
     /// `SETTINGS[0]` as last written (`None`: never).
     settings: Option<Settings>,
@@ -202,7 +196,7 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     pub fn listener_id(&self, l: &Listener) -> Option<u32> {
-        let key = keys::listener_key(l).ok()?;
+        let key = keys::listener_key(l);
         self.listeners.get(&key).map(|i| i.value.id)
     }
 
@@ -214,11 +208,8 @@ impl<D: Dataplane> Reconciler<D> {
     /// holds a mix of old and new that is safe for packets (see the phases), and applying a
     /// plan again completes it.
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyReport, ApplyError> {
-        let listener_keys = plan
-            .listeners
-            .iter()
-            .map(keys::listener_key)
-            .collect::<Result<Vec<_>, _>>()?;
+        let listener_keys: Vec<ListenerMapKey> =
+            plan.listeners.iter().map(keys::listener_key).collect();
         let mut report = ApplyReport::default();
         let wanted = plan.wanted_targets();
         let new_port_flags = plan.port_flags();
@@ -282,7 +273,7 @@ impl<D: Dataplane> Reconciler<D> {
     fn install_listeners(
         &mut self,
         plan: &Plan,
-        listener_keys: &[ListenerKey],
+        listener_keys: &[ListenerMapKey],
         report: &mut ApplyReport,
     ) -> Result<(), ApplyError> {
         // Listeners of one group share their table: build each distinct one once.
@@ -365,11 +356,11 @@ impl<D: Dataplane> Reconciler<D> {
     /// Phase 4: listeners the plan no longer has.
     fn remove_listeners(
         &mut self,
-        listener_keys: &[ListenerKey],
+        listener_keys: &[ListenerMapKey],
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
-        let keep: HashSet<&ListenerKey> = listener_keys.iter().collect();
-        let mut gone: Vec<ListenerKey> = self
+        let keep: HashSet<&ListenerMapKey> = listener_keys.iter().collect();
+        let mut gone: Vec<ListenerMapKey> = self
             .listeners
             .keys()
             .filter(|k| !keep.contains(k))
@@ -386,11 +377,11 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Phase 5: VIP hints on, VIP counts, removed VIPs, hints off.
     fn install_vips(&mut self, plan: &Plan) -> Result<(), ApplyError> {
-        let mut vips: HashMap<VipKey, u32> = HashMap::new();
+        let mut vips: HashMap<VipMapKey, u32> = HashMap::new();
         for l in &plan.listeners {
-            *vips.entry(keys::vip_key(l.vip)?).or_default() += 1;
+            *vips.entry(keys::vip_key(l.vip)).or_default() += 1;
         }
-        let hints: HashSet<u32> = vips.keys().map(keys::vip_hint).collect();
+        let hints: HashSet<u32> = vips.keys().filter_map(keys::vip_hint).collect();
         for h in sorted(hints.difference(&self.vip_hints)) {
             self.dp.set_vip_hint(h, true)?;
             self.vip_hints.insert(h);
@@ -401,7 +392,7 @@ impl<D: Dataplane> Reconciler<D> {
                 self.vips.insert(*k, *n);
             }
         }
-        let gone: Vec<VipKey> = self
+        let gone: Vec<VipMapKey> = self
             .vips
             .keys()
             .filter(|k| !vips.contains_key(k))

@@ -16,7 +16,7 @@ use lb_common::limits::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, Mode, ModelError, Protocol, Target};
+use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, Mode, Protocol, Target};
 use crate::health::{self, CheckProtocol, HealthCheck, Matcher};
 
 /// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
@@ -300,20 +300,16 @@ impl Validator<'_> {
     }
 
     fn addr(&mut self, s: &Spanned<String>, what: &str) -> IpAddr {
-        match super::parse_addr(s.get_ref()) {
-            Ok(a) => a,
-            Err(ModelError::Ipv6Unsupported(_)) => {
-                self.at(
-                    s,
-                    format!("{what} {:?}: IPv6 is not supported yet", s.get_ref()),
-                );
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            }
-            Err(_) => {
-                self.at(
-                    s,
-                    format!("{what} {:?} is not an IPv4 address", s.get_ref()),
-                );
+        // An IPv6 address may be written bracketed, as in "[2001:db8::2]:8080" elsewhere.
+        let text = s.get_ref();
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        match super::parse_addr(bare) {
+            Ok(a) if a.is_ipv6() || bare == text => a,
+            _ => {
+                self.at(s, format!("{what} {text:?} is not an IPv4 or IPv6 address"));
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             }
         }
@@ -722,6 +718,24 @@ impl Validator<'_> {
                     mode.as_str(),
                     t.endpoint
                 ));
+            }
+            if let Some(g) = groups.iter().find(|g| &g.name == group) {
+                for t in g
+                    .targets
+                    .iter()
+                    .filter(|t| !t.endpoint.addr.is_unspecified())
+                {
+                    if let Err(e) = super::family_fits(mode, vip, t.endpoint.addr) {
+                        self.at(
+                            &r.vip,
+                            format!(
+                                "listener {name:?} on {vip} cannot send to target {} of group {group:?}: {e}",
+                                t.endpoint
+                            ),
+                        );
+                        break;
+                    }
+                }
             }
             out.push(Listener {
                 name,

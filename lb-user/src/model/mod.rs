@@ -15,30 +15,59 @@ pub const MAX_WEIGHT: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    #[error("{0:?} is not an IPv4 address")]
+    #[error("{0:?} is not an IPv4 or IPv6 address")]
     NotAnAddress(String),
-    #[error("{0}: IPv6 is not supported yet")]
-    Ipv6Unsupported(IpAddr),
     #[error("bad port in {0:?}")]
     BadPort(String),
     #[error("weight {0} is out of range (0-{MAX_WEIGHT})")]
     BadWeight(u32),
 }
 
-/// Parse an address as a user writes it. IPv6 parses (the type carries it) but is refused by
-/// [`supported`] until the data plane balances it.
+/// Parse an address as a user writes it (IPv4 or IPv6, no brackets).
 pub fn parse_addr(s: &str) -> Result<IpAddr, ModelError> {
-    let addr: IpAddr = s
-        .parse()
-        .map_err(|_| ModelError::NotAnAddress(s.to_owned()))?;
-    supported(addr)
+    s.parse()
+        .map_err(|_| ModelError::NotAnAddress(s.to_owned()))
 }
 
-/// `addr` if the data plane can balance it today.
-pub fn supported(addr: IpAddr) -> Result<IpAddr, ModelError> {
-    match addr {
-        IpAddr::V4(_) => Ok(addr),
-        IpAddr::V6(_) => Err(ModelError::Ipv6Unsupported(addr)),
+/// Why a target cannot serve a listener: their address families do not fit its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FamilyMismatch {
+    #[error(
+        "mode {mode:?} sends the client's packet to the target with only the {what} changed, so the target must be {family} like the VIP"
+    )]
+    SameFamily {
+        mode: &'static str,
+        what: &'static str,
+        family: &'static str,
+    },
+    #[error(
+        "mode \"tunnel\" over IPv6 (IPv6-in-IPv6, IPv4-in-IPv6) is not built yet: use \"nat\" or \"dsr\" for IPv6"
+    )]
+    TunnelIpv6,
+}
+
+fn family_name(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// Can a listener on `vip` in `mode` send to a target at `target`? NAT rewrites addresses
+/// within one family (NAT44, NAT66); DSR changes only the MAC, so the target holds the VIP in
+/// the same family; tunnel mode is IPv4-in-IPv4 today.
+pub fn family_fits(mode: Mode, vip: IpAddr, target: IpAddr) -> Result<(), FamilyMismatch> {
+    match mode {
+        Mode::Tunnel if vip.is_ipv6() || target.is_ipv6() => Err(FamilyMismatch::TunnelIpv6),
+        Mode::Nat | Mode::Dsr if vip.is_ipv4() != target.is_ipv4() => {
+            Err(FamilyMismatch::SameFamily {
+                mode: mode.as_str(),
+                what: if mode == Mode::Nat {
+                    "destination address"
+                } else {
+                    "MAC address"
+                },
+                family: family_name(vip),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -190,7 +219,8 @@ pub enum Mode {
     /// Direct server return on one L2 segment: only the destination MAC changes; targets hold
     /// the VIP and answer clients directly.
     Dsr,
-    /// Direct server return over IP: IPv4-in-IPv4 to the target, which decapsulates.
+    /// Direct server return over IP: IPv4-in-IPv4 to the target, which decapsulates (IPv4
+    /// only so far).
     Tunnel,
 }
 
@@ -260,15 +290,46 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_parses_but_is_refused_until_the_data_plane_has_it() {
+    fn ipv6_target_refs_parse_bare_bracketed_and_with_a_port() {
         let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
-        for s in ["2001:db8::2", "[2001:db8::2]", "[2001:db8::2]:80"] {
+        for (s, port) in [
+            ("2001:db8::2", None),
+            ("[2001:db8::2]", None),
+            ("[2001:db8::2]:80", Some(80)),
+        ] {
             assert_eq!(
                 s.parse::<TargetRef>(),
-                Err(ModelError::Ipv6Unsupported(v6)),
+                Ok(TargetRef { addr: v6, port }),
                 "{s}"
             );
         }
+        assert!("[2001:db8::2".parse::<TargetRef>().is_err());
+        assert!("[2001:db8::2]80".parse::<TargetRef>().is_err());
+        assert!("[198.18.0.1:80".parse::<TargetRef>().is_err());
+    }
+
+    #[test]
+    fn families_must_fit_the_mode() {
+        let (a4, b4) = (v4(198, 18, 100, 10), v4(198, 18, 1, 2));
+        let (a6, b6): (IpAddr, IpAddr) = (
+            "2001:db8:100::10".parse().unwrap(),
+            "2001:db8:1::2".parse().unwrap(),
+        );
+        for mode in [Mode::Nat, Mode::Dsr] {
+            assert_eq!(family_fits(mode, a4, b4), Ok(()));
+            assert_eq!(family_fits(mode, a6, b6), Ok(()));
+            assert!(family_fits(mode, a4, b6).is_err());
+            assert!(family_fits(mode, a6, b4).is_err());
+        }
+        assert_eq!(family_fits(Mode::Tunnel, a4, b4), Ok(()));
+        assert_eq!(
+            family_fits(Mode::Tunnel, a6, b6),
+            Err(FamilyMismatch::TunnelIpv6)
+        );
+        assert_eq!(
+            family_fits(Mode::Tunnel, a4, b6),
+            Err(FamilyMismatch::TunnelIpv6)
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@ use crate::{
     dataplane::reconcile::{Plan, PlannedTarget},
     health::{HealthCheck, Probe, State, Tracker},
     model::{
-        Endpoint, FlowPolicy, Mode, ModelError, Target, TargetRef,
+        Endpoint, FamilyMismatch, FlowPolicy, Mode, ModelError, Target, TargetRef,
         config::{Config, TargetGroup},
+        family_fits,
     },
     state::Overlay,
 };
@@ -29,6 +30,14 @@ pub enum RegistryError {
         listener: String,
         mode: &'static str,
         port: u16,
+    },
+    #[error("{target} cannot join group {group:?}: listener {listener:?} on {vip}: {reason}")]
+    WrongFamily {
+        group: String,
+        target: Endpoint,
+        listener: String,
+        vip: std::net::IpAddr,
+        reason: FamilyMismatch,
     },
     #[error(transparent)]
     Invalid(#[from] ModelError),
@@ -143,6 +152,17 @@ impl Registry {
                 mode: l.mode.as_str(),
                 port: l.port,
             });
+        }
+        for l in cfg.listeners.iter().filter(|l| l.target_group == group) {
+            if let Err(reason) = family_fits(l.mode, l.vip, target.endpoint.addr) {
+                return Err(RegistryError::WrongFamily {
+                    group: group.into(),
+                    target: target.endpoint,
+                    listener: l.name.clone(),
+                    vip: l.vip,
+                    reason,
+                });
+            }
         }
         if g.members
             .get(&target.endpoint)

@@ -7,6 +7,11 @@ use crate::{
 };
 
 fn cfg(web_targets: &[&str], extra: &str) -> Config {
+    cfg_at("198.18.100.10", web_targets, extra)
+}
+
+/// As [`cfg`], the "web" listener on `vip`.
+fn cfg_at(vip: &str, web_targets: &[&str], extra: &str) -> Config {
     let list = web_targets
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
@@ -18,7 +23,7 @@ fn cfg(web_targets: &[&str], extra: &str) -> Config {
 maglev_size = 251
 [[listener]]
 name = "web"
-vip = "198.18.100.10"
+vip = "{vip}"
 port = 80
 protocol = "tcp"
 target_group = "web"
@@ -62,8 +67,8 @@ fn last(b: &Reconciler<FakeDataplane>, what: impl Fn(&Write) -> bool) -> usize {
         .unwrap_or_else(|| panic!("not in {:#?}", dp.log))
 }
 
-fn key(c: &Config, name: &str) -> ListenerKey {
-    keys::listener_key(c.listeners.iter().find(|l| l.name == name).unwrap()).unwrap()
+fn key(c: &Config, name: &str) -> ListenerMapKey {
+    keys::listener_key(c.listeners.iter().find(|l| l.name == name).unwrap())
 }
 
 fn ep(a: &str) -> Endpoint {
@@ -337,15 +342,48 @@ fn a_failure_at_any_write_is_repaired_by_applying_again() {
 }
 
 #[test]
-fn an_ipv6_listener_is_refused_before_anything_is_written() {
-    let mut c = cfg(&["198.18.1.2"], "");
-    c.listeners[0].vip = "2001:db8::10".parse().unwrap();
-    let mut b = Reconciler::new(FakeDataplane::default(), c.tables);
-    assert!(matches!(
-        b.apply(&Plan::from_config(&c)),
-        Err(ApplyError::Unsupported(_))
-    ));
-    assert!(b.dataplane().log.is_empty());
+fn an_ipv6_listener_goes_into_the_ipv6_maps_without_a_vip_hint() {
+    let c = cfg_at("2001:db8:100::10", &["[2001:db8:1::2]"], "");
+    let b = reconciler(&c);
+    let dp = b.dataplane();
+    let ListenerMapKey::V6(k) = key(&c, &c.listeners[0].name) else {
+        panic!("an IPv6 VIP must give an IPv6 key");
+    };
+    assert_eq!(
+        k.addr,
+        "2001:db8:100::10"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert!(dp.listeners.contains_key(&ListenerMapKey::V6(k)));
+    // The "dns" listener stays on the IPv4 VIP: one key per family, a hint for IPv4 only.
+    let v6 = keys::vip_key("2001:db8:100::10".parse().unwrap());
+    let v4 = keys::vip_key("198.18.100.10".parse().unwrap());
+    assert!(matches!(v6, VipMapKey::V6(_)));
+    assert_eq!(
+        (dp.vips.get(&v6), dp.vips.get(&v4), dp.vips.len()),
+        (Some(&1), Some(&1), 2)
+    );
+    let on: Vec<u32> = dp
+        .vip_hints
+        .iter()
+        .filter(|(_, on)| **on)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(on, [keys::vip_hint(&v4).unwrap()]);
+    let ring = dp.ring_of(&ListenerMapKey::V6(k));
+    let t = dp.targets[&ring[0]];
+    assert_eq!(
+        (t.family, t.addr),
+        (
+            lb_common::FAMILY_IPV6,
+            "2001:db8:1::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        )
+    );
 }
 
 #[test]

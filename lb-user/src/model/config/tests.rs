@@ -135,16 +135,71 @@ fn bad_vip_address() {
     one_error(
         &GOOD.replace("198.18.100.10", "198.18.100.300"),
         5,
-        "not an IPv4 address",
+        "not an IPv4 or IPv6 address",
     );
 }
 
 #[test]
-fn ipv6_vip_is_not_supported_yet() {
+fn an_ipv6_vip_needs_ipv6_targets_in_nat_and_dsr_mode() {
+    // IPv4 targets behind an IPv6 VIP: refused on the vip line, naming the target.
     one_error(
         &GOOD.replace("198.18.100.10", "2001:db8::1"),
         5,
-        "IPv6 is not supported yet",
+        "cannot send to target 198.18.1.2:8080 of group \"web\": mode \"nat\"",
+    );
+    let v6 = GOOD
+        .replace("198.18.100.10", "2001:db8:100::10")
+        .replace("198.18.1.2", "2001:db8:1::2")
+        .replace("198.18.2.2", "2001:db8:2::2");
+    let c = parse(Path::new("xlb.toml"), &v6).unwrap();
+    assert_eq!(
+        c.listeners[0].vip,
+        "2001:db8:100::10".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        c.target_groups[0].targets[1].endpoint,
+        Endpoint::new("2001:db8:2::2".parse().unwrap(), 8081)
+    );
+    let dsr = v6
+        .replace(
+            "target_group = \"web\"",
+            "target_group = \"web\"\nmode = \"dsr\"",
+        )
+        .replace(", port = 8081", "")
+        .replace("port = 8080", "port = 80");
+    parse(Path::new("xlb.toml"), &dsr).unwrap();
+    // An IPv6 VIP in tunnel mode is refused until IPv6 tunnels exist.
+    let tunnel = dsr.replace("mode = \"dsr\"", "mode = \"tunnel\"").replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\ntunnel = { source_prefix = \"198.18.250.0/24\" }",
+    );
+    let errs = errors(&tunnel);
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("\"tunnel\" over IPv6")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn ipv6_addresses_may_be_bracketed_ipv4_ones_not() {
+    let v6 = GOOD
+        .replace("\"198.18.100.10\"", "\"[2001:db8:100::10]\"")
+        .replace("198.18.1.2", "[2001:db8:1::2]")
+        .replace("198.18.2.2", "2001:db8:2::2");
+    let c = parse(Path::new("xlb.toml"), &v6).unwrap();
+    assert_eq!(
+        c.listeners[0].vip,
+        "2001:db8:100::10".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        c.target_groups[0].targets[0].endpoint.addr,
+        "2001:db8:1::2".parse::<IpAddr>().unwrap()
+    );
+    one_error(
+        &GOOD.replace("\"198.18.100.10\"", "\"[198.18.100.10]\""),
+        5,
+        "is not an IPv4 or IPv6 address",
     );
 }
 
@@ -153,7 +208,7 @@ fn bad_target_address() {
     one_error(
         &GOOD.replace("198.18.1.2", "backend-1"),
         13,
-        "not an IPv4 address",
+        "not an IPv4 or IPv6 address",
     );
 }
 

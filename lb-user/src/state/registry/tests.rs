@@ -167,6 +167,10 @@ fn register_and_deregister_errors() {
         r.register(&c, &mut o, "web", named(T3), Some(5000), now),
         Err(RegistryError::Invalid(ModelError::BadWeight(5000)))
     );
+    let v6: TargetRef = "[2001:db8:1::2]:8080".parse().unwrap();
+    let e = r.register(&c, &mut o, "web", v6, None, now).unwrap_err();
+    assert!(matches!(e, RegistryError::WrongFamily { .. }), "{e:?}");
+    assert!(e.to_string().contains("must be IPv4 like the VIP"), "{e}");
     assert_eq!(o, Overlay::default(), "failed calls change nothing");
 }
 

@@ -1,0 +1,314 @@
+//! What differs between IPv4 and IPv6 for the stages that are the same for both (listener
+//! lookup, connection table, Maglev, NAT, forwarding): the address type, the maps that hold it,
+//! the hash, the checksum of an address change and the IP header's own fields. The stages are
+//! generic over [`Family`]; each family's code is compiled apart, so IPv4 packets never run,
+//! nor hash, anything of IPv6.
+use aya_ebpf::{maps::LruHashMap, programs::XdpContext};
+use lb_common::{
+    FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6,
+    ListenerValue, ReverseValue, Stat, TargetValue, VipKey, VipKey6, addr_from_ipv4, csum,
+    hash::{flow_hash_v4, flow_hash_v6},
+    ipv4_of,
+};
+
+use crate::{
+    encap,
+    forward::{self, FibParams},
+    hdr::{ETH_LEN, IPV6_LEN, Ipv4, Ipv6},
+    maps::{FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS, VIPS6},
+    parse::{FlowOf, Verdict},
+    sys::{self, header_mut},
+};
+
+/// Which side of a packet's addresses a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Client -> target: the destination becomes the target.
+    Destination,
+    /// Target -> client: the source becomes the VIP.
+    Source,
+}
+
+pub trait Family: Sized {
+    type Addr: Copy + PartialEq + 'static;
+    type FlowKey: Copy + 'static;
+    /// `lb_common::FAMILY_*`.
+    const CODE: u8;
+
+    fn listener(addr: Self::Addr, port: [u8; 2], proto: u8) -> Option<&'static ListenerValue>;
+    /// False: certainly not a VIP (cheap). True: it may be.
+    fn may_be_vip(addr: Self::Addr) -> bool;
+    fn is_vip(addr: Self::Addr) -> bool;
+    fn flow_key(
+        src: Self::Addr,
+        dst: Self::Addr,
+        sport: [u8; 2],
+        dport: [u8; 2],
+        proto: u8,
+    ) -> Self::FlowKey;
+    fn flows() -> &'static LruHashMap<Self::FlowKey, FlowValue>;
+    fn reverse() -> &'static LruHashMap<Self::FlowKey, ReverseValue>;
+    fn hash(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32;
+    /// The address in a map value's 16-byte slot.
+    fn of_slot(slot: &[u8; 16]) -> Self::Addr;
+    fn to_slot(a: Self::Addr) -> [u8; 16];
+    /// A TCP/UDP checksum after an address it covers changed from `old` to `new`.
+    fn csum_replace(check: u16, old: Self::Addr, new: Self::Addr) -> u16;
+    /// The UDP checksum to write, given the one received and the one computed.
+    fn udp_fixup(old: u16, computed: u16) -> u16;
+    /// Write `side` of the IP header and decrement the TTL / hop limit, with the header
+    /// checksum where there is one.
+    fn rewrite_ip(ctx: &XdpContext, side: Side, old: Self::Addr, new: Self::Addr) -> Option<()>;
+    /// The packet's IP length (header included).
+    fn ip_len(ctx: &XdpContext) -> Option<u16>;
+    /// Ask the FIB about the packet as it is now (towards `via` if given).
+    fn ask(ctx: &XdpContext, via: Option<Self::Addr>, p: &mut FibParams);
+    /// A `tunnel` listener's packet.
+    fn tunnel(
+        ctx: &mut XdpContext,
+        f: &FlowOf<Self>,
+        target_id: u32,
+        target: &TargetValue,
+    ) -> Verdict;
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = [u8; 4];
+    type FlowKey = FlowKey;
+    const CODE: u8 = FAMILY_IPV4;
+
+    #[inline(always)]
+    fn listener(addr: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
+        let key = ListenerKey {
+            addr,
+            port,
+            proto,
+            family: FAMILY_IPV4,
+        };
+        sys::value(&LISTENERS, &key)
+    }
+
+    #[inline(always)]
+    fn may_be_vip(addr: [u8; 4]) -> bool {
+        VIP_HINTS
+            .get(lb_common::vip_hint_index(addr))
+            .copied()
+            .unwrap_or(0)
+            != 0
+    }
+
+    #[inline(always)]
+    fn is_vip(addr: [u8; 4]) -> bool {
+        if !Self::may_be_vip(addr) {
+            return false;
+        }
+        let key = VipKey {
+            addr,
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+        };
+        VIPS.get_ptr(key).is_some()
+    }
+
+    #[inline(always)]
+    fn flow_key(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
+        FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey, FlowValue> {
+        &FLOWS
+    }
+
+    #[inline(always)]
+    fn reverse() -> &'static LruHashMap<FlowKey, ReverseValue> {
+        &REVERSE
+    }
+
+    #[inline(always)]
+    fn hash(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+        flow_hash_v4(src, dst, sport, dport, proto)
+    }
+
+    #[inline(always)]
+    fn of_slot(slot: &[u8; 16]) -> [u8; 4] {
+        ipv4_of(slot)
+    }
+
+    #[inline(always)]
+    fn to_slot(a: [u8; 4]) -> [u8; 16] {
+        addr_from_ipv4(a)
+    }
+
+    #[inline(always)]
+    fn csum_replace(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+        csum::replace32(check, old, new)
+    }
+
+    #[inline(always)]
+    fn udp_fixup(old: u16, computed: u16) -> u16 {
+        csum::udp_fixup(old, computed)
+    }
+
+    #[inline(always)]
+    fn rewrite_ip(ctx: &XdpContext, side: Side, old: [u8; 4], new: [u8; 4]) -> Option<()> {
+        let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
+        let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
+        let ttl = ip.ttl.saturating_sub(1);
+        let mut check = csum::replace32(u16::from_be_bytes(ip.check), old, new);
+        check = csum::replace16(check, ttl_word, u16::from_be_bytes([ttl, ip.proto]));
+        ip.check = check.to_be_bytes();
+        ip.ttl = ttl;
+        match side {
+            Side::Destination => ip.dst = new,
+            Side::Source => ip.src = new,
+        }
+        Some(())
+    }
+
+    #[inline(always)]
+    fn ip_len(ctx: &XdpContext) -> Option<u16> {
+        header_mut::<Ipv4>(ctx, ETH_LEN).map(|ip| u16::from_be_bytes(ip.tot_len))
+    }
+
+    #[inline(always)]
+    fn ask(ctx: &XdpContext, via: Option<[u8; 4]>, p: &mut FibParams) {
+        if let Some(ip) = header_mut::<Ipv4>(ctx, ETH_LEN) {
+            forward::ask_v4(p, ip.src, via.unwrap_or(ip.dst), ip.proto, ip.tos);
+        }
+    }
+
+    #[inline(always)]
+    fn tunnel(ctx: &mut XdpContext, f: &FlowOf<V4>, target_id: u32, t: &TargetValue) -> Verdict {
+        encap::tunnel(ctx, f, target_id, t)
+    }
+}
+
+impl Family for V6 {
+    type Addr = [u8; 16];
+    type FlowKey = FlowKey6;
+    const CODE: u8 = FAMILY_IPV6;
+
+    #[inline(always)]
+    fn listener(addr: [u8; 16], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
+        let key = ListenerKey6 {
+            addr,
+            port,
+            proto,
+            family: FAMILY_IPV6,
+        };
+        sys::value(&LISTENERS6, &key)
+    }
+
+    /// No pre-filter array for IPv6: the port filter comes first, then the hash lookup.
+    #[inline(always)]
+    fn may_be_vip(_addr: [u8; 16]) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn is_vip(addr: [u8; 16]) -> bool {
+        VIPS6.get_ptr(VipKey6 { addr }).is_some()
+    }
+
+    #[inline(always)]
+    fn flow_key(
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: [u8; 2],
+        dport: [u8; 2],
+        proto: u8,
+    ) -> FlowKey6 {
+        FlowKey6 {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family: FAMILY_IPV6,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey6, FlowValue> {
+        &FLOWS6
+    }
+
+    #[inline(always)]
+    fn reverse() -> &'static LruHashMap<FlowKey6, ReverseValue> {
+        &REVERSE6
+    }
+
+    #[inline(always)]
+    fn hash(src: [u8; 16], dst: [u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+        flow_hash_v6(src, dst, sport, dport, proto)
+    }
+
+    #[inline(always)]
+    fn of_slot(slot: &[u8; 16]) -> [u8; 16] {
+        *slot
+    }
+
+    #[inline(always)]
+    fn to_slot(a: [u8; 16]) -> [u8; 16] {
+        a
+    }
+
+    #[inline(always)]
+    fn csum_replace(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+        csum::replace128(check, old, new)
+    }
+
+    #[inline(always)]
+    fn udp_fixup(_old: u16, computed: u16) -> u16 {
+        csum::udp6_fixup(computed)
+    }
+
+    /// IPv6 has no header checksum: the addresses and the hop limit are written as they are.
+    #[inline(always)]
+    fn rewrite_ip(ctx: &XdpContext, side: Side, _old: [u8; 16], new: [u8; 16]) -> Option<()> {
+        let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
+        ip.hop_limit = ip.hop_limit.saturating_sub(1);
+        match side {
+            Side::Destination => ip.dst = new,
+            Side::Source => ip.src = new,
+        }
+        Some(())
+    }
+
+    #[inline(always)]
+    fn ip_len(ctx: &XdpContext) -> Option<u16> {
+        header_mut::<Ipv6>(ctx, ETH_LEN)
+            .map(|ip| u16::from_be_bytes(ip.payload_len).saturating_add(IPV6_LEN as u16))
+    }
+
+    #[inline(always)]
+    fn ask(ctx: &XdpContext, via: Option<[u8; 16]>, p: &mut FibParams) {
+        if let Some(ip) = header_mut::<Ipv6>(ctx, ETH_LEN) {
+            let dst = match &via {
+                Some(v) => v,
+                None => &ip.dst,
+            };
+            forward::ask_v6(p, &ip.src, dst, ip.next);
+        }
+    }
+
+    /// IPv6 tunnels are not built yet; the config refuses `tunnel` listeners on IPv6 VIPs, so
+    /// this is reached only if the maps disagree with it.
+    #[inline(always)]
+    fn tunnel(_: &mut XdpContext, _: &FlowOf<V6>, _: u32, _: &TargetValue) -> Verdict {
+        Verdict::drop(Stat::DropEncapFailed)
+    }
+}
