@@ -2,11 +2,14 @@
 //! by direct veth pairs (no bridge: crossing one costs most of the packet rate here).
 //!
 //! ```text
-//!  {p}-client eth0 198.18.0.2/24 ── lb-c 198.18.0.1/24 ┐
-//!                                                        {p}-lb (xlb attached to lb-c, lb-tK)
-//!  {p}-tK     eth0 198.18.K.2/24 ── lb-tK 198.18.K.1/24 ┘
-//!  VIP 198.18.100.10: the client routes 198.18.100.0/24 via 198.18.0.1;
-//!  targets use 198.18.K.1 as their gateway (NAT mode).
+//!  {p}-client eth0 198.18.0.2/24   ── lb-c 198.18.0.1/24   ┐
+//!                 2001:db8::2/64          2001:db8::1/64     │
+//!                                                            {p}-lb (xlb on lb-c, lb-tK)
+//!  {p}-tK     eth0 198.18.K.2/24   ── lb-tK 198.18.K.1/24  ┘
+//!                 2001:db8:K::2/64        2001:db8:K::1/64
+//!  VIP 198.18.100.10 and [2001:db8:100::10]: the client routes 198.18.100.0/24 via
+//!  198.18.0.1 and 2001:db8:100::/64 via 2001:db8::1; targets use the balancer as their
+//!  gateway (NAT mode).
 //! ```
 use std::path::Path;
 
@@ -16,6 +19,8 @@ use crate::{
 };
 
 pub const VIP: &str = "198.18.100.10";
+pub const VIP6: &str = "2001:db8:100::10";
+pub const CLIENT_ADDR6: &str = "2001:db8::2";
 pub const CLIENT_ADDR: &str = "198.18.0.2";
 pub const LB_CLIENT_SIDE: &str = "198.18.0.1";
 pub const HTTP_PORT: u16 = 8080;
@@ -23,6 +28,10 @@ pub const UDP_PORT: u16 = 9000;
 
 pub fn target_addr(k: usize) -> String {
     format!("198.18.{k}.2")
+}
+
+pub fn target_addr6(k: usize) -> String {
+    format!("2001:db8:{k}::2")
 }
 
 /// What a rig config holds beyond the fixed listeners.
@@ -35,6 +44,9 @@ pub struct Setup {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub deregistration_delay_s: u32,
+    /// Also the IPv6 listeners "web6" and "echo6" on [`VIP6`], to the same targets' IPv6
+    /// addresses (groups "web6" and "echo6").
+    pub ipv6: bool,
 }
 
 impl Setup {
@@ -47,6 +59,7 @@ impl Setup {
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             deregistration_delay_s: 10,
+            ipv6: false,
         }
     }
 }
@@ -100,11 +113,16 @@ impl Rig {
         balancer_sysctls(lb)?;
         veth(&self.client, "eth0", lb, "lb-c")?;
         lb.exec("ip addr add 198.18.0.1/24 dev lb-c")?;
+        lb.exec("ip -6 addr add 2001:db8::1/64 dev lb-c nodad")?;
         self.client
             .exec(&format!("ip addr add {CLIENT_ADDR}/24 dev eth0"))?;
+        self.client
+            .exec(&format!("ip -6 addr add {CLIENT_ADDR6}/64 dev eth0 nodad"))?;
         self.client.exec(&format!(
             "ip route add 198.18.100.0/24 via {LB_CLIENT_SIDE}"
         ))?;
+        self.client
+            .exec("ip -6 route add 2001:db8:100::/64 via 2001:db8::1")?;
         host_side_offloads(&self.client)?;
         for (i, t) in self.targets.iter().enumerate() {
             let k = i + 1;
@@ -112,6 +130,14 @@ impl Rig {
             lb.exec(&format!("ip addr add 198.18.{k}.1/24 dev lb-t{k}"))?;
             t.exec(&format!("ip addr add {}/24 dev eth0", target_addr(k)))?;
             t.exec(&format!("ip route add default via 198.18.{k}.1"))?;
+            lb.exec(&format!(
+                "ip -6 addr add 2001:db8:{k}::1/64 dev lb-t{k} nodad"
+            ))?;
+            t.exec(&format!(
+                "ip -6 addr add {}/64 dev eth0 nodad",
+                target_addr6(k)
+            ))?;
+            t.exec(&format!("ip -6 route add default via 2001:db8:{k}::1"))?;
             host_side_offloads(t)?;
         }
         Ok(())
@@ -128,7 +154,7 @@ impl Rig {
     /// -> group `echo` (probed on TCP 8080), with the targets and settings of `s`. The state
     /// file sits next to the control socket.
     pub fn config(&self, socket: &Path, s: &Setup) -> String {
-        let list = |port: u16| {
+        let list_of = |addr: fn(usize) -> String, port: u16| {
             s.targets
                 .iter()
                 .enumerate()
@@ -136,17 +162,58 @@ impl Rig {
                     let w = s.weights.get(i).copied().unwrap_or(1);
                     format!(
                         "{{ address = \"{}\", port = {port}, weight = {w} }}",
-                        target_addr(*k)
+                        addr(*k)
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let list = |port: u16| list_of(target_addr, port);
         let hc = |proto_port: &str| {
             format!(
                 "{{ {proto_port}interval = {}, timeout = 1, healthy_threshold = {}, unhealthy_threshold = {} }}",
                 s.interval_s, s.healthy_threshold, s.unhealthy_threshold
             )
+        };
+        let ipv6 = if s.ipv6 {
+            format!(
+                r#"
+[[listener]]
+name = "web6"
+vip = "{VIP6}"
+port = 80
+protocol = "tcp"
+target_group = "web6"
+
+[[listener]]
+name = "echo6"
+vip = "{VIP6}"
+port = {UDP_PORT}
+protocol = "udp"
+target_group = "echo6"
+
+[[target_group]]
+name = "web6"
+port = {HTTP_PORT}
+deregistration_delay = {delay}
+targets = [{web}]
+health_check = {web_hc}
+
+[[target_group]]
+name = "echo6"
+port = {UDP_PORT}
+deregistration_delay = {delay}
+targets = [{echo}]
+health_check = {echo_hc}
+"#,
+                web = list_of(target_addr6, HTTP_PORT),
+                echo = list_of(target_addr6, UDP_PORT),
+                delay = s.deregistration_delay_s,
+                web_hc = hc("protocol = \"http\", path = \"/\", "),
+                echo_hc = hc(&format!("port = {HTTP_PORT}, ")),
+            )
+        } else {
+            String::new()
         };
         format!(
             r#"# xlb rig config: the balancer node's interfaces toward the client and the targets.
@@ -185,7 +252,7 @@ deregistration_delay = {delay}
 targets = [{echo}]
 # UDP targets are probed over TCP: the backends' HTTP port.
 health_check = {echo_hc}
-"#,
+{ipv6}"#,
             ifs = self
                 .lb_interfaces()
                 .iter()
@@ -212,7 +279,8 @@ health_check = {echo_hc}
 
     pub fn start_backend(&mut self, backend: &Path, k: usize) -> anyhow::Result<()> {
         let cmd = self.targets[k - 1].command(&backend.display().to_string());
-        self.start_server(cmd, &format!("backend-{k}"), "0.0.0.0:8080", "0.0.0.0:9000")
+        // [::] takes IPv4 too (bindv6only is 0 in a new namespace).
+        self.start_server(cmd, &format!("backend-{k}"), "[::]:8080", "[::]:9000")
     }
 
     /// Start the backend server program as `cmd` (a `Netns::command`), answering `name`.
@@ -264,6 +332,7 @@ pub fn balancer_sysctls(ns: &Netns) -> anyhow::Result<()> {
         ("net.ipv4.conf.default.rp_filter", "0"),
         ("net.ipv4.conf.all.send_redirects", "0"),
         ("net.ipv4.conf.default.send_redirects", "0"),
+        ("net.ipv6.conf.all.forwarding", "1"),
     ] {
         ns.sysctl(key, value)?;
     }

@@ -3,18 +3,25 @@ use std::fmt::Write as _;
 
 use crate::api::{ApplyReport, GroupStatus, ListenerStatus, Status};
 
+/// Width of an address column: 22, or the longest entry (IPv6 addresses run long).
+fn width<'a>(cells: impl Iterator<Item = &'a String>) -> usize {
+    cells.map(String::len).max().unwrap_or(0).max(22)
+}
+
 pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
+    let vips: Vec<String> = listeners.iter().map(|l| host_port(&l.vip, l.port)).collect();
+    let w = width(vips.iter());
     let _ = writeln!(
         o,
-        "{:<16} {:<22} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
+        "{:<16} {:<w$} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
         "LISTENER", "VIP:PORT", "PROTO", "MODE", "GROUP", "PACKETS", "BYTES", "NEW", "REPLIES"
     );
-    for l in listeners {
+    for (l, vip) in listeners.iter().zip(&vips) {
         let _ = writeln!(
             o,
-            "{:<16} {:<22} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
+            "{:<16} {:<w$} {:<5} {:<6} {:<12} {:>10} {:>12} {:>9} {:>10}",
             l.name,
-            format!("{}:{}", l.vip, l.port),
+            vip,
             l.protocol,
             l.mode,
             l.target_group,
@@ -38,20 +45,26 @@ pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
             "target group {} (health check: {}){open}",
             g.name, g.health_check
         );
+        let addrs: Vec<String> = g
+            .targets
+            .iter()
+            .map(|t| host_port(&t.address, t.port))
+            .collect();
+        let w = width(addrs.iter());
         let _ = writeln!(
             o,
-            "  {:<22} {:>6} {:<10} {:>10} {:>9}  REASON",
+            "  {:<w$} {:>6} {:<10} {:>10} {:>9}  REASON",
             "TARGET", "WEIGHT", "STATE", "PACKETS", "NEW"
         );
-        for t in &g.targets {
+        for (t, addr) in g.targets.iter().zip(&addrs) {
             let reason = match t.drain_remaining_s {
                 Some(s) => format!("{} ({s} s left)", t.reason),
                 None => t.reason.clone(),
             };
             let _ = writeln!(
                 o,
-                "  {:<22} {:>6} {:<10} {:>10} {:>9}  {reason}",
-                format!("{}:{}", t.address, t.port),
+                "  {:<w$} {:>6} {:<10} {:>10} {:>9}  {reason}",
+                addr,
                 t.weight,
                 t.state,
                 t.traffic.packets,
@@ -97,4 +110,13 @@ pub fn reload(r: &ApplyReport) -> String {
         r.targets_added,
         r.targets_removed
     )
+}
+
+/// `addr:port`, with an IPv6 address in brackets (`[2001:db8::2]:8080`).
+fn host_port(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
 }

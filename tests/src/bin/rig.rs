@@ -11,7 +11,7 @@ use signal_hook::{
 use xlb_rig::{
     Rig, RigSpec, Setup,
     dsr_rig::{DSR_VIP, DsrRig, TUNNEL_VIP, dsr_target},
-    rig::VIP,
+    rig::{VIP, VIP6},
     sh,
 };
 
@@ -74,13 +74,16 @@ fn main() -> anyhow::Result<()> {
             let x = xlb.display();
             println!(
                 "\n\
-xlb is balancing VIP {VIP} on the demo rig (config: {cfg}).
-  client ns xlb-client 198.18.0.2 -> balancer ns xlb-lb -> targets xlb-t1 198.18.1.2, xlb-t2 198.18.2.2
+xlb is balancing VIP {VIP} and [{VIP6}] on the demo rig (config: {cfg}).
+  client ns xlb-client 198.18.0.2 / 2001:db8::2 -> balancer ns xlb-lb
+    -> targets xlb-t1 198.18.1.2 / 2001:db8:1::2, xlb-t2 198.18.2.2 / 2001:db8:2::2
 
 Try it from another shell:
   ip netns exec xlb-client curl -s http://{VIP}/            # backend-1 or backend-2
+  ip netns exec xlb-client curl -s 'http://[{VIP6}]/'      # the same over IPv6
   for i in $(seq 10); do ip netns exec xlb-client curl -s http://{VIP}/; done
   echo hello | ip netns exec xlb-client nc -u -w1 {VIP} 9000  # UDP echo
+  ip netns exec xlb-client ping -c2 {VIP6}       # answered by the balancer
   {x} status                                             # listeners, targets, counters
   {x} targets health                                     # health checks, states, reasons
   {x} targets deregister web 198.18.2.2             # drain backend-2 (10 s here)
@@ -187,7 +190,13 @@ fn bring_up(backend: &std::path::Path) -> anyhow::Result<(Rig, PathBuf)> {
     let cfg = std::env::temp_dir().join("xlb-demo.toml");
     std::fs::write(
         &cfg,
-        rig.config(DEMO_SOCKET.as_ref(), &Setup::demo(&[1, 2])),
+        rig.config(
+            DEMO_SOCKET.as_ref(),
+            &Setup {
+                ipv6: true,
+                ..Setup::demo(&[1, 2])
+            },
+        ),
     )?;
     Ok((rig, cfg))
 }
