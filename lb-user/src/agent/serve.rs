@@ -39,6 +39,15 @@ fn preflight(cfg: &Config) -> anyhow::Result<()> {
                  set net.ipv4.ip_forward=1"
             );
         }
+        let ipv6_listeners = cfg.listeners.iter().any(|l| l.vip.is_ipv6());
+        let fwd6 = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{i}/forwarding"))
+            .unwrap_or_default();
+        if ipv6_listeners && fwd6.trim() != "1" {
+            log::warn!(
+                "{i}: IPv6 forwarding is off: balanced IPv6 packets will be dropped \
+                 (drop_fwd_disabled); set net.ipv6.conf.all.forwarding=1"
+            );
+        }
     }
     Ok(())
 }

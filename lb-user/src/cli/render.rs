@@ -9,7 +9,10 @@ fn width<'a>(cells: impl Iterator<Item = &'a String>) -> usize {
 }
 
 pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
-    let vips: Vec<String> = listeners.iter().map(|l| host_port(&l.vip, l.port)).collect();
+    let vips: Vec<String> = listeners
+        .iter()
+        .map(|l| host_port(&l.vip, l.port))
+        .collect();
     let w = width(vips.iter());
     let _ = writeln!(
         o,
@@ -64,11 +67,7 @@ pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
             let _ = writeln!(
                 o,
                 "  {:<w$} {:>6} {:<10} {:>10} {:>9}  {reason}",
-                addr,
-                t.weight,
-                t.state,
-                t.traffic.packets,
-                t.traffic.new_flows,
+                addr, t.weight, t.state, t.traffic.packets, t.traffic.new_flows,
             );
         }
     }

@@ -6,7 +6,7 @@ use crate::{
     dataplane::reconcile::{Plan, PlannedTarget},
     health::{HealthCheck, Probe, State, Tracker},
     model::{
-        Endpoint, FamilyMismatch, FlowPolicy, Mode, ModelError, Target, TargetRef,
+        Endpoint, FlowPolicy, Mode, ModelError, Target, TargetRef,
         config::{Config, TargetGroup},
         family_fits,
     },
@@ -37,7 +37,8 @@ pub enum RegistryError {
         target: Endpoint,
         listener: String,
         vip: std::net::IpAddr,
-        reason: FamilyMismatch,
+        /// What [`crate::model::FamilyMismatch`] says.
+        reason: String,
     },
     #[error(transparent)]
     Invalid(#[from] ModelError),
@@ -160,7 +161,7 @@ impl Registry {
                     target: target.endpoint,
                     listener: l.name.clone(),
                     vip: l.vip,
-                    reason,
+                    reason: reason.to_string(),
                 });
             }
         }
