@@ -6,9 +6,10 @@
 pub const BENCH_MAP: &str = "BENCH";
 pub const BENCH_SINK_MAP: &str = "BENCH_SINK";
 
-/// 8-byte words of the template packet that the measuring wrapper restores after each
-/// repetition (56 bytes: Ethernet + IPv4 + TCP headers fit).
-pub const RESTORE_WORDS: usize = 7;
+/// Most 8-byte words of the template packet that the measuring wrapper restores after each
+/// repetition (80 bytes: Ethernet + IPv6 + TCP headers fit; an IPv4 TCP packet of the
+/// benchmark restores 7, as before IPv6).
+pub const RESTORE_WORDS: usize = 10;
 
 /// Modes of [`BenchPacket`]: the same flow every time.
 pub const SAME_FLOW: u32 = 0;
@@ -24,7 +25,8 @@ pub const FLOWS: u16 = 1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchPacket {
     pub mode: u32,
-    pub _pad: u32,
+    /// Words of `words` restored: as many as the packet holds, at most [`RESTORE_WORDS`].
+    pub words_used: u32,
     /// The packet's first bytes, as native-endian words.
     pub words: [u64; RESTORE_WORDS],
 }
@@ -33,13 +35,13 @@ impl Default for BenchPacket {
     fn default() -> Self {
         Self {
             mode: SAME_FLOW,
-            _pad: 0,
+            words_used: 0,
             words: [0; RESTORE_WORDS],
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<BenchPacket>() == 64);
+const _: () = assert!(core::mem::size_of::<BenchPacket>() == 88);
 
 // SAFETY: repr(C), Copy, no padding (asserted above), integers only: every bit pattern valid.
 #[cfg(feature = "user")]

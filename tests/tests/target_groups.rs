@@ -239,7 +239,11 @@ fn runtime_registrations_work_give_clear_errors_and_survive_a_restart() {
         ),
         (
             vec!["targets", "register", "web", "backend-3"],
-            "not an IPv4 address",
+            "not an IPv4 or IPv6 address",
+        ),
+        (
+            vec!["targets", "register", "web", "[2001:db8:3::2]:8080"],
+            "must be IPv4 like the VIP",
         ),
         (
             vec!["targets", "deregister", "web", "198.18.9.9"],

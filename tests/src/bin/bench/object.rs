@@ -42,15 +42,13 @@ pub fn attach(dp: &mut AyaDataplane, name: &str, iface: &str) -> Result<(), Data
 
 /// The template packet the measuring wrapper restores, and how it varies the flow.
 pub fn set_template(dp: &mut AyaDataplane, pkt: &[u8], mode: u32) {
+    let used = (pkt.len() / 8).min(RESTORE_WORDS);
     let mut t = BenchPacket {
         mode,
+        words_used: used as u32,
         ..BenchPacket::default()
     };
-    for (w, chunk) in t
-        .words
-        .iter_mut()
-        .zip(pkt[..RESTORE_WORDS * 8].chunks_exact(8))
-    {
+    for (w, chunk) in t.words.iter_mut().zip(pkt[..used * 8].chunks_exact(8)) {
         *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
     }
     let map = dp.object_mut().map_mut(BENCH_MAP).expect("BENCH map");

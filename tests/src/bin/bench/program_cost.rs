@@ -9,8 +9,8 @@ use etherparse::SlicedPacket;
 use lb_common::Stat;
 use xlb_bench_abi::{NEW_FLOW, SAME_FLOW};
 use xlb_rig::lab::{
-    CLIENT, Flags, Lab, VIP, VIP_DSR, VIP_TUN, XDP_PASS, XDP_REDIRECT, run_once, run_repeated,
-    target, target_mac, tcp,
+    CLIENT, CLIENT6, Flags, Lab, VIP, VIP_DSR, VIP_TUN, VIP6, VIP6_DSR, XDP_PASS, XDP_REDIRECT,
+    run_once, run_repeated, target, target_mac, target6, tcp, tcp6, v6,
 };
 
 use crate::{
@@ -30,9 +30,14 @@ pub fn timed(lab: &mut Lab, program: &str, pkt: &[u8], repeat: u32, want: u32) -
     duration.as_nanos() as f64
 }
 
+/// A case run by the product's entry point itself, with no measuring wrapper: only for
+/// packets it passes untouched (nothing to restore).
+const UNWRAPPED: &str = "xlb";
+
 struct Case {
     name: &'static str,
-    /// The measuring wrapper that runs it (`xlb_bench`, or `xlb_bench_tunnel`).
+    /// The measuring wrapper that runs it (`xlb_bench`, `xlb_bench_tunnel`, `xlb_bench6`), or
+    /// [`UNWRAPPED`].
     wrapper: &'static str,
     packet: Vec<u8>,
     mode: u32,
@@ -99,6 +104,53 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
         },
+        Case {
+            name: "xlb6: established TCP flow (NAT66; xlb6 entered directly)",
+            wrapper: "xlb_bench6",
+            packet: tcp6(CLIENT6, 40_000, VIP6, 80, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb6: new TCP flow (SYN) (NAT66; xlb6 entered directly)",
+            wrapper: "xlb_bench6",
+            packet: tcp6(CLIENT6, 1024, VIP6, 80, Flags::Syn, 64),
+            mode: NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb6 dsr: established TCP flow (xlb6 entered directly)",
+            wrapper: "xlb_bench6",
+            packet: tcp6(CLIENT6, 40_000, VIP6_DSR, 8080, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+        },
+        Case {
+            name: "xlb: non-listener IPv4 packet, unwrapped",
+            wrapper: UNWRAPPED,
+            packet: tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_PASS,
+            stat: Stat::PassNotListener,
+        },
+        Case {
+            name: "xlb: non-listener IPv6 packet, unwrapped (xlb, tail call, xlb6)",
+            wrapper: UNWRAPPED,
+            packet: tcp6(
+                CLIENT6,
+                40_000,
+                v6([0x2001, 0xdb8, 5, 0, 0, 0, 0, 5]),
+                22,
+                Flags::Ack,
+                64,
+            ),
+            mode: SAME_FLOW,
+            verdict: XDP_PASS,
+            stat: Stat::PassNotListener,
+        },
     ];
     // The real program, once per case: verdict and the rewritten packet.
     let prog = lab.b.dataplane_mut().program().unwrap();
@@ -106,14 +158,14 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         let (ret, out, _) = run_once(prog, &c.packet, lab.in0);
         assert_eq!(ret, c.verdict, "{}", c.name);
         let p = SlicedPacket::from_ethernet(&out).unwrap();
-        let etherparse::NetSlice::Ipv4(ip) = p.net.unwrap() else {
-            panic!()
+        let to_target = |k: u8| match p.net.as_ref().unwrap() {
+            etherparse::NetSlice::Ipv4(ip) => ip.header().destination() == target(k),
+            etherparse::NetSlice::Ipv6(ip) => ip.header().destination() == target6(k),
         };
-        let dst = ip.header().destination();
         if c.verdict == XDP_REDIRECT {
             // NAT and tunnel: the (outer) destination is the target; dsr: its MAC.
             assert!(
-                (1..=2).any(|k| dst == target(k) || out[0..6] == target_mac(k)),
+                (1..=2).any(|k| to_target(k) || out[0..6] == target_mac(k)),
                 "{}: sent to a target",
                 c.name
             );
@@ -144,7 +196,11 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
                 c.name,
                 c.stat
             );
-            per_case[i].push(t - w + pass[pass.len() - 1]);
+            if c.wrapper == UNWRAPPED {
+                per_case[i].push(t);
+            } else {
+                per_case[i].push(t - w + pass[pass.len() - 1]);
+            }
         }
     }
     let pass = figure(
