@@ -135,22 +135,27 @@ fn add_route(
     tunnel: bool,
 ) -> Result<Option<String>, String> {
     let table = mark;
+    let (f, host) = if vip.is_ipv6() {
+        ("-6", 128)
+    } else {
+        ("-4", 32)
+    };
     let dev = if tunnel {
         let (via, dev) = route_to(target)?;
         ip(&format!(
-            "route replace {vip}/32 via {} dev {dev} table {table}",
+            "{f} route replace {vip}/{host} via {} dev {dev} table {table}",
             via.unwrap_or(target)
         ))?;
         Some(dev)
     } else {
         ip(&format!(
-            "route replace {vip}/32 via {target} table {table}"
+            "{f} route replace {vip}/{host} via {target} table {table}"
         ))?;
         None
     };
-    let _ = ip(&format!("rule del fwmark {mark} lookup {table}"));
+    let _ = ip(&format!("{f} rule del fwmark {mark} lookup {table}"));
     ip(&format!(
-        "rule add fwmark {mark} lookup {table} pref {PROBE_RULE_PREF}"
+        "{f} rule add fwmark {mark} lookup {table} pref {PROBE_RULE_PREF}"
     ))?;
     Ok(dev)
 }
@@ -169,16 +174,21 @@ fn route_to(target: IpAddr) -> Result<(Option<IpAddr>, String), String> {
     Ok((via, dev))
 }
 
+/// Remove the rule and table of `mark`, whichever family they are in.
 fn remove_route(mark: u32) {
-    let _ = ip(&format!("rule del fwmark {mark} lookup {mark}"));
-    let _ = ip(&format!("route flush table {mark}"));
+    for f in ["-4", "-6"] {
+        let _ = ip(&format!("{f} rule del fwmark {mark} lookup {mark}"));
+        let _ = ip(&format!("{f} route flush table {mark}"));
+    }
 }
 
 /// Remove rules of the agent's mark range (a previous agent that did not exit cleanly).
 fn clear_stale_rules() {
-    let Ok(out) = ip_output("rule show") else {
-        return;
-    };
+    let out = [ip_output("-4 rule show"), ip_output("-6 rule show")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
     for line in out.lines() {
         let table = line
             .split_whitespace()

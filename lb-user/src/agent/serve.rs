@@ -31,9 +31,10 @@ fn preflight(cfg: &Config) -> anyhow::Result<()> {
         if !Path::new("/sys/class/net").join(i).exists() {
             anyhow::bail!("interface {i:?} does not exist");
         }
+        let ipv4_listeners = cfg.listeners.iter().any(|l| l.vip.is_ipv4());
         let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
             .unwrap_or_default();
-        if fwd.trim() != "1" {
+        if ipv4_listeners && fwd.trim() != "1" {
             log::warn!(
                 "{i}: IPv4 forwarding is off: balanced packets will be dropped (drop_fwd_disabled); \
                  set net.ipv4.ip_forward=1"

@@ -2,15 +2,20 @@
 //! reported DSR problem made one command. It prints the commands; `--apply` runs them and
 //! records what was there before, and `--undo` puts that back.
 //!
-//! - the VIP on the loopback (`ip addr add VIP/32 dev lo`): the target accepts packets to it;
+//! - the VIP on the loopback (`ip addr add VIP/32 dev lo`, `/128` for IPv6): the target
+//!   accepts packets to it;
 //! - `arp_ignore=1`, `arp_announce=2` (all interfaces): it does not answer ARP for the VIP,
 //!   which would steal the VIP from the balancer on a shared segment, nor use it as an ARP
 //!   source;
 //! - `rp_filter=2` (loose, all interfaces): packets arrive with the client's source on an
 //!   interface the reply may not leave by;
 //! - `tunnel` only: `xlb decap attach IFACE` (or the kernel's ipip device, where it exists).
+//!
+//! An IPv6 VIP (`dsr` only: IPv6 tunnels are not built yet) needs the VIP on the loopback
+//! alone: Linux answers neighbour solicitations only for addresses of the interface asked,
+//! and IPv6 has no reverse-path filter sysctl.
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -29,7 +34,7 @@ const DEFAULT_RECORD_DIR: &str = "/run/xlb";
 pub struct Args {
     /// The listener's VIP.
     #[arg(long)]
-    vip: Ipv4Addr,
+    vip: IpAddr,
     /// The listener's mode.
     #[arg(long, value_parser = ["dsr", "tunnel"])]
     mode: String,
@@ -54,7 +59,7 @@ pub struct Args {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Step {
     Sysctl { key: String, value: String },
-    VipOnLoopback { vip: Ipv4Addr },
+    VipOnLoopback { vip: IpAddr },
     Decap { iface: String },
 }
 
@@ -64,12 +69,21 @@ struct Record {
     /// (key, value before)
     sysctls: Vec<(String, String)>,
     /// The VIP was added (not there before).
-    vip_added: Option<Ipv4Addr>,
+    vip_added: Option<IpAddr>,
     /// Decapsulation was attached to this interface.
     decap: Option<String>,
 }
 
 fn steps(a: &Args) -> Result<Vec<Step>, String> {
+    if a.vip.is_ipv6() {
+        if a.mode == "tunnel" {
+            return Err(
+                "mode tunnel over IPv6 is not built yet (xlb refuses such listeners): use dsr"
+                    .into(),
+            );
+        }
+        return Ok(vec![Step::VipOnLoopback { vip: a.vip }]);
+    }
     let mut s = vec![
         Step::VipOnLoopback { vip: a.vip },
         Step::Sysctl {
@@ -101,7 +115,9 @@ fn steps(a: &Args) -> Result<Vec<Step>, String> {
 fn command_of(s: &Step) -> String {
     match s {
         Step::Sysctl { key, value } => format!("sysctl -w {key}={value}"),
-        Step::VipOnLoopback { vip } => format!("ip addr add {vip}/32 dev lo"),
+        Step::VipOnLoopback { vip } => {
+            format!("ip {} addr add {vip}/{} dev lo", fam(*vip), host_len(*vip))
+        }
         Step::Decap { iface } => format!(
             "xlb decap attach {iface}    # or, where the kernel has ipip: ip link add xlb-ipip type ipip && ip link set xlb-ipip up"
         ),
@@ -122,8 +138,18 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
     std::fs::write(sysctl_path(key), value).map_err(|e| format!("setting {key}={value}: {e}"))
 }
 
-fn vip_on_loopback(vip: Ipv4Addr) -> Result<bool, String> {
-    Ok(ip_output("-o -4 addr show dev lo")?.contains(&format!(" {vip}/")))
+/// `ip`'s family flag for `a`.
+fn fam(a: IpAddr) -> &'static str {
+    if a.is_ipv6() { "-6" } else { "-4" }
+}
+
+/// Prefix length of a single address of `a`'s family.
+fn host_len(a: IpAddr) -> u8 {
+    if a.is_ipv6() { 128 } else { 32 }
+}
+
+fn vip_on_loopback(vip: IpAddr) -> Result<bool, String> {
+    Ok(ip_output(&format!("-o {} addr show dev lo", fam(vip)))?.contains(&format!(" {vip}/")))
 }
 
 fn record_path(a: &Args) -> PathBuf {
@@ -152,7 +178,11 @@ fn apply(a: &Args, steps: &[Step]) -> Result<Record, String> {
             }),
             Step::VipOnLoopback { vip } => vip_on_loopback(*vip).and_then(|there| {
                 if !there {
-                    ip(&format!("addr add {vip}/32 dev lo"))?;
+                    ip(&format!(
+                        "{} addr add {vip}/{} dev lo",
+                        fam(*vip),
+                        host_len(*vip)
+                    ))?;
                     rec.vip_added = Some(*vip);
                 }
                 Ok(())
@@ -188,7 +218,11 @@ fn undo_record(a: &Args, rec: &Record) -> Result<(), String> {
         }
     }
     if let Some(vip) = rec.vip_added
-        && let Err(e) = ip(&format!("addr del {vip}/32 dev lo"))
+        && let Err(e) = ip(&format!(
+            "{} addr del {vip}/{} dev lo",
+            fam(vip),
+            host_len(vip)
+        ))
     {
         errors.push(e);
     }
