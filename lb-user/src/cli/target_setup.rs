@@ -273,3 +273,35 @@ pub fn run(a: &Args) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(vip: &str, mode: &str) -> Args {
+        Args {
+            vip: vip.parse().unwrap(),
+            mode: mode.into(),
+            iface: Some("eth0".into()),
+            apply: false,
+            undo: false,
+            record: None,
+            pin_dir: decap::PIN_ROOT.into(),
+        }
+    }
+
+    #[test]
+    fn an_ipv6_dsr_target_needs_the_vip_on_lo_only_and_ipv6_tunnels_are_refused() {
+        let s = steps(&args("2001:db8:100::12", "dsr")).unwrap();
+        let cmds: Vec<String> = s.iter().map(command_of).collect();
+        assert_eq!(cmds, ["ip -6 addr add 2001:db8:100::12/128 dev lo"]);
+        assert!(steps(&args("2001:db8:100::12", "tunnel")).is_err());
+        let v4: Vec<String> = steps(&args("198.18.100.20", "dsr"))
+            .unwrap()
+            .iter()
+            .map(command_of)
+            .collect();
+        assert_eq!(v4[0], "ip -4 addr add 198.18.100.20/32 dev lo");
+        assert!(v4.iter().any(|c| c.contains("arp_ignore=1")));
+    }
+}
