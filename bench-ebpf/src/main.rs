@@ -95,6 +95,12 @@ pub fn xlb6(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance6(&mut ctx)
 }
 
+/// ICMPv6 errors, as the product's object has them (`xlb6` tail-calls it).
+#[xdp]
+pub fn xlb6_icmp(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::balance6_icmp(&mut ctx)
+}
+
 /// The IPv6 half with the packet restored after each run. Entered directly, not through
 /// `xlb`'s tail call (a tail call does not come back to the wrapper), so its figures leave out
 /// the IPv4 half's ethertype check and the tail call itself; the IPv6 non-listener figure,

@@ -83,6 +83,12 @@ pub const PROGRAM_NAME: &str = "xlb";
 pub const PROGRAM6_NAME: &str = "xlb6";
 /// `TAIL_CALLS` slot of [`PROGRAM6_NAME`].
 pub const TAIL_IPV6: u32 = 0;
+/// Name of the program for ICMPv6 errors (`xlb6` hands them over with a tail call, slot
+/// [`TAIL_ICMP6`]): a rare path with a stack of its own.
+pub const PROGRAM6_ICMP_NAME: &str = "xlb6_icmp";
+pub const TAIL_ICMP6: u32 = 1;
+/// Slots of `TAIL_CALLS`.
+pub const TAIL_SLOTS: u32 = 2;
 
 /// An IPv4 address in the 16-byte slot every key uses (the rest stays zero).
 pub const fn addr_from_ipv4(octets: [u8; 4]) -> [u8; 16] {

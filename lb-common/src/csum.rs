@@ -71,6 +71,26 @@ pub fn replace128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
     !fold(sum)
 }
 
+/// The one's-complement difference of an address change, folded: apply it to every checksum
+/// that covers the address with [`apply`] (computed once, however many checksums change).
+#[inline(always)]
+pub fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    fold(sum)
+}
+
+/// A checksum after a change whose [`delta`] is `d`.
+#[inline(always)]
+pub fn apply(check: u16, d: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(d))
+}
+
 /// UDP over IPv6: the checksum is mandatory (RFC 8200), so a computed zero is sent as 0xffff.
 #[inline(always)]
 pub fn udp6_fixup(computed: u16) -> u16 {
@@ -169,6 +189,35 @@ mod tests {
             let before = full(&data);
             data[8..24].copy_from_slice(&new);
             assert_eq!(replace128(before, old, new), full(&data), "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_delta_applied_equals_replacing_the_address() {
+        for i in 0..2000u32 {
+            let mut old = [0u8; 16];
+            let mut new = [0u8; 16];
+            for w in 0..4u32 {
+                let o = i.wrapping_mul(2_654_435_761).rotate_left(w * 3) ^ w;
+                let n = (i.wrapping_mul(97) ^ 0xfe80_0000).rotate_left(w * 11);
+                old[w as usize * 4..][..4].copy_from_slice(&o.to_be_bytes());
+                new[w as usize * 4..][..4].copy_from_slice(&n.to_be_bytes());
+            }
+            let check = (i.wrapping_mul(7919) & 0xffff) as u16;
+            assert_eq!(
+                apply(check, delta(&old, &new)),
+                replace128(check, old, new),
+                "case {i}"
+            );
+            let (o4, n4) = (
+                [old[0], old[1], old[2], old[3]],
+                [new[4], new[5], new[6], new[7]],
+            );
+            assert_eq!(
+                apply(check, delta(&o4, &n4)),
+                replace32(check, o4, n4),
+                "v4 case {i}"
+            );
         }
     }
 

@@ -94,8 +94,9 @@ stats! {
     /// walk extension chains, so it never guesses where TCP/UDP starts. (Fragments count as
     /// `drop_fragment`.)
     DropIpv6ExtHeader = 32, "drop_ipv6_ext_header", "drop";
-    /// An IPv6 frame, but the IPv6 program (`xlb6`) is not in `TAIL_CALLS`: passed untouched.
-    /// The agent installs it at load; seeing this means the object was loaded by other means.
+    /// An IPv6 frame, but the IPv6 program (`xlb6`, or `xlb6_icmp` for ICMPv6 errors) is not in
+    /// `TAIL_CALLS`: passed untouched. The agent installs them at load; seeing this means the
+    /// object was loaded by other means.
     PassIpv6NoProgram = 33, "pass_ipv6_no_program", "pass";
 }
 

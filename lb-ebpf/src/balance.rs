@@ -123,7 +123,7 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
         last_seen_ns: now,
     };
     let reply_key = F::flow_key(
-        F::of_slot(&target.addr),
+        *F::of_slot(&target.addr),
         f.src,
         target.port,
         f.sport,

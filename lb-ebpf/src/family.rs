@@ -6,9 +6,9 @@
 use aya_ebpf::{maps::LruHashMap, programs::XdpContext};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6,
-    ListenerValue, ReverseValue, Stat, TargetValue, VipKey, VipKey6, addr_from_ipv4, csum,
+    ListenerValue, PROTO_ICMP, ReverseValue, Stat, TargetValue, VipKey, VipKey6, addr_from_ipv4,
+    csum,
     hash::{flow_hash_v4, flow_hash_v6},
-    ipv4_of,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     forward::{self, FibParams},
     hdr::{ETH_LEN, IPV6_LEN, Ipv4, Ipv6},
     maps::{FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS, VIPS6},
-    parse::{FlowOf, Verdict},
+    parse::{FlowOf, IcmpErrorOf, Verdict},
     sys::{self, header_mut},
 };
 
@@ -34,6 +34,8 @@ pub trait Family: Sized {
     type FlowKey: Copy + 'static;
     /// `lb_common::FAMILY_*`.
     const CODE: u8;
+    /// ICMPv6's checksum covers a pseudo-header with the outer addresses; ICMPv4's does not.
+    const ICMP_PSEUDO_HEADER: bool;
 
     fn listener(addr: Self::Addr, port: [u8; 2], proto: u8) -> Option<&'static ListenerValue>;
     /// False: certainly not a VIP (cheap). True: it may be.
@@ -49,20 +51,44 @@ pub trait Family: Sized {
     fn flows() -> &'static LruHashMap<Self::FlowKey, FlowValue>;
     fn reverse() -> &'static LruHashMap<Self::FlowKey, ReverseValue>;
     fn hash(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32;
-    /// The address in a map value's 16-byte slot.
-    fn of_slot(slot: &[u8; 16]) -> Self::Addr;
+    /// The address in a map value's 16-byte slot, by reference: copying a 16-byte address
+    /// out of map memory makes LLVM hold it byte by byte in spilled registers (128 bytes of
+    /// stack for one address).
+    fn of_slot(slot: &[u8; 16]) -> &Self::Addr;
     fn to_slot(a: Self::Addr) -> [u8; 16];
-    /// A TCP/UDP checksum after an address it covers changed from `old` to `new`.
-    fn csum_replace(check: u16, old: Self::Addr, new: Self::Addr) -> u16;
+    /// The checksum difference of an address change (see `csum::delta`).
+    fn delta(old: &Self::Addr, new: &Self::Addr) -> u16;
     /// The UDP checksum to write, given the one received and the one computed.
     fn udp_fixup(old: u16, computed: u16) -> u16;
-    /// Write `side` of the IP header and decrement the TTL / hop limit, with the header
-    /// checksum where there is one.
-    fn rewrite_ip(ctx: &XdpContext, side: Side, old: Self::Addr, new: Self::Addr) -> Option<()>;
+    /// Write `side` of the IP header (`delta`: the address change's checksum difference) and
+    /// decrement the TTL / hop limit, with the header checksum where there is one.
+    fn rewrite_ip(ctx: &XdpContext, side: Side, delta: u16, new: &Self::Addr) -> Option<()>;
+    /// Write `side` of the IP header quoted at `off` in an ICMP error, the address change's
+    /// checksum difference being `delta`; the quoted header's own checksum change (old, new)
+    /// if it has one (IPv4), for the ICMP checksum.
+    fn set_quoted_addr(
+        ctx: &XdpContext,
+        off: usize,
+        side: Side,
+        delta: u16,
+        new: &Self::Addr,
+    ) -> Option<Option<(u16, u16)>>;
+    /// The checksum difference of changing `side` of the IP header at byte `off` to `new`,
+    /// read in place; 0 (no change) if there is no header there, which the caller has checked.
+    fn delta_at(ctx: &XdpContext, off: usize, side: Side, new: &Self::Addr) -> u16;
+    /// The source and destination of the IP header at byte `off`, in place.
+    fn addrs(ctx: &XdpContext, off: usize) -> Option<(&Self::Addr, &Self::Addr)>;
     /// The packet's IP length (header included).
     fn ip_len(ctx: &XdpContext) -> Option<u16>;
     /// Ask the FIB about the packet as it is now (towards `via` if given).
     fn ask(ctx: &XdpContext, via: Option<Self::Addr>, p: &mut FibParams);
+    /// An ICMP error about a `tunnel` listener's flow: into the tunnel, as the data.
+    fn tunnel_icmp(
+        ctx: &mut XdpContext,
+        e: &IcmpErrorOf<Self>,
+        target_id: u32,
+        target: &TargetValue,
+    ) -> Verdict;
     /// A `tunnel` listener's packet.
     fn tunnel(
         ctx: &mut XdpContext,
@@ -79,6 +105,7 @@ impl Family for V4 {
     type Addr = [u8; 4];
     type FlowKey = FlowKey;
     const CODE: u8 = FAMILY_IPV4;
+    const ICMP_PSEUDO_HEADER: bool = false;
 
     #[inline(always)]
     fn listener(addr: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
@@ -142,8 +169,10 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn of_slot(slot: &[u8; 16]) -> [u8; 4] {
-        ipv4_of(slot)
+    fn of_slot(slot: &[u8; 16]) -> &[u8; 4] {
+        const NONE: [u8; 4] = [0; 4];
+        // Always Ok (4 <= 16); no panic path.
+        <&[u8; 4]>::try_from(&slot[..4]).unwrap_or(&NONE)
     }
 
     #[inline(always)]
@@ -152,8 +181,8 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn csum_replace(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-        csum::replace32(check, old, new)
+    fn delta(old: &[u8; 4], new: &[u8; 4]) -> u16 {
+        csum::delta(old, new)
     }
 
     #[inline(always)]
@@ -162,19 +191,52 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn rewrite_ip(ctx: &XdpContext, side: Side, old: [u8; 4], new: [u8; 4]) -> Option<()> {
+    fn rewrite_ip(ctx: &XdpContext, side: Side, delta: u16, new: &[u8; 4]) -> Option<()> {
         let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
         let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
         let ttl = ip.ttl.saturating_sub(1);
-        let mut check = csum::replace32(u16::from_be_bytes(ip.check), old, new);
+        let mut check = csum::apply(u16::from_be_bytes(ip.check), delta);
         check = csum::replace16(check, ttl_word, u16::from_be_bytes([ttl, ip.proto]));
         ip.check = check.to_be_bytes();
         ip.ttl = ttl;
         match side {
-            Side::Destination => ip.dst = new,
-            Side::Source => ip.src = new,
+            Side::Destination => ip.dst = *new,
+            Side::Source => ip.src = *new,
         }
         Some(())
+    }
+
+    #[inline(always)]
+    fn set_quoted_addr(
+        ctx: &XdpContext,
+        off: usize,
+        side: Side,
+        delta: u16,
+        new: &[u8; 4],
+    ) -> Option<Option<(u16, u16)>> {
+        let inner = header_mut::<Ipv4>(ctx, off)?;
+        let old_check = u16::from_be_bytes(inner.check);
+        let new_check = csum::apply(old_check, delta);
+        inner.check = new_check.to_be_bytes();
+        match side {
+            Side::Source => inner.src = *new,
+            Side::Destination => inner.dst = *new,
+        }
+        Some(Some((old_check, new_check)))
+    }
+
+    #[inline(always)]
+    fn delta_at(ctx: &XdpContext, off: usize, side: Side, new: &[u8; 4]) -> u16 {
+        match Self::addrs(ctx, off) {
+            Some((src, dst)) => csum::delta(if side == Side::Source { src } else { dst }, new),
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn addrs(ctx: &XdpContext, off: usize) -> Option<(&[u8; 4], &[u8; 4])> {
+        let ip = header_mut::<Ipv4>(ctx, off)?;
+        Some((&ip.src, &ip.dst))
     }
 
     #[inline(always)]
@@ -193,12 +255,38 @@ impl Family for V4 {
     fn tunnel(ctx: &mut XdpContext, f: &FlowOf<V4>, target_id: u32, t: &TargetValue) -> Verdict {
         encap::tunnel(ctx, f, target_id, t)
     }
+
+    /// The whole error goes into the tunnel, as a flow of protocol ICMP would.
+    #[inline(always)]
+    fn tunnel_icmp(
+        ctx: &mut XdpContext,
+        e: &IcmpErrorOf<V4>,
+        target_id: u32,
+        t: &TargetValue,
+    ) -> Verdict {
+        let Some((src, dst)) = Self::addrs(ctx, ETH_LEN) else {
+            return Verdict::drop(Stat::DropL4Truncated);
+        };
+        let f = FlowOf::<V4> {
+            src: *src,
+            dst: *dst,
+            sport: [0; 2],
+            dport: [0; 2],
+            proto: PROTO_ICMP,
+            tcp_flags: 0,
+            ttl: e.ttl,
+            has_options: false,
+            l4_off: e.icmp_off,
+        };
+        encap::tunnel(ctx, &f, target_id, t)
+    }
 }
 
 impl Family for V6 {
     type Addr = [u8; 16];
     type FlowKey = FlowKey6;
     const CODE: u8 = FAMILY_IPV6;
+    const ICMP_PSEUDO_HEADER: bool = true;
 
     #[inline(always)]
     fn listener(addr: [u8; 16], port: [u8; 2], proto: u8) -> Option<&'static ListenerValue> {
@@ -257,8 +345,8 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn of_slot(slot: &[u8; 16]) -> [u8; 16] {
-        *slot
+    fn of_slot(slot: &[u8; 16]) -> &[u8; 16] {
+        slot
     }
 
     #[inline(always)]
@@ -267,8 +355,8 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn csum_replace(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
-        csum::replace128(check, old, new)
+    fn delta(old: &[u8; 16], new: &[u8; 16]) -> u16 {
+        csum::delta(old, new)
     }
 
     #[inline(always)]
@@ -278,14 +366,44 @@ impl Family for V6 {
 
     /// IPv6 has no header checksum: the addresses and the hop limit are written as they are.
     #[inline(always)]
-    fn rewrite_ip(ctx: &XdpContext, side: Side, _old: [u8; 16], new: [u8; 16]) -> Option<()> {
+    fn rewrite_ip(ctx: &XdpContext, side: Side, _delta: u16, new: &[u8; 16]) -> Option<()> {
         let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
         ip.hop_limit = ip.hop_limit.saturating_sub(1);
         match side {
-            Side::Destination => ip.dst = new,
-            Side::Source => ip.src = new,
+            Side::Destination => ip.dst = *new,
+            Side::Source => ip.src = *new,
         }
         Some(())
+    }
+
+    /// The quoted IPv6 header has no checksum of its own.
+    #[inline(always)]
+    fn set_quoted_addr(
+        ctx: &XdpContext,
+        off: usize,
+        side: Side,
+        _delta: u16,
+        new: &[u8; 16],
+    ) -> Option<Option<(u16, u16)>> {
+        let inner = header_mut::<Ipv6>(ctx, off)?;
+        match side {
+            Side::Source => inner.src = *new,
+            Side::Destination => inner.dst = *new,
+        }
+        Some(None)
+    }
+
+    /// Read in place with volatile loads (see `sys::packet_delta`).
+    #[inline(always)]
+    fn delta_at(ctx: &XdpContext, off: usize, side: Side, new: &[u8; 16]) -> u16 {
+        let field = if side == Side::Source { 8 } else { 24 };
+        sys::packet_delta(ctx, off + field, new).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn addrs(ctx: &XdpContext, off: usize) -> Option<(&[u8; 16], &[u8; 16])> {
+        let ip = header_mut::<Ipv6>(ctx, off)?;
+        Some((&ip.src, &ip.dst))
     }
 
     #[inline(always)]
@@ -303,6 +421,12 @@ impl Family for V6 {
             };
             forward::ask_v6(p, &ip.src, dst, ip.next);
         }
+    }
+
+    /// As [`Family::tunnel`] (no IPv6 tunnels yet).
+    #[inline(always)]
+    fn tunnel_icmp(_: &mut XdpContext, _: &IcmpErrorOf<V6>, _: u32, _: &TargetValue) -> Verdict {
+        Verdict::drop(Stat::DropEncapFailed)
     }
 
     /// IPv6 tunnels are not built yet; the config refuses `tunnel` listeners on IPv6 VIPs, so

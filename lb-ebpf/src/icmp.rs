@@ -1,51 +1,53 @@
-//! ICMP errors about balanced flows. A router on the client's path that cannot forward a
-//! target's reply ("fragmentation needed", unreachable, time exceeded) sends its error to the
+//! ICMP and ICMPv6 errors about balanced flows, and echo answers. A router on the client's path
+//! that cannot forward a target's reply ("fragmentation needed" / "packet too big",
+//! unreachable, time exceeded) sends its error to the
 //! reply's source: the VIP. The quoted packet names the flow (VIP:port -> client:port), so the
 //! error is looked up in the connection table and sent on to that flow's target, translated
 //! for NAT (outer destination, quoted source and every checksum that covers them), so the
 //! target's path-MTU discovery works. Errors about no known flow are dropped, counted.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{
-    FAMILY_IPV4, FlowKey, MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, SETTING_ICMP_ECHO, Stat,
-    csum, ipv4_of,
-};
+use lb_common::{MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, SETTING_ICMP_ECHO, Stat, csum};
 
 use crate::{
-    balance, encap,
-    family::{Family, V4, V6},
+    balance,
+    family::{Family, Side, V4, V6},
     forward,
     hdr::{
         ETH_LEN, Eth, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
         Icmp, Ipv4, Ipv6, Tcp, Udp,
     },
-    maps::{FLOWS, SETTINGS},
-    parse::{Flow, IcmpError, Verdict},
+    maps::SETTINGS,
+    parse::{IcmpErrorOf, Verdict},
     stats, sys,
     sys::header_mut,
 };
 
 #[inline(always)]
-pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
-    if !balance::is_vip(e.dst) {
+pub fn to_target<F: Family>(ctx: &mut XdpContext, e: &IcmpErrorOf<F>) -> Verdict {
+    let Some((_, dst)) = F::addrs(ctx, ETH_LEN) else {
+        return Verdict::drop(Stat::DropIcmpNoFlow);
+    };
+    if !F::is_vip(*dst) {
         return from_target(ctx, e);
     }
-    // The quoted packet went VIP -> client; its flow is keyed client -> VIP.
-    let key = FlowKey {
-        src: e.inner_dst,
-        dst: e.inner_src,
-        sport: e.inner_dport,
-        dport: e.inner_sport,
-        proto: e.inner_proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
+    let Some((inner_src, inner_dst)) = F::addrs(ctx, e.inner_off) else {
+        return Verdict::drop(Stat::DropIcmpNoFlow);
     };
-    let Some(entry) = sys::lru_value(&FLOWS, &key) else {
+    // The quoted packet went VIP -> client; its flow is keyed client -> VIP.
+    let key = F::flow_key(
+        *inner_dst,
+        *inner_src,
+        e.inner_dport,
+        e.inner_sport,
+        e.inner_proto,
+    );
+    let Some(entry) = sys::lru_value(F::flows(), &key) else {
         return Verdict::drop(Stat::DropIcmpNoFlow);
     };
     let target_id = entry.target_id;
     let (Some(target), Some(l)) = (
         balance::active_target(target_id),
-        balance::listener_at(e.inner_src, e.inner_sport, e.inner_proto),
+        F::listener(*inner_src, e.inner_sport, e.inner_proto),
     ) else {
         return Verdict::drop(Stat::DropIcmpNoFlow);
     };
@@ -53,26 +55,12 @@ pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
     stats::count(Stat::EvIcmpToTarget);
-    let addr = ipv4_of(&target.addr);
+    let addr = F::of_slot(&target.addr);
     match l.mode {
-        MODE_DSR => forward::forward::<V4>(ctx, Some(target_id), Some(addr)),
-        MODE_TUNNEL => {
-            // The whole error goes into the tunnel, as the data does.
-            let f = Flow {
-                src: e.src,
-                dst: e.dst,
-                sport: [0; 2],
-                dport: [0; 2],
-                proto: lb_common::PROTO_ICMP,
-                tcp_flags: 0,
-                ttl: e.ttl,
-                has_options: false,
-                l4_off: e.icmp_off,
-            };
-            encap::tunnel(ctx, &f, target_id, &target)
-        }
+        MODE_DSR => forward::forward::<F>(ctx, Some(target_id), Some(*addr)),
+        MODE_TUNNEL => F::tunnel_icmp(ctx, e, target_id, &target),
         _ => match translate(ctx, e, addr, target.port) {
-            Some(()) => forward::forward::<V4>(ctx, Some(target_id), None),
+            Some(()) => forward::forward::<F>(ctx, Some(target_id), None),
             None => Verdict::drop(Stat::DropIcmpNoFlow),
         },
     }
@@ -82,148 +70,136 @@ pub fn to_target(ctx: &mut XdpContext, e: &IcmpError) -> Verdict {
 /// quotes the request as the target got it (client -> target:port); the client must see it
 /// from the VIP, quoting VIP:vport. Anything else passes.
 #[inline(always)]
-fn from_target(ctx: &XdpContext, e: &IcmpError) -> Verdict {
+fn from_target<F: Family>(ctx: &XdpContext, e: &IcmpErrorOf<F>) -> Verdict {
     if !balance::is_target_port(e.inner_dport) {
         return Verdict::pass(Stat::PassNotListener);
     }
+    let Some((inner_src, inner_dst)) = F::addrs(ctx, e.inner_off) else {
+        return Verdict::pass(Stat::PassNotListener);
+    };
     // The reply direction of the quoted request: target:port -> client:port.
-    let Some(r) = balance::reply_of(
-        e.inner_dst,
+    let key = F::flow_key(
+        *inner_dst,
+        *inner_src,
         e.inner_dport,
-        e.inner_src,
         e.inner_sport,
         e.inner_proto,
-    ) else {
+    );
+    let Some(r) = sys::lru_value(F::reverse(), &key) else {
         return Verdict::pass(Stat::PassNotListener);
     };
     if e.ttl <= 1 {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
-    let vip = ipv4_of(&r.vip);
-    if rewrite_quoted(
-        ctx,
-        e,
-        Quoted::Destination,
-        e.inner_dst,
-        vip,
-        e.inner_dport,
-        r.vport,
-    )
-    .and_then(|()| rewrite_outer(ctx, Quoted::Source, e.src, vip))
-    .is_none()
+    let vip = F::of_slot(&r.vip);
+    let quoted = F::delta_at(ctx, e.inner_off, Side::Destination, vip);
+    let outer = F::delta_at(ctx, ETH_LEN, Side::Source, vip);
+    if rewrite_quoted(ctx, e, Side::Destination, quoted, vip, r.vport)
+        .and_then(|()| rewrite_outer(ctx, e, Side::Source, outer, vip))
+        .is_none()
     {
         return Verdict::drop(Stat::DropIcmpNoFlow);
     }
     stats::count(Stat::EvIcmpToClient);
-    forward::forward::<V4>(ctx, None, None)
-}
-
-/// Which side of the quoted packet (and of the outer header) a translation changes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Quoted {
-    Source,
-    Destination,
+    forward::forward::<F>(ctx, None, None)
 }
 
 /// NAT: the error goes to the target as if the target's own packet had been refused: outer
-/// destination VIP -> target, quoted source VIP:vport -> target:port, TTL - 1, and the outer
-/// IPv4, quoted IPv4, quoted UDP (or TCP, when quoted that far) and ICMP checksums updated.
+/// destination VIP -> target, quoted source VIP:vport -> target:port, TTL (hop limit) - 1, and
+/// every checksum that covers them updated. Both checksum differences are taken before the
+/// first write.
 #[inline(always)]
-fn translate(ctx: &XdpContext, e: &IcmpError, addr: [u8; 4], port: [u8; 2]) -> Option<()> {
-    rewrite_quoted(
-        ctx,
-        e,
-        Quoted::Source,
-        e.inner_src,
-        addr,
-        e.inner_sport,
-        port,
-    )?;
-    rewrite_outer(ctx, Quoted::Destination, e.dst, addr)
+fn translate<F: Family>(
+    ctx: &XdpContext,
+    e: &IcmpErrorOf<F>,
+    addr: &F::Addr,
+    port: [u8; 2],
+) -> Option<()> {
+    let outer = F::delta_at(ctx, ETH_LEN, Side::Destination, addr);
+    let quoted = F::delta_at(ctx, e.inner_off, Side::Source, addr);
+    rewrite_quoted(ctx, e, Side::Source, quoted, addr, port)?;
+    rewrite_outer(ctx, e, Side::Destination, outer, addr)
 }
 
-/// Rewrite one side of the quoted packet from `old:old_port` to `new:new_port`: the quoted
-/// IPv4 header and its checksum, the port, the quoted UDP (or TCP, when quoted that far)
-/// checksum, and the ICMP checksum over all of it.
+/// Rewrite one side of the quoted packet to `new:new_port` (`delta`: the address change's
+/// checksum difference): the quoted IP header (and its checksum, IPv4), the port, the quoted
+/// UDP (or TCP, when quoted that far) checksum, and the ICMP checksum over all of it.
 #[inline(always)]
-fn rewrite_quoted(
+fn rewrite_quoted<F: Family>(
     ctx: &XdpContext,
-    e: &IcmpError,
-    side: Quoted,
-    old: [u8; 4],
-    new: [u8; 4],
-    old_port: [u8; 2],
+    e: &IcmpErrorOf<F>,
+    side: Side,
+    delta: u16,
+    new: &F::Addr,
     new_port: [u8; 2],
 ) -> Option<()> {
-    let (op, np) = (u16::from_be_bytes(old_port), u16::from_be_bytes(new_port));
     let is_udp = match e.inner_proto {
         PROTO_UDP => true,
         PROTO_TCP => false,
         _ => return None,
     };
+    let old_port = match side {
+        Side::Source => e.inner_sport,
+        Side::Destination => e.inner_dport,
+    };
+    let (op, np) = (u16::from_be_bytes(old_port), u16::from_be_bytes(new_port));
     // The quoted transport checksum, if it is inside the quote: the pseudo-header has both
     // addresses, the header both ports.
     let old_l4 = if is_udp {
-        header_mut::<Udp>(ctx, e.inner_l4_off).map(|u| u16::from_be_bytes(u.check))
+        match header_mut::<Udp>(ctx, e.inner_l4_off) {
+            Some(u) => Some(u16::from_be_bytes(u.check)),
+            None => None,
+        }
     } else {
-        header_mut::<Tcp>(ctx, e.inner_l4_off).map(|t| u16::from_be_bytes(t.check))
+        match header_mut::<Tcp>(ctx, e.inner_l4_off) {
+            Some(t) => Some(u16::from_be_bytes(t.check)),
+            None => None,
+        }
     };
-    let new_l4 = old_l4.map(|c| {
-        let n = csum::replace16(csum::replace32(c, old, new), op, np);
-        if is_udp { csum::udp_fixup(c, n) } else { n }
-    });
-
-    let inner = header_mut::<Ipv4>(ctx, e.inner_off)?;
-    let old_inner_check = u16::from_be_bytes(inner.check);
-    let new_inner_check = csum::replace32(old_inner_check, old, new);
-    inner.check = new_inner_check.to_be_bytes();
-    match side {
-        Quoted::Source => inner.src = new,
-        Quoted::Destination => inner.dst = new,
-    }
+    let header_check = F::set_quoted_addr(ctx, e.inner_off, side, delta, new)?;
     // The quoted ports (the first bytes of TCP and UDP alike) and the quoted checksum.
     let ports = header_mut::<Udp>(ctx, e.inner_l4_off)?;
     match side {
-        Quoted::Source => ports.src = new_port,
-        Quoted::Destination => ports.dst = new_port,
+        Side::Source => ports.src = new_port,
+        Side::Destination => ports.dst = new_port,
     }
-    if let (Some(o), Some(n)) = (old_l4, new_l4) {
+    let icmp = header_mut::<Icmp>(ctx, e.icmp_off)?;
+    let mut c = u16::from_be_bytes(icmp.check);
+    if let Some(o) = old_l4 {
+        let n = csum::replace16(csum::apply(o, delta), op, np);
+        let n = if is_udp { F::udp_fixup(o, n) } else { n };
         if is_udp {
             header_mut::<Udp>(ctx, e.inner_l4_off)?.check = n.to_be_bytes();
         } else {
             header_mut::<Tcp>(ctx, e.inner_l4_off)?.check = n.to_be_bytes();
         }
         // ICMP covers the quoted checksum too.
-        fix_icmp(ctx, e, |c| csum::replace16(c, o, n))?;
+        c = csum::replace16(c, o, n);
     }
-    fix_icmp(ctx, e, |c| {
-        let c = csum::replace32(c, old, new);
-        let c = csum::replace16(c, old_inner_check, new_inner_check);
-        csum::replace16(c, op, np)
-    })
-}
-
-/// Rewrite the outer header's `side` from `old` to `new`, decrementing the TTL.
-#[inline(always)]
-fn rewrite_outer(ctx: &XdpContext, side: Quoted, old: [u8; 4], new: [u8; 4]) -> Option<()> {
-    let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
-    let ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
-    let ttl = ip.ttl.saturating_sub(1);
-    let mut check = csum::replace32(u16::from_be_bytes(ip.check), old, new);
-    check = csum::replace16(check, ttl_word, u16::from_be_bytes([ttl, ip.proto]));
-    ip.check = check.to_be_bytes();
-    ip.ttl = ttl;
-    match side {
-        Quoted::Source => ip.src = new,
-        Quoted::Destination => ip.dst = new,
+    c = csum::apply(c, delta);
+    if let Some((o, n)) = header_check {
+        c = csum::replace16(c, o, n);
     }
+    icmp.check = csum::replace16(c, op, np).to_be_bytes();
     Some(())
 }
 
+/// Rewrite the outer header's `side` to `new` (`delta`: the checksum difference),
+/// decrementing the TTL (hop limit). ICMPv6's checksum covers the outer addresses too (its
+/// pseudo-header).
 #[inline(always)]
-fn fix_icmp(ctx: &XdpContext, e: &IcmpError, f: impl FnOnce(u16) -> u16) -> Option<()> {
-    let icmp = header_mut::<Icmp>(ctx, e.icmp_off)?;
-    icmp.check = f(u16::from_be_bytes(icmp.check)).to_be_bytes();
+fn rewrite_outer<F: Family>(
+    ctx: &XdpContext,
+    e: &IcmpErrorOf<F>,
+    side: Side,
+    delta: u16,
+    new: &F::Addr,
+) -> Option<()> {
+    F::rewrite_ip(ctx, side, delta, new)?;
+    if F::ICMP_PSEUDO_HEADER {
+        let icmp = header_mut::<Icmp>(ctx, e.icmp_off)?;
+        icmp.check = csum::apply(u16::from_be_bytes(icmp.check), delta).to_be_bytes();
+    }
     Some(())
 }
 

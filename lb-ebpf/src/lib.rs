@@ -37,3 +37,11 @@ pub fn balance6(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
     stats::count(stat);
     action
 }
+
+/// ICMPv6 errors (`xlb6_icmp`): what [`balance6`] hands them to.
+#[inline(always)]
+pub fn balance6_icmp(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
+    let (action, stat) = pipeline::run6_icmp(ctx);
+    stats::count(stat);
+    action
+}

@@ -19,6 +19,12 @@ pub fn xlb6(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance6(&mut ctx)
 }
 
+/// ICMPv6 errors, handed over by `xlb6` with a tail call.
+#[xdp]
+pub fn xlb6_icmp(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::balance6_icmp(&mut ctx)
+}
+
 /// TC egress: `tunnel` health-check probes take the data path (see `probe_encap`).
 #[classifier]
 pub fn xlb_probe_encap(ctx: TcContext) -> i32 {

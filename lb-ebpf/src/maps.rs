@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, ReverseValue,
-    Settings, TargetValue, VipKey, VipKey6,
+    Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
         PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS, VIP_HINT_ENTRIES,
@@ -100,6 +100,7 @@ pub static TARGET_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(M
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Programs the balancer hands packets to: `TAIL_CALLS[TAIL_IPV6]` is `xlb6`.
+/// Programs the balancer hands packets to: `TAIL_CALLS[TAIL_IPV6]` is `xlb6`,
+/// `TAIL_CALLS[TAIL_ICMP6]` is `xlb6_icmp`.
 #[map]
-pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);

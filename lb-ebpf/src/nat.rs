@@ -29,9 +29,11 @@ pub fn rewrite<F: Family>(
     };
     let old_port16 = u16::from_be_bytes(old_port);
     let new_port16 = u16::from_be_bytes(port);
+    // One difference for every checksum that covers the address.
+    let d = F::delta(&old_addr, &addr);
     if f.proto == PROTO_TCP {
         let tcp = header_mut::<Tcp>(ctx, f.l4_off)?;
-        let c = F::csum_replace(u16::from_be_bytes(tcp.check), old_addr, addr);
+        let c = csum::apply(u16::from_be_bytes(tcp.check), d);
         tcp.check = csum::replace16(c, old_port16, new_port16).to_be_bytes();
         match side {
             Side::Destination => tcp.dst = port,
@@ -40,12 +42,12 @@ pub fn rewrite<F: Family>(
     } else {
         let udp = header_mut::<Udp>(ctx, f.l4_off)?;
         let old = u16::from_be_bytes(udp.check);
-        let c = csum::replace16(F::csum_replace(old, old_addr, addr), old_port16, new_port16);
+        let c = csum::replace16(csum::apply(old, d), old_port16, new_port16);
         udp.check = F::udp_fixup(old, c).to_be_bytes();
         match side {
             Side::Destination => udp.dst = port,
             Side::Source => udp.src = port,
         }
     }
-    F::rewrite_ip(ctx, side, old_addr, addr)
+    F::rewrite_ip(ctx, side, d, &addr)
 }

@@ -55,23 +55,25 @@ pub struct FlowOf<F: Family> {
 
 pub type Flow = FlowOf<V4>;
 pub type Flow6 = FlowOf<V6>;
+pub type IcmpError = IcmpErrorOf<V4>;
+pub type IcmpError6 = IcmpErrorOf<V6>;
 
-/// An ICMP error (destination unreachable, time exceeded) and the packet it quotes.
-pub struct IcmpError {
-    /// The outer packet: who sent the error, to whom.
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+/// An ICMP or ICMPv6 error (destination unreachable, time exceeded, packet too big) and the
+/// packet it quotes. The addresses (the outer packet's: who sent the error, to whom; the
+/// quoted packet's, as it was sent: for a NAT flow VIP -> client) stay in the packet, read with
+/// `Family::addrs` where needed: held in registers, 16-byte addresses cost more stack than a
+/// BPF program has.
+pub struct IcmpErrorOf<F: Family> {
     pub ttl: u8,
-    /// Byte offsets of the ICMP header, the quoted IPv4 header and the quoted TCP/UDP header.
+    /// Byte offsets of the ICMP header, the quoted IP header and the quoted TCP/UDP header.
     pub icmp_off: usize,
     pub inner_off: usize,
     pub inner_l4_off: usize,
-    /// The quoted packet's 5-tuple, as it was sent (for a NAT flow: VIP -> client).
-    pub inner_src: [u8; 4],
-    pub inner_dst: [u8; 4],
+    /// The quoted packet's ports and protocol.
     pub inner_sport: [u8; 2],
     pub inner_dport: [u8; 2],
     pub inner_proto: u8,
+    pub family: core::marker::PhantomData<F>,
 }
 
 /// What parsing found.
@@ -150,7 +152,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             };
             (udp.src, udp.dst, 0)
         }
-        PROTO_ICMP => return icmp_error(ctx, src, dst, ttl, l4_off),
+        PROTO_ICMP => return icmp_error(ctx, dst, ttl, l4_off),
         _ => {
             return Parsed::Defect {
                 dst,
@@ -185,7 +187,7 @@ fn truncated_l4(dst: [u8; 4]) -> Parsed {
 /// VIP. The quoted header's length is honoured; 8 bytes of its L4 header must be there (as
 /// RFC 792 requires), else the error cannot be matched to a flow.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: usize) -> Parsed {
+fn icmp_error(ctx: &XdpContext, dst: [u8; 4], ttl: u8, icmp_off: usize) -> Parsed {
     let not_for_us = Parsed::Defect {
         dst,
         if_vip: Stat::DropVipNoListener,
@@ -213,7 +215,7 @@ fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: u
     if inner.vihl >> 4 != 4 || ihl * 4 < IPV4_MIN_LEN {
         return no_flow;
     }
-    let (inner_src, inner_dst, inner_proto) = (inner.src, inner.dst, inner.proto);
+    let inner_proto = inner.proto;
     if inner_proto != PROTO_TCP && inner_proto != PROTO_UDP {
         return no_flow;
     }
@@ -223,23 +225,23 @@ fn icmp_error(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], ttl: u8, icmp_off: u
         return no_flow;
     };
     Parsed::IcmpError(IcmpError {
-        src,
-        dst,
         ttl,
         icmp_off,
         inner_off,
         inner_l4_off,
-        inner_src,
-        inner_dst,
         inner_sport: ports.src,
         inner_dport: ports.dst,
         inner_proto,
+        family: core::marker::PhantomData,
     })
 }
 
 /// What parsing an IPv6 frame found.
 pub enum Parsed6 {
     Flow(Flow6),
+    /// An ICMPv6 error (destination unreachable, packet too big, time exceeded): parsed
+    /// further by [`parse6_icmp_error`] in a program of its own (see `pipeline`).
+    IcmpError,
     /// An ICMPv6 echo request to `dst`.
     Echo {
         dst: [u8; 16],
@@ -307,7 +309,7 @@ pub fn parse6(ctx: &XdpContext) -> Parsed6 {
                 || kind == ICMP6_PACKET_TOO_BIG
                 || kind == ICMP6_TIME_EXCEEDED
             {
-                return defect(Stat::DropIcmpNoFlow, Stat::PassNotListener);
+                return Parsed6::IcmpError;
             }
             return defect(Stat::DropVipNoListener, Stat::PassNotListener);
         }
@@ -327,5 +329,60 @@ pub fn parse6(ctx: &XdpContext) -> Parsed6 {
         ttl,
         has_options: false,
         l4_off,
+    })
+}
+
+/// What parsing an ICMPv6 error found.
+pub enum ParsedIcmp6 {
+    Error(IcmpError6),
+    Defect {
+        dst: [u8; 16],
+        if_vip: Stat,
+        otherwise: Stat,
+    },
+    /// Not an ICMPv6 error after all (the packet changed under us): nothing to do.
+    Done(Verdict),
+}
+
+/// An ICMPv6 error quoting a TCP/UDP packet (a frame [`parse6`] said is
+/// [`Parsed6::IcmpError`]): the quoted IPv6 header must be followed by TCP or UDP directly
+/// (extension headers in the quote are not walked either), with its first 8 bytes present,
+/// else the error cannot be matched to a flow.
+#[inline(always)]
+pub fn parse6_icmp_error(ctx: &XdpContext) -> ParsedIcmp6 {
+    let Some(ip) = header_mut::<Ipv6>(ctx, ETH_LEN) else {
+        return ParsedIcmp6::Done(Verdict::pass(Stat::PassIpv6Truncated));
+    };
+    if ip.next != PROTO_ICMPV6 {
+        return ParsedIcmp6::Done(Verdict::pass(Stat::PassNotListener));
+    }
+    let (dst, ttl) = (ip.dst, ip.hop_limit);
+    let icmp_off = ETH_LEN + IPV6_LEN;
+    let no_flow = ParsedIcmp6::Defect {
+        dst,
+        if_vip: Stat::DropIcmpNoFlow,
+        otherwise: Stat::PassNotListener,
+    };
+    let inner_off = icmp_off + ICMP_LEN;
+    let Some(inner) = header_mut::<Ipv6>(ctx, inner_off) else {
+        return no_flow;
+    };
+    let inner_proto = inner.next;
+    if inner.vtcfl[0] >> 4 != 6 || (inner_proto != PROTO_TCP && inner_proto != PROTO_UDP) {
+        return no_flow;
+    }
+    let inner_l4_off = inner_off + IPV6_LEN;
+    let Some(ports) = header_mut::<Udp>(ctx, inner_l4_off) else {
+        return no_flow;
+    };
+    ParsedIcmp6::Error(IcmpError6 {
+        ttl,
+        icmp_off,
+        inner_off,
+        inner_l4_off,
+        inner_sport: ports.src,
+        inner_dport: ports.dst,
+        inner_proto,
+        family: core::marker::PhantomData,
     })
 }

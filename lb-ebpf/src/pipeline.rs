@@ -2,7 +2,7 @@
 //! IPv4 and IPv6 share the balancing stages (generic over [`Family`]); parsing and ICMP are
 //! per family.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{MODE_DSR, MODE_TUNNEL, Stat, TAIL_IPV6};
+use lb_common::{MODE_DSR, MODE_TUNNEL, Stat, TAIL_ICMP6, TAIL_IPV6};
 
 use crate::{
     balance,
@@ -10,7 +10,7 @@ use crate::{
     forward, icmp,
     maps::TAIL_CALLS,
     nat::{self, Side},
-    parse::{self, FlowOf, Parsed, Parsed6, Verdict},
+    parse::{self, FlowOf, Parsed, Parsed6, ParsedIcmp6, Verdict},
     stats::{self, Dir},
     sys,
 };
@@ -42,6 +42,21 @@ pub fn run6(ctx: &mut XdpContext) -> (u32, Stat) {
     (v.action, v.stat)
 }
 
+/// ICMPv6 errors (`xlb6_icmp`, reached by a tail call from `xlb6`).
+#[inline(always)]
+pub fn run6_icmp(ctx: &mut XdpContext) -> (u32, Stat) {
+    let v = match parse::parse6_icmp_error(ctx) {
+        ParsedIcmp6::Error(e) => icmp::to_target(ctx, &e),
+        ParsedIcmp6::Defect {
+            dst,
+            if_vip,
+            otherwise,
+        } => defect::<V6>(dst, if_vip, otherwise),
+        ParsedIcmp6::Done(v) => v,
+    };
+    (v.action, v.stat)
+}
+
 #[inline(always)]
 fn ipv6(ctx: &mut XdpContext) -> Verdict {
     match parse::parse6(ctx) {
@@ -52,6 +67,10 @@ fn ipv6(ctx: &mut XdpContext) -> Verdict {
             otherwise,
         } => defect::<V6>(dst, if_vip, otherwise),
         Parsed6::Flow(f) => flow(ctx, &f),
+        Parsed6::IcmpError => {
+            sys::tail_call(ctx, &TAIL_CALLS, TAIL_ICMP6);
+            Verdict::pass(Stat::PassIpv6NoProgram)
+        }
         Parsed6::Echo { dst, icmp_off } => icmp::echo6(ctx, dst, icmp_off),
     }
 }
@@ -80,7 +99,7 @@ fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
             return Verdict::pass(Stat::PassTtlExceeded);
         }
         let bytes = sys::packet_len(ctx);
-        if nat::rewrite(ctx, f, Side::Source, F::of_slot(&r.vip), r.vport).is_none() {
+        if nat::rewrite(ctx, f, Side::Source, *F::of_slot(&r.vip), r.vport).is_none() {
             return Verdict::drop(Stat::DropL4Truncated);
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
@@ -108,7 +127,7 @@ fn to_target<F: Family>(
         stats::count(Stat::EvIpv4Options);
     }
     let bytes = sys::packet_len(ctx);
-    let addr = F::of_slot(&pick.target.addr);
+    let addr = *F::of_slot(&pick.target.addr);
     stats::traffic(
         l.id,
         pick.target_id,

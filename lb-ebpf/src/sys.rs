@@ -191,3 +191,40 @@ pub fn tail_call(ctx: &XdpContext, map: &'static ProgramArray, index: u32) {
     // on failure the helper has changed nothing and execution continues here.
     unsafe { map.tail_call(ctx, index) }
 }
+
+/// The checksum difference (`lb_common::csum::delta`) of replacing the `N` packet bytes at
+/// `offset` by `new`; `None` if the packet is shorter. Each byte is read with a volatile load
+/// and summed at once: LLVM otherwise hoists all `2 * N` byte loads of a 16-byte address to
+/// one place and spills each to its own 8-byte stack slot, which alone overflows the 512-byte
+/// BPF stack on the ICMPv6 error path.
+#[inline(always)]
+pub fn packet_delta<const N: usize>(ctx: &XdpContext, offset: usize, new: &[u8; N]) -> Option<u16> {
+    let start = ctx.data();
+    if start + offset + N > ctx.data_end() {
+        return None;
+    }
+    let p = (start + offset) as *const u8;
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        // SAFETY: [offset, offset + N) is inside the packet (checked above); u8 needs no
+        // alignment; `new` is a valid reference of N bytes.
+        let (o, n) = unsafe {
+            (
+                [
+                    core::ptr::read_volatile(p.add(i)),
+                    core::ptr::read_volatile(p.add(i + 1)),
+                ],
+                [
+                    core::ptr::read_volatile(&new[i]),
+                    core::ptr::read_volatile(&new[i + 1]),
+                ],
+            )
+        };
+        sum += u32::from(!u16::from_be_bytes(o)) + u32::from(u16::from_be_bytes(n));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    Some(sum as u16)
+}

@@ -16,6 +16,7 @@ use xlb_rig::{
 };
 
 const VIP: &str = "198.18.100.10";
+const VIP6: &str = "2001:db8:100::10";
 const SIZE: u64 = 12 * 1024 * 1024;
 
 struct Topo {
@@ -45,18 +46,27 @@ fn topology(prefix: &str) -> anyhow::Result<Topo> {
     veth(c, "eth0", r, "r-c")?;
     c.exec("ip addr add 198.18.0.2/24 dev eth0")?;
     c.exec("ip route add default via 198.18.0.1")?;
+    c.exec("ip -6 addr add 2001:db8::2/64 dev eth0 nodad")?;
+    c.exec("ip -6 route add default via 2001:db8::1")?;
     host_side_offloads(c)?;
     r.exec("ip addr add 198.18.0.1/24 dev r-c")?;
-    // The narrow link: the router cannot send the client more than 1280 bytes.
+    r.exec("ip -6 addr add 2001:db8::1/64 dev r-c nodad")?;
+    // The narrow link: the router cannot send the client more than 1280 bytes (IPv6's
+    // minimum MTU, so IPv6 has to discover it too).
     r.exec("ip link set r-c mtu 1280")?;
     r.sysctl("net.ipv4.ip_forward", "1")?;
+    r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     veth(r, "r-lb", lb, "lb-c")?;
     r.exec("ip addr add 198.18.50.1/24 dev r-lb")?;
     r.exec("ip route add 198.18.100.0/24 via 198.18.50.2")?;
+    r.exec("ip -6 addr add 2001:db8:50::1/64 dev r-lb nodad")?;
+    r.exec("ip -6 route add 2001:db8:100::/64 via 2001:db8:50::2")?;
     // The balancer redirects replies into r-lb: that veth needs GRO.
     r.exec("ethtool -K r-lb gro on")?;
     lb.exec("ip addr add 198.18.50.2/24 dev lb-c")?;
     lb.exec("ip route add 198.18.0.0/24 via 198.18.50.1")?;
+    lb.exec("ip -6 addr add 2001:db8:50::2/64 dev lb-c nodad")?;
+    lb.exec("ip -6 route add 2001:db8::/64 via 2001:db8:50::1")?;
     lb.exec("ethtool -K lb-c tx off")?;
     balancer_sysctls(lb)?;
     for (i, tns) in t.targets.iter().enumerate() {
@@ -65,6 +75,11 @@ fn topology(prefix: &str) -> anyhow::Result<Topo> {
         lb.exec(&format!("ip addr add 198.18.{k}.1/24 dev lb-t{k}"))?;
         tns.exec(&format!("ip addr add 198.18.{k}.2/24 dev eth0"))?;
         tns.exec(&format!("ip route add default via 198.18.{k}.1"))?;
+        lb.exec(&format!(
+            "ip -6 addr add 2001:db8:{k}::1/64 dev lb-t{k} nodad"
+        ))?;
+        tns.exec(&format!("ip -6 addr add 2001:db8:{k}::2/64 dev eth0 nodad"))?;
+        tns.exec(&format!("ip -6 route add default via 2001:db8:{k}::1"))?;
         host_side_offloads(tns)?;
     }
     t._receiver = Some(xlb_rig::netns::xdp_receiver(&t.router, "r-lb")?);
@@ -91,7 +106,7 @@ fn start(tag: &str) -> (Topo, TempDir, std::path::PathBuf) {
             "http.server",
             "8080",
             "--bind",
-            "0.0.0.0",
+            "::",
             "--directory",
         ])
         .arg(&files);
@@ -108,6 +123,9 @@ fn start(tag: &str) -> (Topo, TempDir, std::path::PathBuf) {
 [[listener]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\
 [[listener]]\nname = \"udp\"\nvip = \"{VIP}\"\nport = 9999\nprotocol = \"udp\"\ntarget_group = \"web\"\n\
 [[target_group]]\nname = \"web\"\nport = 8080\ntargets = [{{ address = \"198.18.1.2\" }}, {{ address = \"198.18.2.2\" }}]\n\
+health_check = {{ enabled = false }}\n\
+[[listener]]\nname = \"web6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web6\"\n\
+[[target_group]]\nname = \"web6\"\nport = 8080\ntargets = [{{ address = \"2001:db8:1::2\" }}, {{ address = \"2001:db8:2::2\" }}]\n\
 health_check = {{ enabled = false }}\n",
             socket.display(),
             dir.0.join("state.json").display()
@@ -159,6 +177,24 @@ fn a_download_behind_a_smaller_mtu_link_completes_with_path_mtu_discovery() {
 }
 
 #[test]
+fn an_ipv6_download_behind_a_smaller_mtu_link_completes_with_path_mtu_discovery() {
+    let (t, _dir, socket) = start("pmtu6");
+    let (got, secs) = common::download(&t.client, &format!("http://[{VIP6}]/big"));
+    eprintln!("IPv6 download: {got} bytes in {secs} s");
+    assert_eq!(
+        got, SIZE,
+        "the whole file arrives through the 1280-byte link"
+    );
+    let icmp = reason(&socket, "ev_icmp_to_target");
+    eprintln!("ICMPv6 errors sent on to targets: {icmp}");
+    assert!(
+        icmp > 0,
+        "the router's packet-too-big reached the targets through xlb"
+    );
+    drop(t);
+}
+
+#[test]
 fn ping_to_the_vip_is_answered_by_the_balancer() {
     let (t, _dir, socket) = start("ping");
     let out = t
@@ -172,6 +208,18 @@ fn ping_to_the_vip_is_answered_by_the_balancer() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("3 received"), "{text}");
     assert_eq!(reason(&socket, "tx_icmp_echo"), 3);
+    let out = t
+        .client
+        .command("ping")
+        .args(["-6", "-c", "3", "-i", "0.2", "-W", "1", VIP6])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("3 received"),
+        "{text}"
+    );
+    assert_eq!(reason(&socket, "tx_icmp_echo"), 6);
 }
 
 /// A UDP datagram to a port no target serves: the target's "port unreachable" comes back through

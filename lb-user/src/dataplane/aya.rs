@@ -23,7 +23,7 @@ pub struct AyaDataplane {
     vips: BpfHashMap<MapData, VipKey, u32>,
     listeners6: BpfHashMap<MapData, ListenerKey6, ListenerValue>,
     vips6: BpfHashMap<MapData, VipKey6, u32>,
-    /// Holds `xlb6` in its slot for as long as the object is loaded.
+    /// Holds `xlb6` and `xlb6_icmp` in their slots for as long as the object is loaded.
     _tail_calls: ProgramArray<MapData>,
     ring_memory: SharedSlots,
     /// Kept open: programs loaded later (by tests, from the same object) are relocated
@@ -74,16 +74,21 @@ impl AyaDataplane {
             .load(object)?;
         let prog: &mut Xdp = program_mut(&mut ebpf)?;
         prog.load()?;
-        let prog6: &mut Xdp = program_named(&mut ebpf, lb_common::PROGRAM6_NAME)?;
-        prog6.load()?;
-        let fd6 = prog6
-            .fd()?
-            .try_clone()
-            .map_err(|e| DataplaneError::Program(e.into()))?;
         let mut tail_calls: ProgramArray<MapData> = take(&mut ebpf, maps::TAIL_CALLS)?;
-        tail_calls
-            .set(lb_common::TAIL_IPV6, &fd6, 0)
-            .map_err(map_err(maps::TAIL_CALLS))?;
+        for (slot, name) in [
+            (lb_common::TAIL_IPV6, lb_common::PROGRAM6_NAME),
+            (lb_common::TAIL_ICMP6, lb_common::PROGRAM6_ICMP_NAME),
+        ] {
+            let prog: &mut Xdp = program_named(&mut ebpf, name)?;
+            prog.load()?;
+            let fd = prog
+                .fd()?
+                .try_clone()
+                .map_err(|e| DataplaneError::Program(e.into()))?;
+            tail_calls
+                .set(slot, &fd, 0)
+                .map_err(map_err(maps::TAIL_CALLS))?;
+        }
         let ring_map = ebpf
             .take_map(maps::RINGS)
             .ok_or(DataplaneError::MissingMap(maps::RINGS))?;
