@@ -101,6 +101,12 @@ pub fn xlb6_icmp(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance6_icmp(&mut ctx)
 }
 
+/// Tunnels to IPv6 targets, as the product's object has them.
+#[xdp]
+pub fn xlb_tunnel6(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::tunnel6(&mut ctx)
+}
+
 /// The IPv6 half with the packet restored after each run. Entered directly, not through
 /// `xlb`'s tail call (a tail call does not come back to the wrapper), so its figures leave out
 /// the IPv4 half's ethertype check and the tail call itself; the IPv6 non-listener figure,

@@ -14,11 +14,15 @@ pub const PROTO_UDP: u8 = 17;
 pub const MODE_NAT: u8 = 0;
 /// Direct server return on one L2 segment: only the destination MAC becomes the target's.
 pub const MODE_DSR: u8 = 1;
-/// Direct server return over IP: IPv4-in-IPv4 to the target's address, inner packet untouched.
+/// Direct server return over IP: the client's packet inside an outer header to the target's
+/// address (IPv4-in-IPv4, IPv6-in-IPv6, or IPv4-in-IPv6 for an IPv6 target of an IPv4 VIP),
+/// inner packet untouched.
 pub const MODE_TUNNEL: u8 = 2;
 
-/// IP protocol number of IPv4-in-IPv4.
+/// IP protocol number of IPv4-in-IPv4 (and the next header of IPv4-in-IPv6).
 pub const PROTO_IPIP: u8 = 4;
+/// Next header of IPv6-in-IPv6.
+pub const PROTO_IPV6: u8 = 41;
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
 /// IP protocol (next header) number of ICMPv6.
@@ -60,6 +64,7 @@ pub mod maps {
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// The decapsulation program's maps (`xlb decap`).
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_ADDRS6: &str = "DECAP_ADDRS6";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
@@ -87,8 +92,13 @@ pub const TAIL_IPV6: u32 = 0;
 /// [`TAIL_ICMP6`]): a rare path with a stack of its own.
 pub const PROGRAM6_ICMP_NAME: &str = "xlb6_icmp";
 pub const TAIL_ICMP6: u32 = 1;
+/// Name of the program that puts packets into an outer IPv6 header (IPv6-in-IPv6, and
+/// IPv4-in-IPv6 for IPv6 targets of IPv4 VIPs): `xlb` and `xlb6` hand such packets over with a
+/// tail call (slot [`TAIL_TUNNEL6`]), the target id in `HANDOFF`.
+pub const PROGRAM_TUNNEL6_NAME: &str = "xlb_tunnel6";
+pub const TAIL_TUNNEL6: u32 = 2;
 /// Slots of `TAIL_CALLS`.
-pub const TAIL_SLOTS: u32 = 2;
+pub const TAIL_SLOTS: u32 = 3;
 
 /// An IPv4 address in the 16-byte slot every key uses (the rest stays zero).
 pub const fn addr_from_ipv4(octets: [u8; 4]) -> [u8; 16] {
@@ -209,6 +219,10 @@ pub struct Settings {
     /// Host bits of the tunnel source prefix (network order); zero for a single address.
     pub tunnel_src_hostmask: [u8; 4],
     pub flags: u32,
+    /// Outer source of tunnels to IPv6 targets (`tunnel.source_prefix6`), host bits taken from
+    /// the flow's hash in its last 32 bits under `tunnel_src6_hostmask`.
+    pub tunnel_src6: [u8; 16],
+    pub tunnel_src6_hostmask: [u8; 4],
 }
 
 /// `LISTENERS6` key: [`ListenerKey`] with an IPv6 address.
@@ -276,7 +290,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<ReverseValue>() == 28);
 const _: () = assert!(size_of::<Counters>() == 40);
-const _: () = assert!(size_of::<Settings>() == 12);
+const _: () = assert!(size_of::<Settings>() == 32);
 const _: () = assert!(size_of::<ListenerKey6>() == 20);
 const _: () = assert!(size_of::<VipKey6>() == 16);
 const _: () = assert!(size_of::<FlowKey6>() == 40);

@@ -132,14 +132,15 @@ macro_rules! decap_stats {
 }
 
 decap_stats! {
-    /// IPv4-in-IPv4 to one of this host's addresses: the outer header was removed and the
-    /// inner packet passed to the stack.
+    /// IPv4-in-IPv4, IPv4-in-IPv6 or IPv6-in-IPv6 to one of this host's addresses: the outer
+    /// header was removed and the inner packet passed to the stack.
     Decapsulated = 1, "decapsulated";
-    /// Not IPv4-in-IPv4 (everything else on the interface): passed untouched.
+    /// Not one of those (everything else on the interface): passed untouched.
     PassNotTunnel = 2, "pass_not_tunnel";
-    /// IPv4-in-IPv4 to an address that is not this host's: passed untouched.
+    /// A tunnelled packet to an address that is not this host's: passed untouched.
     PassNotLocal = 3, "pass_not_local";
-    /// IPv4-in-IPv4 whose outer or inner header is cut short, fragmented or has options:
-    /// passed untouched (the kernel decides).
+    /// A tunnelled packet whose outer or inner header is cut short, fragmented or has options
+    /// (or whose inner version does not match the outer next header): passed untouched (the
+    /// kernel decides).
     PassMalformed = 4, "pass_malformed";
 }

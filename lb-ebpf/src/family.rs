@@ -423,16 +423,39 @@ impl Family for V6 {
         }
     }
 
-    /// As [`Family::tunnel`] (no IPv6 tunnels yet).
+    /// The whole error goes into the tunnel, as a flow of protocol ICMPv6 would.
     #[inline(always)]
-    fn tunnel_icmp(_: &mut XdpContext, _: &IcmpErrorOf<V6>, _: u32, _: &TargetValue) -> Verdict {
-        Verdict::drop(Stat::DropEncapFailed)
+    fn tunnel_icmp(
+        ctx: &mut XdpContext,
+        e: &IcmpErrorOf<V6>,
+        target_id: u32,
+        t: &TargetValue,
+    ) -> Verdict {
+        let Some((src, dst)) = Self::addrs(ctx, ETH_LEN) else {
+            return Verdict::drop(Stat::DropL4Truncated);
+        };
+        let f = FlowOf::<V6> {
+            src: *src,
+            dst: *dst,
+            sport: [0; 2],
+            dport: [0; 2],
+            proto: lb_common::PROTO_ICMPV6,
+            tcp_flags: 0,
+            ttl: e.ttl,
+            has_options: false,
+            l4_off: e.icmp_off,
+        };
+        Self::tunnel(ctx, &f, target_id, t)
     }
 
-    /// IPv6 tunnels are not built yet; the config refuses `tunnel` listeners on IPv6 VIPs, so
-    /// this is reached only if the maps disagree with it.
+    /// IPv6-in-IPv6 to an IPv6 target (the config refuses IPv4 targets for IPv6 VIPs in
+    /// tunnel mode: IPv6-in-IPv4 is not built).
     #[inline(always)]
-    fn tunnel(_: &mut XdpContext, _: &FlowOf<V6>, _: u32, _: &TargetValue) -> Verdict {
-        Verdict::drop(Stat::DropEncapFailed)
+    fn tunnel(ctx: &mut XdpContext, f: &FlowOf<V6>, target_id: u32, t: &TargetValue) -> Verdict {
+        let _ = f;
+        if t.family != FAMILY_IPV6 {
+            return Verdict::drop(Stat::DropEncapFailed);
+        }
+        encap::to_tunnel6(ctx, target_id)
     }
 }

@@ -75,6 +75,20 @@ impl Ask for Outer4 {
     }
 }
 
+/// An IPv6 packet yet to be built (the outer header of a tunnel to an IPv6 target).
+pub struct Outer6<'a> {
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub proto: u8,
+}
+
+impl Ask for Outer6<'_> {
+    #[inline(always)]
+    fn ask(self, _: &XdpContext, p: &mut FibParams) {
+        ask_v6(p, self.src, self.dst, self.proto);
+    }
+}
+
 /// Ask the FIB about IPv4 `src -> dst`.
 #[inline(always)]
 pub fn ask_v4(p: &mut FibParams, src: [u8; 4], dst: [u8; 4], proto: u8, tos: u8) {

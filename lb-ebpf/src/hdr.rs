@@ -108,6 +108,10 @@ pub const IPV4_DF: u8 = 0x40;
 #[repr(C)]
 pub struct Word(pub [u8; 2]);
 
+/// `N` 16-bit words of the packet (checksums over a fixed length, one bounds check).
+#[repr(C)]
+pub struct Words<const N: usize>(pub [[u8; 2]; N]);
+
 const _: () = assert!(core::mem::size_of::<Eth>() == ETH_LEN && core::mem::align_of::<Eth>() == 1);
 const _: () =
     assert!(core::mem::size_of::<Ipv4>() == IPV4_MIN_LEN && core::mem::align_of::<Ipv4>() == 1);

@@ -38,6 +38,15 @@ pub fn balance6(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
     action
 }
 
+/// `xlb_tunnel6`: packets of `tunnel` flows to IPv6 targets, from [`balance`] or
+/// [`balance6`].
+#[inline(always)]
+pub fn tunnel6(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {
+    let v = encap::tunnel6_program(ctx);
+    stats::count(v.stat);
+    v.action
+}
+
 /// ICMPv6 errors (`xlb6_icmp`): what [`balance6`] hands them to.
 #[inline(always)]
 pub fn balance6_icmp(ctx: &mut aya_ebpf::programs::XdpContext) -> u32 {

@@ -25,6 +25,12 @@ pub fn xlb6_icmp(mut ctx: XdpContext) -> u32 {
     lb_ebpf::balance6_icmp(&mut ctx)
 }
 
+/// Packets of `tunnel` flows to IPv6 targets, handed over by `xlb` or `xlb6` with a tail call.
+#[xdp]
+pub fn xlb_tunnel6(mut ctx: XdpContext) -> u32 {
+    lb_ebpf::tunnel6(&mut ctx)
+}
+
 /// TC egress: `tunnel` health-check probes take the data path (see `probe_encap`).
 #[classifier]
 pub fn xlb_probe_encap(ctx: TcContext) -> i32 {

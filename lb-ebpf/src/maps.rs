@@ -101,6 +101,11 @@ pub static TARGET_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(M
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Programs the balancer hands packets to: `TAIL_CALLS[TAIL_IPV6]` is `xlb6`,
-/// `TAIL_CALLS[TAIL_ICMP6]` is `xlb6_icmp`.
+/// `TAIL_CALLS[TAIL_ICMP6]` is `xlb6_icmp`, `TAIL_CALLS[TAIL_TUNNEL6]` is `xlb_tunnel6`.
 #[map]
 pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+
+/// What a program hands to the one it tail-calls, per CPU (a tail call runs on the same CPU in
+/// the same run, so the slot cannot change in between): the target id for `xlb_tunnel6`.
+#[map]
+pub static HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::hdr::{Eth, Icmp, Ipv4, Ipv6, Tcp, Udp, Word};
+use crate::hdr::{Eth, Icmp, Ipv4, Ipv6, Tcp, Udp, Word, Words};
 
 /// Marker for types that may be viewed in place in packet memory.
 ///
@@ -44,6 +44,8 @@ unsafe impl Header for Udp {}
 unsafe impl Header for Icmp {}
 // SAFETY: as above.
 unsafe impl Header for Word {}
+// SAFETY: an array of [u8; 2]: alignment 1, every bit pattern valid.
+unsafe impl<const N: usize> Header for Words<N> {}
 
 /// A bounds-checked, in-place view of a `T` at byte `offset` of the packet, or `None` when the
 /// packet is too short. The view lives as long as the borrow of `ctx`.

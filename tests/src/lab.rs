@@ -40,6 +40,12 @@ pub const IN0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 /// group "web6"), "echo6" (UDP 9000, NAT, group "echo6").
 pub const VIP6: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10]);
 pub const VIP6_DSR: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x12]);
+/// "tun6" (TCP 8080, mode tunnel, group "web6": IPv6-in-IPv6) and "tun46" (an IPv4 VIP, TCP
+/// 8080, mode tunnel, group "web6": IPv4-in-IPv6).
+pub const VIP6_TUN: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x13]);
+pub const VIP_TUN46: [u8; 4] = [198, 18, 100, 14];
+/// `tunnel.source_prefix6` of the fixture config.
+pub const TUNNEL_PREFIX6: [u8; 8] = [0x20, 0x01, 0x0d, 0xb8, 0x02, 0x50, 0, 0];
 pub const CLIENT6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]);
 
 /// An IPv6 address from its eight 16-bit groups.
@@ -95,6 +101,7 @@ max_listeners = 12
 max_connections = 4096
 [tunnel]
 source_prefix = "198.18.250.0/24"
+source_prefix6 = "2001:db8:250::/64"
 [[listener]]
 name = "web"
 vip = "198.18.100.10"
@@ -140,6 +147,20 @@ port = 8080
 protocol = "tcp"
 target_group = "web6"
 mode = "dsr"
+[[listener]]
+name = "tun6"
+vip = "2001:db8:100::13"
+port = 8080
+protocol = "tcp"
+target_group = "web6"
+mode = "tunnel"
+[[listener]]
+name = "tun46"
+vip = "198.18.100.14"
+port = 8080
+protocol = "tcp"
+target_group = "web6"
+mode = "tunnel"
 [[listener]]
 name = "echo6"
 vip = "2001:db8:100::10"

@@ -142,9 +142,15 @@ fn add_route(
     };
     let dev = if tunnel {
         let (via, dev) = route_to(target)?;
+        let via = via.unwrap_or(target);
+        // An IPv4 VIP tunnelled to an IPv6 target: an IPv4 route with an IPv6 next hop.
+        let inet6 = if vip.is_ipv4() && via.is_ipv6() {
+            "inet6 "
+        } else {
+            ""
+        };
         ip(&format!(
-            "{f} route replace {vip}/{host} via {} dev {dev} table {table}",
-            via.unwrap_or(target)
+            "{f} route replace {vip}/{host} via {inet6}{via} dev {dev} table {table}"
         ))?;
         Some(dev)
     } else {

@@ -11,9 +11,9 @@
 //!   interface the reply may not leave by;
 //! - `tunnel` only: `xlb decap attach IFACE` (or the kernel's ipip device, where it exists).
 //!
-//! An IPv6 VIP (`dsr` only: IPv6 tunnels are not built yet) needs the VIP on the loopback
-//! alone: Linux answers neighbour solicitations only for addresses of the interface asked,
-//! and IPv6 has no reverse-path filter sysctl.
+//! An IPv6 VIP needs the VIP on the loopback (and, `tunnel`, decapsulation) alone: Linux
+//! answers neighbour solicitations only for addresses of the interface asked, and IPv6 has no
+//! reverse-path filter sysctl.
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -76,13 +76,14 @@ struct Record {
 
 fn steps(a: &Args) -> Result<Vec<Step>, String> {
     if a.vip.is_ipv6() {
+        let mut s = vec![Step::VipOnLoopback { vip: a.vip }];
         if a.mode == "tunnel" {
-            return Err(
-                "mode tunnel over IPv6 is not built yet (xlb refuses such listeners): use dsr"
-                    .into(),
-            );
+            let iface = a.iface.clone().ok_or(
+                "--mode tunnel needs --iface IFACE: the interface tunnelled packets arrive on",
+            )?;
+            s.push(Step::Decap { iface });
         }
-        return Ok(vec![Step::VipOnLoopback { vip: a.vip }]);
+        return Ok(s);
     }
     let mut s = vec![
         Step::VipOnLoopback { vip: a.vip },
@@ -291,11 +292,17 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_dsr_target_needs_the_vip_on_lo_only_and_ipv6_tunnels_are_refused() {
+    fn an_ipv6_target_needs_the_vip_on_lo_and_for_a_tunnel_decapsulation() {
         let s = steps(&args("2001:db8:100::12", "dsr")).unwrap();
         let cmds: Vec<String> = s.iter().map(command_of).collect();
         assert_eq!(cmds, ["ip -6 addr add 2001:db8:100::12/128 dev lo"]);
-        assert!(steps(&args("2001:db8:100::12", "tunnel")).is_err());
+        let t: Vec<String> = steps(&args("2001:db8:100::12", "tunnel"))
+            .unwrap()
+            .iter()
+            .map(command_of)
+            .collect();
+        assert_eq!(t.len(), 2);
+        assert!(t[1].starts_with("xlb decap attach eth0"), "{t:?}");
         let v4: Vec<String> = steps(&args("198.18.100.20", "dsr"))
             .unwrap()
             .iter()

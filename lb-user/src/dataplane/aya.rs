@@ -78,6 +78,7 @@ impl AyaDataplane {
         for (slot, name) in [
             (lb_common::TAIL_IPV6, lb_common::PROGRAM6_NAME),
             (lb_common::TAIL_ICMP6, lb_common::PROGRAM6_ICMP_NAME),
+            (lb_common::TAIL_TUNNEL6, lb_common::PROGRAM_TUNNEL6_NAME),
         ] {
             let prog: &mut Xdp = program_named(&mut ebpf, name)?;
             prog.load()?;

@@ -2,7 +2,7 @@
 //! without an agent: `attach` pins its link and maps under [`PIN_ROOT`]/IFACE, so it stays
 //! attached after the command exits, and `detach` removes the pins (which detaches it).
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -45,7 +45,7 @@ pub enum DecapError {
     },
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("interface {0:?} has no IPv4 address: nothing would be decapsulated")]
+    #[error("interface {0:?} has no IPv4 or global IPv6 address: nothing would be decapsulated")]
     NoAddress(String),
     #[error("decapsulation is already attached to {0} (xlb decap detach {0} first)")]
     AlreadyAttached(String),
@@ -93,8 +93,8 @@ fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
-/// `xlb decap attach`: load, accept the interface's IPv4 addresses, attach, pin.
-pub fn attach(root: &Path, iface: &str) -> Result<(AttachMode, Vec<Ipv4Addr>)> {
+/// `xlb decap attach`: load, accept the interface's IPv4 and global IPv6 addresses, attach, pin.
+pub fn attach(root: &Path, iface: &str) -> Result<(AttachMode, Vec<IpAddr>)> {
     let addrs = interface_addresses(iface)?;
     ensure_bpffs(root)?;
     let mut d = Decap::load(crate::DECAP_OBJECT)?;
@@ -132,6 +132,7 @@ impl Decap {
             maps::FLOWS6,
             maps::REVERSE6,
             "NEXT_HOPS",
+            "HANDOFF",
         ] {
             loader.map_max_entries(m, 1);
         }
@@ -141,22 +142,22 @@ impl Decap {
     }
 
     /// Decapsulate packets whose outer destination is `a`.
-    pub fn add_address(&mut self, a: Ipv4Addr) -> Result<()> {
+    pub fn add_address(&mut self, a: IpAddr) -> Result<()> {
+        match a {
+            IpAddr::V4(a) => self.insert(maps::DECAP_ADDRS, a.octets()),
+            IpAddr::V6(a) => self.insert(maps::DECAP_ADDRS6, a.octets()),
+        }
+    }
+
+    fn insert<const N: usize>(&mut self, name: &'static str, key: [u8; N]) -> Result<()> {
+        let err = |source| DecapError::Map { map: name, source };
         let map = self
             .ebpf
-            .map_mut(maps::DECAP_ADDRS)
-            .expect("the object declares DECAP_ADDRS");
-        let mut addrs: BpfHashMap<&mut MapData, [u8; 4], u8> =
-            BpfHashMap::try_from(map).map_err(|source| DecapError::Map {
-                map: maps::DECAP_ADDRS,
-                source,
-            })?;
-        addrs
-            .insert(a.octets(), 1, 0)
-            .map_err(|source| DecapError::Map {
-                map: maps::DECAP_ADDRS,
-                source,
-            })
+            .map_mut(name)
+            .expect("the object declares its address maps");
+        let mut addrs: BpfHashMap<&mut MapData, [u8; N], u8> =
+            BpfHashMap::try_from(map).map_err(err)?;
+        addrs.insert(key, 1, 0).map_err(err)
     }
 
     /// The program, for BPF_PROG_TEST_RUN.
@@ -285,13 +286,21 @@ pub fn status(root: &Path) -> Result<Vec<(String, DecapCounters)>> {
     Ok(out)
 }
 
-/// The IPv4 addresses of `iface`.
-pub fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>> {
+/// The IPv4 addresses and the IPv6 addresses other than link-local of `iface`.
+pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
     let addrs = nix::ifaddrs::getifaddrs()
         .map_err(|e| DecapError::Io(PathBuf::from(iface), std::io::Error::from(e)))?;
-    let mut out: Vec<Ipv4Addr> = addrs
+    let mut out: Vec<IpAddr> = addrs
         .filter(|a| a.interface_name == iface)
-        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .filter_map(|a| {
+            let a = a.address?;
+            if let Some(s) = a.as_sockaddr_in() {
+                return Some(IpAddr::V4(s.ip()));
+            }
+            let v6 = a.as_sockaddr_in6()?.ip();
+            // fe80::/10 never carries a tunnel from the balancer.
+            (v6.segments()[0] & 0xffc0 != 0xfe80).then_some(IpAddr::V6(v6))
+        })
         .collect();
     out.sort();
     out.dedup();

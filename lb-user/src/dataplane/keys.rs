@@ -94,6 +94,19 @@ pub fn settings(t: Option<&Tunnel>, icmp_echo: bool) -> Settings {
     } else {
         (1u32 << host_bits) - 1
     };
+    let (src6, mask6) = match t.source6 {
+        Some((a, len)) => {
+            // Host bits in the last 32 bits only: a /64's upper host bits stay as written.
+            let host = 128 - u32::from(len);
+            let mask = match host {
+                0 => 0,
+                1..=31 => (1u32 << host) - 1,
+                _ => u32::MAX,
+            };
+            (a.octets(), mask)
+        }
+        None => ([0; 16], 0),
+    };
     Settings {
         tunnel_src: t.source.octets(),
         tunnel_src_hostmask: hostmask.to_be_bytes(),
@@ -103,5 +116,7 @@ pub fn settings(t: Option<&Tunnel>, icmp_echo: bool) -> Settings {
             } else {
                 0
             },
+        tunnel_src6: src6,
+        tunnel_src6_hostmask: mask6.to_be_bytes(),
     }
 }

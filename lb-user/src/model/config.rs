@@ -93,6 +93,7 @@ struct RawTables {
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
     source_prefix: Option<Spanned<String>>,
+    source_prefix6: Option<Spanned<String>>,
     icmp_frag_needed: Option<bool>,
 }
 
@@ -190,9 +191,13 @@ pub struct Listener {
 /// How `tunnel` listeners build the outer header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tunnel {
-    /// Outer source addresses: this prefix, host bits from each flow's hash.
+    /// Outer source addresses toward IPv4 targets: this prefix, host bits from each flow's
+    /// hash (`tunnel.source_prefix`; unset when no tunnel listener can have IPv4 targets).
     pub source: std::net::Ipv4Addr,
     pub source_prefix_len: u8,
+    /// The same toward IPv6 targets (`tunnel.source_prefix6`), host bits from the hash in at
+    /// most the last 32 bits.
+    pub source6: Option<(std::net::Ipv6Addr, u8)>,
     /// Answer a packet that would not fit the MTU once encapsulated with ICMP "fragmentation
     /// needed" (default), instead of dropping it.
     pub icmp_frag_needed: bool,
@@ -362,7 +367,12 @@ impl Validator<'_> {
         let tables = self.tables(raw.tables.as_ref());
         let target_groups = self.groups(&raw.target_group);
         let listeners = self.listeners(&raw.listener, &target_groups, &tables);
-        let tunnel = self.tunnel(raw.tunnel.as_ref(), &raw.listener, &listeners);
+        let tunnel = self.tunnel(
+            raw.tunnel.as_ref(),
+            &raw.listener,
+            &listeners,
+            &target_groups,
+        );
         Config {
             interfaces,
             control_socket: raw
@@ -382,19 +392,62 @@ impl Validator<'_> {
         raw: Option<&Spanned<RawTunnel>>,
         raw_listeners: &[Spanned<RawListener>],
         listeners: &[Listener],
+        groups: &[TargetGroup],
     ) -> Option<Tunnel> {
-        let first = listeners.iter().position(|l| l.mode == Mode::Tunnel);
-        let prefix = raw.and_then(|t| t.get_ref().source_prefix.as_ref());
-        let Some(p) = prefix else {
-            if let Some(i) = first
-                && let Some(mode) = raw_listeners[i].get_ref().mode.as_ref()
-            {
-                self.at(mode, format!(
-                    "listener {:?} is mode \"tunnel\": set tunnel.source_prefix (e.g. \"198.18.250.0/24\"), the outer source addresses of encapsulated packets",
+        // An IPv4 VIP's tunnel reaches IPv4 targets in IPv4 (and IPv6 targets in IPv6); an
+        // IPv6 VIP's reaches IPv6 targets only.
+        let tunnels = || {
+            listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.mode == Mode::Tunnel)
+        };
+        let has_v6_target = |l: &Listener| {
+            groups
+                .iter()
+                .find(|g| g.name == l.target_group)
+                .is_some_and(|g| g.targets.iter().any(|t| t.endpoint.addr.is_ipv6()))
+        };
+        let needs_v4 = tunnels().find(|(_, l)| l.vip.is_ipv4()).map(|(i, _)| i);
+        let needs_v6 = tunnels()
+            .find(|(_, l)| l.vip.is_ipv6() || has_v6_target(l))
+            .map(|(i, _)| i);
+        let t = raw.map(|t| t.get_ref());
+        let missing = |this: &mut Self, i: usize, key: &str, example: &str, why: &str| {
+            if let Some(mode) = raw_listeners[i].get_ref().mode.as_ref() {
+                this.at(mode, format!(
+                    "listener {:?} is mode \"tunnel\"{why}: set tunnel.{key} (e.g. \"{example}\"), the outer source addresses of encapsulated packets",
                     listeners[i].name
                 ));
             }
-            return None;
+        };
+        let source6 = match (t.and_then(|t| t.source_prefix6.as_ref()), needs_v6) {
+            (Some(p), _) => self.prefix6(p),
+            (None, Some(i)) => {
+                missing(
+                    self,
+                    i,
+                    "source_prefix6",
+                    "2001:db8:250::/64",
+                    " with IPv6 targets",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let prefix = t.and_then(|t| t.source_prefix.as_ref());
+        let Some(p) = prefix else {
+            if let Some(i) = needs_v4 {
+                missing(self, i, "source_prefix", "198.18.250.0/24", "");
+                return None;
+            }
+            // IPv6 tunnels only: no IPv4 outer source needed.
+            return (needs_v6.is_some() && source6.is_some()).then_some(Tunnel {
+                source: std::net::Ipv4Addr::UNSPECIFIED,
+                source_prefix_len: 32,
+                source6,
+                icmp_frag_needed: t.and_then(|t| t.icmp_frag_needed).unwrap_or(true),
+            });
         };
         let parsed = p.get_ref().split_once('/').and_then(|(a, n)| {
             let a: std::net::Ipv4Addr = a.parse().ok()?;
@@ -414,10 +467,31 @@ impl Validator<'_> {
         Some(Tunnel {
             source,
             source_prefix_len,
+            source6,
             icmp_frag_needed: raw
                 .and_then(|t| t.get_ref().icmp_frag_needed)
                 .unwrap_or(true),
         })
+    }
+
+    /// An IPv6 prefix of at most /128 (`tunnel.source_prefix6`); host bits beyond the last 32
+    /// stay as written.
+    fn prefix6(&mut self, p: &Spanned<String>) -> Option<(std::net::Ipv6Addr, u8)> {
+        let parsed = p.get_ref().split_once('/').and_then(|(a, n)| {
+            let a: std::net::Ipv6Addr = a.parse().ok()?;
+            let n: u8 = n.parse().ok().filter(|n| *n <= 128)?;
+            Some((a, n))
+        });
+        if parsed.is_none() {
+            self.at(
+                p,
+                format!(
+                    "tunnel.source_prefix6 {:?} is not an IPv6 prefix like \"2001:db8:250::/64\"",
+                    p.get_ref()
+                ),
+            );
+        }
+        parsed
     }
 
     fn tables(&mut self, raw: Option<&Spanned<RawTables>>) -> Tables {

@@ -41,9 +41,9 @@ pub enum FamilyMismatch {
         family: &'static str,
     },
     #[error(
-        "mode \"tunnel\" over IPv6 (IPv6-in-IPv6, IPv4-in-IPv6) is not built yet: use \"nat\" or \"dsr\" for IPv6"
+        "mode \"tunnel\" carries an IPv6 VIP to IPv6 targets only (IPv6-in-IPv6; IPv6-in-IPv4 is not built)"
     )]
-    TunnelIpv6,
+    TunnelIpv6ToIpv4,
 }
 
 fn family_name(a: IpAddr) -> &'static str {
@@ -52,10 +52,11 @@ fn family_name(a: IpAddr) -> &'static str {
 
 /// Can a listener on `vip` in `mode` send to a target at `target`? NAT rewrites addresses
 /// within one family (NAT44, NAT66); DSR changes only the MAC, so the target holds the VIP in
-/// the same family; tunnel mode is IPv4-in-IPv4 today.
+/// the same family; a tunnel carries an IPv4 VIP to IPv4 or IPv6 targets (IPv4-in-IPv4,
+/// IPv4-in-IPv6) and an IPv6 VIP to IPv6 targets (IPv6-in-IPv6).
 pub fn family_fits(mode: Mode, vip: IpAddr, target: IpAddr) -> Result<(), FamilyMismatch> {
     match mode {
-        Mode::Tunnel if vip.is_ipv6() || target.is_ipv6() => Err(FamilyMismatch::TunnelIpv6),
+        Mode::Tunnel if vip.is_ipv6() && target.is_ipv4() => Err(FamilyMismatch::TunnelIpv6ToIpv4),
         Mode::Nat | Mode::Dsr if vip.is_ipv4() != target.is_ipv4() => {
             Err(FamilyMismatch::SameFamily {
                 mode: mode.as_str(),
@@ -219,8 +220,8 @@ pub enum Mode {
     /// Direct server return on one L2 segment: only the destination MAC changes; targets hold
     /// the VIP and answer clients directly.
     Dsr,
-    /// Direct server return over IP: IPv4-in-IPv4 to the target, which decapsulates (IPv4
-    /// only so far).
+    /// Direct server return over IP: the packet inside an outer header to the target, which
+    /// decapsulates (IPv4-in-IPv4, IPv4-in-IPv6, IPv6-in-IPv6).
     Tunnel,
 }
 
@@ -322,13 +323,11 @@ mod tests {
             assert!(family_fits(mode, a6, b4).is_err());
         }
         assert_eq!(family_fits(Mode::Tunnel, a4, b4), Ok(()));
+        assert_eq!(family_fits(Mode::Tunnel, a6, b6), Ok(()));
+        assert_eq!(family_fits(Mode::Tunnel, a4, b6), Ok(()), "IPv4-in-IPv6");
         assert_eq!(
-            family_fits(Mode::Tunnel, a6, b6),
-            Err(FamilyMismatch::TunnelIpv6)
-        );
-        assert_eq!(
-            family_fits(Mode::Tunnel, a4, b6),
-            Err(FamilyMismatch::TunnelIpv6)
+            family_fits(Mode::Tunnel, a6, b4),
+            Err(FamilyMismatch::TunnelIpv6ToIpv4)
         );
     }
 

@@ -155,6 +155,19 @@ impl Registry {
             });
         }
         for l in cfg.listeners.iter().filter(|l| l.target_group == group) {
+            let no_source6 = l.mode == Mode::Tunnel
+                && target.endpoint.addr.is_ipv6()
+                && cfg.tunnel.and_then(|t| t.source6).is_none();
+            if no_source6 {
+                return Err(RegistryError::WrongFamily {
+                    group: group.into(),
+                    target: target.endpoint,
+                    listener: l.name.clone(),
+                    vip: l.vip,
+                    reason: "a tunnel to an IPv6 target needs tunnel.source_prefix6 in the config"
+                        .into(),
+                });
+            }
             if let Err(reason) = family_fits(l.mode, l.vip, target.endpoint.addr) {
                 return Err(RegistryError::WrongFamily {
                     group: group.into(),

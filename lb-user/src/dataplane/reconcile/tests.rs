@@ -405,6 +405,7 @@ fn a_mode_change_rewrites_the_listener_and_settings_go_in_before_anything_else()
     c2.tunnel = Some(crate::model::config::Tunnel {
         source: "198.18.250.0".parse().unwrap(),
         source_prefix_len: 24,
+        source6: None,
         icmp_frag_needed: true,
     });
     b.dataplane_mut().log.clear();

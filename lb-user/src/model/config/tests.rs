@@ -168,15 +168,33 @@ fn an_ipv6_vip_needs_ipv6_targets_in_nat_and_dsr_mode() {
         .replace(", port = 8081", "")
         .replace("port = 8080", "port = 80");
     parse(Path::new("xlb.toml"), &dsr).unwrap();
-    // An IPv6 VIP in tunnel mode is refused until IPv6 tunnels exist.
-    let tunnel = dsr.replace("mode = \"dsr\"", "mode = \"tunnel\"").replace(
-        "interfaces = [\"eth0\"]",
-        "interfaces = [\"eth0\"]\ntunnel = { source_prefix = \"198.18.250.0/24\" }",
-    );
+    // An IPv6 VIP in tunnel mode needs tunnel.source_prefix6 (and no IPv4 prefix).
+    let tunnel = dsr.replace("mode = \"dsr\"", "mode = \"tunnel\"");
     let errs = errors(&tunnel);
     assert!(
         errs.iter()
-            .any(|e| e.message.contains("\"tunnel\" over IPv6")),
+            .any(|e| e.message.contains("set tunnel.source_prefix6")),
+        "{errs:?}"
+    );
+    let with6 = tunnel.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\ntunnel = { source_prefix6 = \"2001:db8:250::/64\" }",
+    );
+    let c = parse(Path::new("xlb.toml"), &with6).unwrap();
+    assert_eq!(
+        c.tunnel.unwrap().source6,
+        Some(("2001:db8:250::".parse().unwrap(), 64))
+    );
+    let bad = with6.replace("2001:db8:250::/64", "2001:db8:250::/129");
+    assert!(errors(&bad)[0].message.contains("is not an IPv6 prefix"));
+    // ... and IPv4 targets cannot serve it (IPv6-in-IPv4 is not built).
+    let v4_targets = with6
+        .replace("2001:db8:1::2", "198.18.1.2")
+        .replace("2001:db8:2::2", "198.18.2.2");
+    let errs = errors(&v4_targets);
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("IPv6-in-IPv4 is not built")),
         "{errs:?}"
     );
 }
