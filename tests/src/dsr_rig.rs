@@ -30,9 +30,19 @@ use crate::{
 
 pub const DSR_VIP: &str = "198.18.100.20";
 pub const TUNNEL_VIP: &str = "198.18.100.21";
+/// An IPv6 VIP tunnelled to the IPv6 addresses of targets 3 and 4 (IPv6-in-IPv6), and an IPv4
+/// VIP tunnelled to the same (IPv4-in-IPv6).
+pub const TUNNEL_VIP6: &str = "2001:db8:100::21";
+pub const TUNNEL_VIP46: &str = "198.18.100.22";
+pub const TUNNEL_PREFIX6: &str = "2001:db8:250::/64";
 pub const PORT: u16 = 80;
 /// Outer sources of tunnelled packets.
 pub const TUNNEL_PREFIX: &str = "198.18.250.0/24";
+
+/// Target K's IPv6 address (3, 4: the routed tunnel targets).
+pub fn dsr_target6(k: usize) -> String {
+    format!("2001:db8:{}::2", 18 + k)
+}
 
 /// Target K's address (1, 2 next to the balancer; 3, 4 routed).
 pub fn dsr_target(k: usize) -> String {
@@ -79,13 +89,19 @@ impl DsrRig {
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv6.conf.all.forwarding", "1"),
         ] {
             r.sysctl(key, value)?;
         }
         veth(&self.client, "eth0", r, "r-c")?;
         r.exec("ip addr add 198.18.0.1/24 dev r-c")?;
+        r.exec("ip -6 addr add 2001:db8::1/64 dev r-c nodad")?;
         self.client.exec("ip addr add 198.18.0.2/24 dev eth0")?;
         self.client.exec("ip route add default via 198.18.0.1")?;
+        self.client
+            .exec("ip -6 addr add 2001:db8::2/64 dev eth0 nodad")?;
+        self.client
+            .exec("ip -6 route add default via 2001:db8::1")?;
         host_side_offloads(&self.client)?;
 
         let lb = &self.lb;
@@ -98,10 +114,16 @@ impl DsrRig {
         lb.exec("ip addr add 198.18.9.2/24 dev eth0")?;
         lb.exec("ip addr add 198.18.19.2/24 dev eth1")?;
         lb.exec("ip route add default via 198.18.19.1")?;
+        r.exec("ip -6 addr add 2001:db8:9::1/64 dev r-lb nodad")?;
+        r.exec("ip -6 addr add 2001:db8:19::1/64 dev r-lb2 nodad")?;
+        lb.exec("ip -6 addr add 2001:db8:9::2/64 dev eth0 nodad")?;
+        lb.exec("ip -6 addr add 2001:db8:19::2/64 dev eth1 nodad")?;
+        lb.exec("ip -6 route add default via 2001:db8:19::1")?;
         lb.exec("ethtool -K eth0 tx off")?;
         lb.exec("ethtool -K eth1 tx off")?;
         balancer_sysctls(lb)?;
         r.exec("ip route add 198.18.100.0/24 via 198.18.9.2")?;
+        r.exec("ip -6 route add 2001:db8:100::/64 via 2001:db8:9::2")?;
 
         for (i, t) in self.targets.iter().enumerate() {
             let k = i + 1;
@@ -123,6 +145,14 @@ impl DsrRig {
                 r.exec(&format!("ip addr add 198.18.{net}.1/24 dev r-t{k}"))?;
                 t.exec(&format!("ip addr add {}/24 dev eth0", dsr_target(k)))?;
                 t.exec(&format!("ip route add default via 198.18.{net}.1"))?;
+                r.exec(&format!(
+                    "ip -6 addr add 2001:db8:{net}::1/64 dev r-t{k} nodad"
+                ))?;
+                t.exec(&format!(
+                    "ip -6 addr add {}/64 dev eth0 nodad",
+                    dsr_target6(k)
+                ))?;
+                t.exec(&format!("ip -6 route add default via 2001:db8:{net}::1"))?;
             }
             host_side_offloads(t)?;
         }
@@ -130,13 +160,19 @@ impl DsrRig {
     }
 
     /// Prepare target K as the README tells users: `xlb target-setup --apply` for its
-    /// listener's VIP (and the decapsulation, for the tunnel targets).
+    /// listeners' VIPs (and the decapsulation, for the tunnel targets: attached by the first,
+    /// kept by the others).
     pub fn set_up_target(&self, xlb: &Path, k: usize) -> anyhow::Result<()> {
-        let (vip, mode) = if k <= 2 {
-            (DSR_VIP, "dsr")
-        } else {
-            (TUNNEL_VIP, "tunnel")
-        };
+        if k <= 2 {
+            return self.set_up_vip(xlb, k, DSR_VIP, "dsr");
+        }
+        for vip in [TUNNEL_VIP, TUNNEL_VIP6, TUNNEL_VIP46] {
+            self.set_up_vip(xlb, k, vip, "tunnel")?;
+        }
+        Ok(())
+    }
+
+    fn set_up_vip(&self, xlb: &Path, k: usize, vip: &str, mode: &str) -> anyhow::Result<()> {
         let mut cmd = self.targets[k - 1].command(&xlb.display().to_string());
         cmd.args([
             "target-setup",
@@ -147,7 +183,7 @@ impl DsrRig {
             "--apply",
             "--record",
         ])
-        .arg(self.record(k))
+        .arg(self.record_of(k, vip))
         .arg("--pin-dir")
         .arg(self.pin_dir(k));
         if mode == "tunnel" {
@@ -178,8 +214,8 @@ impl DsrRig {
     pub fn start_backend(&mut self, backend: &Path, k: usize) -> anyhow::Result<()> {
         let mut cmd = self.targets[k - 1].command(&backend.display().to_string());
         cmd.args(["--name", &format!("backend-{k}"), "--http"])
-            .arg(format!("0.0.0.0:{PORT}"))
-            .args(["--udp", "0.0.0.0:9000"]);
+            .arg(format!("[::]:{PORT}"))
+            .args(["--udp", "[::]:9000"]);
         self.start_server(k, cmd, "ready")
     }
 
@@ -196,18 +232,32 @@ impl DsrRig {
         self.bpffs.0.join(format!("t{k}"))
     }
 
-    /// Where target K's `target-setup --apply` keeps its record.
+    /// Where target K's `target-setup --apply` keeps its record (of its first VIP).
     pub fn record(&self, k: usize) -> PathBuf {
-        std::env::temp_dir().join(format!("{}-t{k}-setup.json", self.prefix))
+        let vip = if k <= 2 { DSR_VIP } else { TUNNEL_VIP };
+        self.record_of(k, vip)
+    }
+
+    /// Where target K's `target-setup --apply` for `vip` keeps its record.
+    pub fn record_of(&self, k: usize, vip: &str) -> PathBuf {
+        let vip = vip.replace(':', "_");
+        std::env::temp_dir().join(format!("{}-t{k}-{vip}-setup.json", self.prefix))
     }
 
     /// The agent's config: a dsr listener on targets 1-2, a tunnel listener on targets 3-4,
     /// health checks every second.
     pub fn config(&self, socket: &Path, state: &Path) -> String {
         let group = |name: &str, ks: [usize; 2]| {
+            let addr = |k: usize| {
+                if name == "routed6" {
+                    dsr_target6(k)
+                } else {
+                    dsr_target(k)
+                }
+            };
             let list = ks
                 .iter()
-                .map(|k| format!("{{ address = \"{}\" }}", dsr_target(*k)))
+                .map(|k| format!("{{ address = \"{}\" }}", addr(*k)))
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
@@ -217,14 +267,17 @@ impl DsrRig {
         };
         format!(
             "interfaces = [\"eth0\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n\
-[tunnel]\nsource_prefix = \"{TUNNEL_PREFIX}\"\n\
+[tunnel]\nsource_prefix = \"{TUNNEL_PREFIX}\"\nsource_prefix6 = \"{TUNNEL_PREFIX6}\"\n\
 [[listener]]\nname = \"dsr\"\nvip = \"{DSR_VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\ntarget_group = \"segment\"\nmode = \"dsr\"\n\
 [[listener]]\nname = \"tun\"\nvip = \"{TUNNEL_VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\ntarget_group = \"routed\"\nmode = \"tunnel\"\n\
-{}{}",
+[[listener]]\nname = \"tun6\"\nvip = \"{TUNNEL_VIP6}\"\nport = {PORT}\nprotocol = \"tcp\"\ntarget_group = \"routed6\"\nmode = \"tunnel\"\n\
+[[listener]]\nname = \"tun46\"\nvip = \"{TUNNEL_VIP46}\"\nport = {PORT}\nprotocol = \"tcp\"\ntarget_group = \"routed6\"\nmode = \"tunnel\"\n\
+{}{}{}",
             socket.display(),
             state.display(),
             group("segment", [1, 2]),
             group("routed", [3, 4]),
+            group("routed6", [3, 4]),
         )
     }
 
@@ -254,7 +307,9 @@ impl Drop for DsrRig {
         // releases the decapsulation links), then the namespaces.
         self.children.stop_all();
         for k in 1..=4 {
-            let _ = std::fs::remove_file(self.record(k));
+            for vip in [DSR_VIP, TUNNEL_VIP, TUNNEL_VIP6, TUNNEL_VIP46] {
+                let _ = std::fs::remove_file(self.record_of(k, vip));
+            }
         }
     }
 }

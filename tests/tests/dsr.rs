@@ -13,7 +13,9 @@ use std::{
 use common::{TempDir, backend_bin, xlb_bin};
 use xlb_rig::{
     Netns,
-    dsr_rig::{DSR_VIP, DsrRig, PORT, TUNNEL_VIP, dsr_target},
+    dsr_rig::{
+        DSR_VIP, DsrRig, PORT, TUNNEL_VIP, TUNNEL_VIP6, TUNNEL_VIP46, dsr_target, dsr_target6,
+    },
 };
 
 fn xlb_in(ns: &Netns, args: &[&str]) -> std::process::Output {
@@ -111,7 +113,11 @@ impl Env {
 
     /// Wait until target K is in `state`; its reason then.
     fn wait_state(&self, k: usize, state: &str) -> String {
-        let addr = dsr_target(k);
+        self.wait_addr(&dsr_target(k), state)
+    }
+
+    /// Wait until the target at `addr` is in `state`; its reason then.
+    fn wait_addr(&self, addr: &str, state: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.status();
@@ -120,12 +126,12 @@ impl Env {
                 .into_iter()
                 .flatten()
                 .flat_map(|g| g["targets"].as_array().into_iter().flatten())
-                .find(|t| t["address"] == addr.as_str() && t["state"] == state)
+                .find(|t| t["address"] == addr && t["state"] == state)
                 .map(|t| t["reason"].as_str().unwrap_or_default().to_owned());
             if let Some(reason) = found {
                 return reason;
             }
-            assert!(Instant::now() < deadline, "t{k} not {state}: {s:#}");
+            assert!(Instant::now() < deadline, "{addr} not {state}: {s:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -377,4 +383,42 @@ fn target_setup_apply_then_undo_leaves_the_target_as_it_was() {
     assert!(!again.status.success(), "a second --apply is refused");
     assert!(run("--undo").status.success());
     assert_eq!(look(), before);
+}
+
+#[test]
+fn curl_through_ipv6_in_ipv6_and_ipv4_in_ipv6_tunnels_reaches_both_targets() {
+    let env = start("tun6", Serve::Names);
+    // Health checks of the IPv6 targets take the tunnel path too (an outer IPv6 header added
+    // on egress), and pass.
+    for k in 3..=4 {
+        env.wait_addr(&dsr_target6(k), "healthy");
+    }
+    for vip in [format!("[{TUNNEL_VIP6}]"), TUNNEL_VIP46.to_owned()] {
+        let names = env.curl_names(&vip, 24);
+        eprintln!("{vip}: {names:?}");
+        assert!(
+            count(&names, "backend-3") > 0 && count(&names, "backend-4") > 0,
+            "{vip}: {names:?}"
+        );
+        assert_eq!(
+            count(&names, "backend-3") + count(&names, "backend-4"),
+            24,
+            "{vip}: {names:?}"
+        );
+    }
+    let status = env.status();
+    let routed6 = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "routed6")
+        .unwrap()
+        .clone();
+    assert!(
+        routed6["health_check"]
+            .as_str()
+            .unwrap()
+            .contains("through the tunnel path"),
+        "{routed6}"
+    );
 }

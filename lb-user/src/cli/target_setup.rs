@@ -188,9 +188,19 @@ fn apply(a: &Args, steps: &[Step]) -> Result<Record, String> {
                 }
                 Ok(())
             }),
-            Step::Decap { iface } => decap::attach(&a.pin_dir, iface)
-                .map(|_| rec.decap = Some(iface.clone()))
-                .map_err(|e| e.to_string()),
+            Step::Decap { iface } => match decap::attach(&a.pin_dir, iface) {
+                Ok(_) => {
+                    rec.decap = Some(iface.clone());
+                    Ok(())
+                }
+                // Set up for another VIP already (one program decapsulates for all): kept,
+                // and left to that VIP's --undo.
+                Err(decap::DecapError::AlreadyAttached(_)) => {
+                    println!("kept: decapsulation already attached to {iface}");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
         };
         if let Err(e) = done {
             let _ = undo_record(a, &rec);
