@@ -120,7 +120,7 @@ fn command_of(s: &Step) -> String {
             format!("ip {} addr add {vip}/{} dev lo", fam(*vip), host_len(*vip))
         }
         Step::Decap { iface } => format!(
-            "xlb decap attach {iface}    # or, where the kernel has ipip: ip link add xlb-ipip type ipip && ip link set xlb-ipip up"
+            "xlb decap attach {iface}    # or, where the kernel has them: ip link add xlb-ipip type ipip (IPv4 outer), ip link add xlb-ip6tnl type ip6tnl mode any (IPv6 outer); ip link set ... up"
         ),
     }
 }
