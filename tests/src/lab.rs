@@ -135,6 +135,12 @@ port = 9000
 protocol = "udp"
 target_group = "echo"
 [[listener]]
+name = "echo53"
+vip = "198.18.100.10"
+port = 53
+protocol = "udp"
+target_group = "echo"
+[[listener]]
 name = "web6"
 vip = "2001:db8:100::10"
 port = 80
@@ -312,7 +318,7 @@ impl Lab {
     }
 
     pub fn stats(&self) -> Vec<u64> {
-        self.b.snapshot().unwrap().stats
+        self.b.dataplane().reason_counters().unwrap()
     }
 
     /// Run one packet arriving on interface `ingress`.

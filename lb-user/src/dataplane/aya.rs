@@ -126,6 +126,17 @@ impl AyaDataplane {
         })
     }
 
+    /// The per-reason counters alone (`STATS`, summed over CPUs), by code: what a snapshot
+    /// holds first, without reading every listener and target.
+    pub fn reason_counters(&self) -> Result<Vec<u64>> {
+        (0..STAT_SLOTS)
+            .map(|i| {
+                let v = self.stats.get(&i, 0).map_err(map_err(maps::STATS))?;
+                Ok(sum(&v, |a, b| *a += *b))
+            })
+            .collect()
+    }
+
     /// The balancer program (tests run it through BPF_PROG_TEST_RUN).
     pub fn program(&mut self) -> Result<&mut Xdp> {
         program_mut(&mut self.ebpf)
