@@ -62,6 +62,13 @@ pub mod maps {
     pub const VIP_HINTS: &str = "VIP_HINTS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Source rules (LPM tries keyed by listener id and prefix; value: rule id) and their
+    /// per-rule counters.
+    pub const ALLOW4: &str = "ALLOW4";
+    pub const DENY4: &str = "DENY4";
+    pub const ALLOW6: &str = "ALLOW6";
+    pub const DENY6: &str = "DENY6";
+    pub const RULE_STATS: &str = "RULE_STATS";
     /// The decapsulation program's maps (`xlb decap`).
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_ADDRS6: &str = "DECAP_ADDRS6";
@@ -160,6 +167,38 @@ pub struct VipKey {
     pub addr: [u8; 4],
     pub family: u8,
     pub _pad: [u8; 3],
+}
+
+/// `ListenerValue::flags`: the listener has deny rules (`DENY4` / `DENY6` entries).
+pub const LISTENER_HAS_DENY: u8 = 1;
+/// `ListenerValue::flags`: the listener has allow rules: a source none of them matches is
+/// dropped.
+pub const LISTENER_HAS_ALLOW: u8 = 2;
+
+/// The data of a source-rule LPM key: the listener id (network order) then the address, so one
+/// trie holds every listener's rules: prefix length = 32 + the rule's prefix length.
+pub type RuleKey4 = [u8; 8];
+pub type RuleKey6 = [u8; 20];
+
+/// A source rule's LPM key for listener `id` and `addr/len`.
+pub const fn rule_key<const N: usize>(id: u32, addr: &[u8]) -> [u8; N] {
+    let mut k = [0u8; N];
+    let idb = id.to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        k[i] = idb[i];
+        i += 1;
+    }
+    while i < N && i - 4 < addr.len() {
+        k[i] = addr[i - 4];
+        i += 1;
+    }
+    k
+}
+
+/// `RULE_STATS` slot counting a listener's sources that no allow rule matched.
+pub const fn not_allowed_slot(listener_id: u32) -> u32 {
+    crate::limits::MAX_SOURCE_RULES + listener_id
 }
 
 /// `TARGETS[id]`: where a target lives. Id 0 is never assigned.

@@ -50,3 +50,10 @@ pub const DECAP_STAT_SLOTS: u32 = 8;
 
 /// Addresses one decapsulation program accepts as outer destinations.
 pub const DECAP_ADDRS_MAX: u32 = 64;
+
+/// Source rules (`allow_sources`, `deny_sources`) of all listeners together; rule ids are
+/// 1..MAX_SOURCE_RULES (0 unused).
+pub const MAX_SOURCE_RULES: u32 = 4096;
+
+/// Slots of `RULE_STATS`: one per rule id, then one per listener id ("no allow rule matched").
+pub const RULE_STAT_SLOTS: u32 = MAX_SOURCE_RULES + MAX_LISTENERS + 1;

@@ -98,6 +98,11 @@ stats! {
     /// `TAIL_CALLS`: passed untouched. The agent installs them at load; seeing this means the
     /// object was loaded by other means.
     PassIpv6NoProgram = 33, "pass_ipv6_no_program", "pass";
+    /// A packet to a listener from a source one of its `deny_sources` matches (deny wins over
+    /// allow), dropped before any connection state; counted per rule too.
+    DropSourceDenied = 34, "drop_source_denied", "drop";
+    /// A packet to a listener with `allow_sources` from a source none of them matches.
+    DropSourceNotAllowed = 35, "drop_source_not_allowed", "drop";
 }
 
 #[cfg(test)]

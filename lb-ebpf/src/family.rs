@@ -3,7 +3,10 @@
 //! the hash, the checksum of an address change and the IP header's own fields. The stages are
 //! generic over [`Family`]; each family's code is compiled apart, so IPv4 packets never run,
 //! nor hash, anything of IPv6.
-use aya_ebpf::{maps::LruHashMap, programs::XdpContext};
+use aya_ebpf::{
+    maps::{LruHashMap, lpm_trie::Key},
+    programs::XdpContext,
+};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6,
     ListenerValue, PROTO_ICMP, ReverseValue, Stat, TargetValue, VipKey, VipKey6, addr_from_ipv4,
@@ -15,7 +18,10 @@ use crate::{
     encap,
     forward::{self, FibParams},
     hdr::{ETH_LEN, IPV6_LEN, Ipv4, Ipv6},
-    maps::{FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS, VIPS6},
+    maps::{
+        ALLOW4, ALLOW6, DENY4, DENY6, FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6,
+        VIP_HINTS, VIPS, VIPS6,
+    },
     parse::{FlowOf, IcmpErrorOf, Verdict},
     sys::{self, header_mut},
 };
@@ -56,6 +62,9 @@ pub trait Family: Sized {
     /// stack for one address).
     fn of_slot(slot: &[u8; 16]) -> &Self::Addr;
     fn to_slot(a: Self::Addr) -> [u8; 16];
+    /// The rule id of the deny (`allow = false`) or allow rule of listener `id` that matches
+    /// `src`, if any (longest prefix).
+    fn source_rule(id: u32, src: &Self::Addr, allow: bool) -> Option<u32>;
     /// The checksum difference of an address change (see `csum::delta`).
     fn delta(old: &Self::Addr, new: &Self::Addr) -> u16;
     /// The UDP checksum to write, given the one received and the one computed.
@@ -178,6 +187,13 @@ impl Family for V4 {
     #[inline(always)]
     fn to_slot(a: [u8; 4]) -> [u8; 16] {
         addr_from_ipv4(a)
+    }
+
+    #[inline(always)]
+    fn source_rule(id: u32, src: &[u8; 4], allow: bool) -> Option<u32> {
+        let key = Key::new(64, lb_common::rule_key::<8>(id, src));
+        let trie = if allow { &ALLOW4 } else { &DENY4 };
+        trie.get(&key).copied()
     }
 
     #[inline(always)]
@@ -352,6 +368,13 @@ impl Family for V6 {
     #[inline(always)]
     fn to_slot(a: [u8; 16]) -> [u8; 16] {
         a
+    }
+
+    #[inline(always)]
+    fn source_rule(id: u32, src: &[u8; 16], allow: bool) -> Option<u32> {
+        let key = Key::new(160, lb_common::rule_key::<20>(id, src));
+        let trie = if allow { &ALLOW6 } else { &DENY6 };
+        trie.get(&key).copied()
     }
 
     #[inline(always)]

@@ -2,14 +2,15 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, ReverseValue,
-    Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
+    RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
     limits::{
-        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_TARGETS,
-        PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, STAT_SLOTS, VIP_HINT_ENTRIES,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_SOURCE_RULES,
+        MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS,
+        VIP_HINT_ENTRIES,
     },
 };
 
@@ -109,3 +110,18 @@ pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS,
 /// the same run, so the slot cannot change in between): the target id for `xlb_tunnel6`.
 #[map]
 pub static HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Source rules of all listeners: LPM tries keyed by (listener id, source prefix), value the
+/// rule id (for `RULE_STATS`).
+#[map]
+pub static ALLOW4: LpmTrie<RuleKey4, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+#[map]
+pub static DENY4: LpmTrie<RuleKey4, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+#[map]
+pub static ALLOW6: LpmTrie<RuleKey6, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+#[map]
+pub static DENY6: LpmTrie<RuleKey6, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+
+/// Packets per rule id, then per listener id those no allow rule matched.
+#[map]
+pub static RULE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);

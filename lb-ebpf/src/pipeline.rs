@@ -2,7 +2,9 @@
 //! IPv4 and IPv6 share the balancing stages (generic over [`Family`]); parsing and ICMP are
 //! per family.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{MODE_DSR, MODE_TUNNEL, Stat, TAIL_ICMP6, TAIL_IPV6};
+use lb_common::{
+    LISTENER_HAS_ALLOW, LISTENER_HAS_DENY, MODE_DSR, MODE_TUNNEL, Stat, TAIL_ICMP6, TAIL_IPV6,
+};
 
 use crate::{
     balance,
@@ -108,12 +110,41 @@ fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
     defect::<F>(f.dst, Stat::DropVipNoListener, Stat::PassNotListener)
 }
 
+/// The verdict of the listener's source rules, if they refuse `src`: a deny rule matches
+/// (deny wins), or there are allow rules and none matches. Counted per rule.
+#[inline(always)]
+fn source_rules<F: Family>(l: &lb_common::ListenerValue, src: &F::Addr) -> Option<Verdict> {
+    if l.flags & LISTENER_HAS_DENY != 0
+        && let Some(rule) = F::source_rule(l.id, src, false)
+    {
+        stats::rule(rule);
+        return Some(Verdict::drop(Stat::DropSourceDenied));
+    }
+    if l.flags & LISTENER_HAS_ALLOW != 0 {
+        match F::source_rule(l.id, src, true) {
+            Some(rule) => stats::rule(rule),
+            None => {
+                stats::rule(lb_common::not_allowed_slot(l.id));
+                return Some(Verdict::drop(Stat::DropSourceNotAllowed));
+            }
+        }
+    }
+    None
+}
+
 #[inline(always)]
 fn to_target<F: Family>(
     ctx: &mut XdpContext,
     f: &FlowOf<F>,
     l: &lb_common::ListenerValue,
 ) -> Verdict {
+    // Source rules first, before any connection state (and on every packet: a source that
+    // becomes denied loses its established flows too).
+    if l.flags & (LISTENER_HAS_DENY | LISTENER_HAS_ALLOW) != 0
+        && let Some(v) = source_rules::<F>(l, &f.src)
+    {
+        return v;
+    }
     // NAT decrements the TTL as a router does; DSR and tunnel leave the client's packet as it is.
     let nat = l.mode != MODE_DSR && l.mode != MODE_TUNNEL;
     if nat && f.ttl <= 1 {

@@ -2,13 +2,19 @@
 use lb_common::{Counters, Stat};
 
 use crate::{
-    maps::{LISTENER_STATS, STATS, TARGET_STATS},
+    maps::{LISTENER_STATS, RULE_STATS, STATS, TARGET_STATS},
     sys,
 };
 
 #[inline(always)]
 pub fn count(stat: Stat) {
     sys::with_slot(&STATS, stat as u32, |n| *n += 1);
+}
+
+/// One packet matched source rule `slot` (or a listener's "no allow rule matched" slot).
+#[inline(always)]
+pub fn rule(slot: u32) {
+    sys::with_slot(&RULE_STATS, slot, |n| *n += 1);
 }
 
 /// Which way a packet went through the balancer.

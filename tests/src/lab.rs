@@ -44,6 +44,11 @@ pub const VIP6_DSR: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x12]);
 /// 8080, mode tunnel, group "web6": IPv4-in-IPv6).
 pub const VIP6_TUN: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x13]);
 pub const VIP_TUN46: [u8; 4] = [198, 18, 100, 14];
+/// "guarded": TCP 80 to group "web", allow 198.18.0.0/16, deny 198.18.0.0/24 (so the client,
+/// 198.18.0.2, is denied); "guarded6": TCP 80 to "web6", allow 2001:db8::/48, deny
+/// 2001:db8::2/128 (the client).
+pub const VIP_GUARDED: [u8; 4] = [198, 18, 100, 15];
+pub const VIP6_GUARDED: [u8; 16] = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x15]);
 /// `tunnel.source_prefix6` of the fixture config.
 pub const TUNNEL_PREFIX6: [u8; 8] = [0x20, 0x01, 0x0d, 0xb8, 0x02, 0x50, 0, 0];
 pub const CLIENT6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]);
@@ -97,7 +102,7 @@ pub fn config_text(web: &[u8]) -> String {
         r#"interfaces = ["in0"]
 [tables]
 maglev_size = 1021
-max_listeners = 12
+max_listeners = 16
 max_connections = 4096
 [tunnel]
 source_prefix = "198.18.250.0/24"
@@ -167,6 +172,22 @@ port = 8080
 protocol = "tcp"
 target_group = "web6"
 mode = "tunnel"
+[[listener]]
+name = "guarded"
+vip = "198.18.100.15"
+port = 80
+protocol = "tcp"
+target_group = "web"
+allow_sources = ["198.18.0.0/16"]
+deny_sources = ["198.18.0.0/24"]
+[[listener]]
+name = "guarded6"
+vip = "2001:db8:100::15"
+port = 80
+protocol = "tcp"
+target_group = "web6"
+allow_sources = ["2001:db8::/48"]
+deny_sources = ["2001:db8::2/128"]
 [[listener]]
 name = "echo6"
 vip = "2001:db8:100::10"

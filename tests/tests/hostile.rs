@@ -36,6 +36,10 @@ fn corpus(lab: &mut Lab) -> Vec<Vec<u8>> {
         tcp6(CLIENT6, 40_002, VIP6_TUN, 8080, Flags::Syn, 64),
         udp6(CLIENT6, 50_000, VIP6, 9000, b"hello"),
         tcp6(CLIENT6, 40_000, target6(3), 22, Flags::Ack, 64),
+        // Listeners with source rules: denied, allowed, not allowed.
+        tcp(CLIENT, 40_004, VIP_GUARDED, 80, Flags::Syn, 64),
+        tcp([198, 18, 7, 2], 40_004, VIP_GUARDED, 80, Flags::Syn, 64),
+        tcp6(CLIENT6, 40_004, VIP6_GUARDED, 80, Flags::Syn, 64),
     ];
     // Replies of flows that exist, so mutations reach the return path too.
     for k in 1..=2u8 {
@@ -254,10 +258,14 @@ fn more_than_100000_hostile_packets_each_get_one_verdict_and_nothing_bad_is_forw
     let mut rng = StdRng::seed_from_u64(seed);
     let mut lab = Lab::new("hostile", &[1, 2]);
     let base = corpus(&mut lab);
-    let vips: Vec<Vec<u8>> = [VIP, VIP2, VIP_DSR, VIP_TUN, VIP_TUN46]
+    let vips: Vec<Vec<u8>> = [VIP, VIP2, VIP_DSR, VIP_TUN, VIP_TUN46, VIP_GUARDED]
         .iter()
         .map(|a| a.to_vec())
-        .chain([VIP6, VIP6_DSR, VIP6_TUN].iter().map(|a| a.to_vec()))
+        .chain(
+            [VIP6, VIP6_DSR, VIP6_TUN, VIP6_GUARDED]
+                .iter()
+                .map(|a| a.to_vec()),
+        )
         .collect();
     let targets: Vec<Vec<u8>> = (1..=3u8)
         .flat_map(|k| [target(k).to_vec(), target6(k).to_vec()])

@@ -21,7 +21,7 @@ pub mod status;
 use serde::{Deserialize, Serialize};
 
 pub use crate::dataplane::reconcile::ApplyReport;
-pub use status::{GroupStatus, ListenerStatus, Status, TargetStatus, Traffic};
+pub use status::{GroupStatus, ListenerStatus, RuleStatus, Status, TargetStatus, Traffic};
 
 use crate::model::{ModelError, TargetRef};
 

@@ -64,6 +64,20 @@ pub struct ListenerStatus {
     #[serde(default)]
     pub mode: String,
     pub traffic: Traffic,
+    /// Source rules, with the packets each matched (deny: dropped; allow: let through).
+    #[serde(default)]
+    pub source_rules: Vec<RuleStatus>,
+    /// Packets dropped because no allow rule matched their source.
+    #[serde(default)]
+    pub not_allowed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuleStatus {
+    /// "allow" or "deny".
+    pub kind: String,
+    pub source: String,
+    pub packets: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,14 +140,40 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
     let listeners = cfg
         .listeners
         .iter()
-        .map(|l| ListenerStatus {
-            name: l.name.clone(),
-            vip: l.vip.to_string(),
-            port: l.port,
-            protocol: l.protocol.as_str().to_owned(),
-            target_group: l.target_group.clone(),
-            mode: l.mode.as_str().to_owned(),
-            traffic: traffic(&snap.listeners, b.listener_id(l)),
+        .map(|l| {
+            let rules = &snap.rules;
+            ListenerStatus {
+                name: l.name.clone(),
+                vip: l.vip.to_string(),
+                port: l.port,
+                protocol: l.protocol.as_str().to_owned(),
+                target_group: l.target_group.clone(),
+                mode: l.mode.as_str().to_owned(),
+                traffic: traffic(&snap.listeners, b.listener_id(l)),
+                source_rules: [
+                    ("allow", true, &l.allow_sources),
+                    ("deny", false, &l.deny_sources),
+                ]
+                .into_iter()
+                .flat_map(|(kind, allow, list)| {
+                    list.iter().map(move |c| RuleStatus {
+                        kind: kind.to_owned(),
+                        source: c.to_string(),
+                        packets: b
+                            .rule_id(l, allow, c)
+                            .and_then(|id| rules.get(id as usize))
+                            .copied()
+                            .unwrap_or(0),
+                    })
+                })
+                .collect(),
+                not_allowed: b
+                    .listener_id(l)
+                    .filter(|_| !l.allow_sources.is_empty())
+                    .and_then(|id| rules.get(lb_common::not_allowed_slot(id) as usize))
+                    .copied()
+                    .unwrap_or(0),
+            }
         })
         .collect();
     let groups = registry

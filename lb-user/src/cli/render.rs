@@ -36,6 +36,24 @@ pub fn render_listeners(o: &mut String, listeners: &[ListenerStatus]) {
     }
 }
 
+/// Each listener's source rules and what they matched (listeners without rules are left out).
+pub fn render_rules(o: &mut String, listeners: &[ListenerStatus]) {
+    for l in listeners.iter().filter(|l| !l.source_rules.is_empty()) {
+        let _ = writeln!(o, "source rules of {} (deny wins over allow)", l.name);
+        let _ = writeln!(o, "  {:<6} {:<44} {:>10}", "RULE", "SOURCE", "PACKETS");
+        for r in &l.source_rules {
+            let _ = writeln!(o, "  {:<6} {:<44} {:>10}", r.kind, r.source, r.packets);
+        }
+        if l.source_rules.iter().any(|r| r.kind == "allow") {
+            let _ = writeln!(
+                o,
+                "  {:<6} {:<44} {:>10}",
+                "deny", "(no allow rule matched)", l.not_allowed
+            );
+        }
+    }
+}
+
 pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
     for g in groups {
         let open = if g.fail_open {
@@ -89,6 +107,10 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o);
     render_listeners(&mut o, &s.listeners);
     let _ = writeln!(o);
+    if s.listeners.iter().any(|l| !l.source_rules.is_empty()) {
+        render_rules(&mut o, &s.listeners);
+        let _ = writeln!(o);
+    }
     render_groups(&mut o, &s.groups);
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<24} {:<8} {:>12}", "REASON", "KIND", "PACKETS");

@@ -1,19 +1,25 @@
 //! The real data plane: the XDP object loaded into the kernel, its maps and its links.
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
 use lb_common::{
-    Counters, ListenerKey, ListenerKey6, ListenerValue, Settings, TargetValue, VipKey, VipKey6,
-    limits::{MAX_TARGETS, RINGS_PER_LISTENER, STAT_SLOTS},
+    Counters, ListenerKey, ListenerKey6, ListenerValue, RuleKey4, RuleKey6, Settings, TargetValue,
+    VipKey, VipKey6,
+    limits::{MAX_TARGETS, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS},
     maps,
 };
 use lb_sys::SharedSlots;
 
-use super::{AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, Snapshot, VipMapKey};
+use super::{
+    AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, RuleMapKey, Snapshot, VipMapKey,
+};
 use crate::model::config::Tables;
 
 /// The real data plane: the XDP object loaded into the kernel.
@@ -35,6 +41,11 @@ pub struct AyaDataplane {
     settings: Array<MapData, Settings>,
     stats: PerCpuArray<MapData, u64>,
     listener_stats: PerCpuArray<MapData, Counters>,
+    allow4: LpmTrie<MapData, RuleKey4, u32>,
+    deny4: LpmTrie<MapData, RuleKey4, u32>,
+    allow6: LpmTrie<MapData, RuleKey6, u32>,
+    deny6: LpmTrie<MapData, RuleKey6, u32>,
+    rule_stats: PerCpuArray<MapData, u64>,
     target_stats: PerCpuArray<MapData, Counters>,
     /// (interface, link, mode)
     links: Vec<(String, XdpLinkId, AttachMode)>,
@@ -119,6 +130,11 @@ impl AyaDataplane {
             settings: take(&mut ebpf, maps::SETTINGS)?,
             stats: take(&mut ebpf, maps::STATS)?,
             listener_stats: take(&mut ebpf, maps::LISTENER_STATS)?,
+            allow4: take(&mut ebpf, maps::ALLOW4)?,
+            deny4: take(&mut ebpf, maps::DENY4)?,
+            allow6: take(&mut ebpf, maps::ALLOW6)?,
+            deny6: take(&mut ebpf, maps::DENY6)?,
+            rule_stats: take(&mut ebpf, maps::RULE_STATS)?,
             target_stats: take(&mut ebpf, maps::TARGET_STATS)?,
             ebpf,
             links: Vec::new(),
@@ -274,6 +290,36 @@ impl Dataplane for AyaDataplane {
             .map_err(map_err(maps::VIP_HINTS))
     }
 
+    fn set_rule(&mut self, key: RuleMapKey, id: u32) -> Result<()> {
+        let (map, r) = match key {
+            RuleMapKey::Allow4(len, k) => (
+                maps::ALLOW4,
+                self.allow4.insert(&LpmKey::new(len, k), id, 0),
+            ),
+            RuleMapKey::Deny4(len, k) => {
+                (maps::DENY4, self.deny4.insert(&LpmKey::new(len, k), id, 0))
+            }
+            RuleMapKey::Allow6(len, k) => (
+                maps::ALLOW6,
+                self.allow6.insert(&LpmKey::new(len, k), id, 0),
+            ),
+            RuleMapKey::Deny6(len, k) => {
+                (maps::DENY6, self.deny6.insert(&LpmKey::new(len, k), id, 0))
+            }
+        };
+        r.map_err(map_err(map))
+    }
+
+    fn remove_rule(&mut self, key: &RuleMapKey) -> Result<()> {
+        let (map, r) = match *key {
+            RuleMapKey::Allow4(len, k) => (maps::ALLOW4, self.allow4.remove(&LpmKey::new(len, k))),
+            RuleMapKey::Deny4(len, k) => (maps::DENY4, self.deny4.remove(&LpmKey::new(len, k))),
+            RuleMapKey::Allow6(len, k) => (maps::ALLOW6, self.allow6.remove(&LpmKey::new(len, k))),
+            RuleMapKey::Deny6(len, k) => (maps::DENY6, self.deny6.remove(&LpmKey::new(len, k))),
+        };
+        r.map_err(map_err(map))
+    }
+
     fn set_settings(&mut self, s: Settings) -> Result<()> {
         self.settings.set(0, s, 0).map_err(map_err(maps::SETTINGS))
     }
@@ -297,6 +343,13 @@ impl Dataplane for AyaDataplane {
                 .get(&i, 0)
                 .map_err(map_err(maps::TARGET_STATS))?;
             s.targets.push(sum(&v, Counters::add));
+        }
+        for i in 0..RULE_STAT_SLOTS {
+            let v = self
+                .rule_stats
+                .get(&i, 0)
+                .map_err(map_err(maps::RULE_STATS))?;
+            s.rules.push(sum(&v, |a, b| *a += *b));
         }
         Ok(s)
     }

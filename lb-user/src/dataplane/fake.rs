@@ -8,7 +8,9 @@ use lb_common::{
     limits::{MAX_TARGETS, STAT_SLOTS},
 };
 
-use super::{AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, Snapshot, VipMapKey};
+use super::{
+    AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, RuleMapKey, Snapshot, VipMapKey,
+};
 
 /// One write, in the order it reached the data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +18,8 @@ pub enum Write {
     Target { id: u32, flags: u8 },
     Ring { base: u32, len: usize },
     Listener { key: ListenerMapKey, ring_base: u32 },
+    Rule { key: RuleMapKey, id: u32 },
+    RemoveRule { key: RuleMapKey },
     RemoveListener { key: ListenerMapKey },
     Vip { key: VipMapKey, listeners: u32 },
     RemoveVip { key: VipMapKey },
@@ -42,6 +46,8 @@ pub struct Contents {
     pub port_flags: BTreeMap<u16, u8>,
     pub vip_hints: BTreeSet<u32>,
     pub settings: Settings,
+    /// Source-rule entries present (their ids are allocation details).
+    pub rules: BTreeSet<String>,
 }
 
 #[derive(Default, Debug)]
@@ -50,6 +56,7 @@ pub struct FakeDataplane {
     pub rings: HashMap<u32, u32>,
     pub listeners: HashMap<ListenerMapKey, ListenerValue>,
     pub vips: HashMap<VipMapKey, u32>,
+    pub rules: HashMap<RuleMapKey, u32>,
     pub port_flags: HashMap<u16, u8>,
     pub vip_hints: HashMap<u32, bool>,
     pub settings: Settings,
@@ -119,6 +126,7 @@ impl FakeDataplane {
                 .map(|(i, _)| *i)
                 .collect(),
             settings: self.settings,
+            rules: self.rules.keys().map(|k| format!("{k:?}")).collect(),
         }
     }
 
@@ -185,6 +193,16 @@ impl Dataplane for FakeDataplane {
         self.vip_hints.insert(index, on);
         Ok(())
     }
+    fn set_rule(&mut self, key: RuleMapKey, id: u32) -> Result<()> {
+        self.record(Write::Rule { key, id })?;
+        self.rules.insert(key, id);
+        Ok(())
+    }
+    fn remove_rule(&mut self, key: &RuleMapKey) -> Result<()> {
+        self.record(Write::RemoveRule { key: *key })?;
+        self.rules.remove(key);
+        Ok(())
+    }
     fn set_settings(&mut self, s: Settings) -> Result<()> {
         self.record(Write::Settings(s))?;
         self.settings = s;
@@ -195,6 +213,7 @@ impl Dataplane for FakeDataplane {
             stats: vec![0; STAT_SLOTS as usize],
             listeners: vec![Counters::default(); 1 + self.listeners.len()],
             targets: vec![Counters::default(); MAX_TARGETS as usize],
+            rules: vec![0; lb_common::limits::RULE_STAT_SLOTS as usize],
         })
     }
     fn attach(&mut self, iface: &str) -> Result<AttachMode> {

@@ -4,12 +4,13 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, ListenerKey, ListenerKey6, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO,
-    Settings, TargetValue, VipKey, VipKey6, addr_from_ipv4,
+    FAMILY_IPV4, FAMILY_IPV6, LISTENER_HAS_ALLOW, LISTENER_HAS_DENY, ListenerKey, ListenerKey6,
+    RuleKey4, RuleKey6, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO, Settings, TargetValue, VipKey,
+    VipKey6, addr_from_ipv4, rule_key as rule_key_data,
 };
 
 use crate::model::{
-    Endpoint,
+    Cidr, Endpoint,
     config::{Listener, Tunnel},
 };
 
@@ -54,6 +55,39 @@ pub fn vip_key(a: IpAddr) -> VipMapKey {
         }),
         IpAddr::V6(a) => VipMapKey::V6(VipKey6 { addr: a.octets() }),
     }
+}
+
+/// A source rule's entry: which trie (allow or deny, IPv4 or IPv6) and its LPM key (prefix
+/// length, then listener id and address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleMapKey {
+    Allow4(u32, RuleKey4),
+    Deny4(u32, RuleKey4),
+    Allow6(u32, RuleKey6),
+    Deny6(u32, RuleKey6),
+}
+
+/// The entry of rule `c` (allow or deny) of listener `listener_id`.
+pub fn rule_key(listener_id: u32, allow: bool, c: &Cidr) -> RuleMapKey {
+    let len = 32 + u32::from(c.len);
+    match (c.addr, allow) {
+        (IpAddr::V4(a), true) => RuleMapKey::Allow4(len, rule_key_data(listener_id, &a.octets())),
+        (IpAddr::V4(a), false) => RuleMapKey::Deny4(len, rule_key_data(listener_id, &a.octets())),
+        (IpAddr::V6(a), true) => RuleMapKey::Allow6(len, rule_key_data(listener_id, &a.octets())),
+        (IpAddr::V6(a), false) => RuleMapKey::Deny6(len, rule_key_data(listener_id, &a.octets())),
+    }
+}
+
+/// `ListenerValue::flags` of a listener's rules.
+pub fn rule_flags(l: &Listener) -> u8 {
+    let mut f = 0;
+    if !l.deny_sources.is_empty() {
+        f |= LISTENER_HAS_DENY;
+    }
+    if !l.allow_sources.is_empty() {
+        f |= LISTENER_HAS_ALLOW;
+    }
+    f
 }
 
 /// `VIP_HINTS` index of a VIP; IPv6 VIPs have no pre-filter array.

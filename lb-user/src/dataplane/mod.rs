@@ -14,7 +14,7 @@ pub mod reconcile;
 
 use lb_common::{Counters, ListenerValue, Settings, TargetValue};
 
-pub use self::keys::{ListenerMapKey, VipMapKey};
+pub use self::keys::{ListenerMapKey, RuleMapKey, VipMapKey};
 
 pub use self::aya::AyaDataplane;
 
@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub listeners: Vec<Counters>,
     /// Indexed by target id.
     pub targets: Vec<Counters>,
+    /// `RULE_STATS`: packets per source-rule id, then per listener id "no allow rule matched".
+    pub rules: Vec<u64>,
 }
 
 /// How an interface ended up attached.
@@ -91,6 +93,9 @@ pub trait Dataplane {
     fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<()>;
     /// `VIP_HINTS[index]`: non-zero when some VIP maps to `index`.
     fn set_vip_hint(&mut self, index: u32, on: bool) -> Result<()>;
+    /// A source rule's trie entry, its value the rule id (`RULE_STATS` slot).
+    fn set_rule(&mut self, key: RuleMapKey, id: u32) -> Result<()>;
+    fn remove_rule(&mut self, key: &RuleMapKey) -> Result<()>;
     /// `SETTINGS[0]`: node-wide settings (the tunnel source prefix, ICMP answers).
     fn set_settings(&mut self, s: Settings) -> Result<()>;
     fn snapshot(&self) -> Result<Snapshot>;

@@ -25,7 +25,9 @@ use lb_common::{
     limits::{MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER},
 };
 
-use super::{Dataplane, DataplaneError, ListenerMapKey, Snapshot, VipMapKey, keys, maglev};
+use super::{
+    Dataplane, DataplaneError, ListenerMapKey, RuleMapKey, Snapshot, VipMapKey, keys, maglev,
+};
 use crate::model::{
     Endpoint, Target,
     config::{Config, Listener, Tables, Tunnel},
@@ -37,6 +39,8 @@ pub enum ApplyError {
     TargetIdsExhausted,
     #[error("no free listener slot (tables.max_listeners)")]
     ListenerSlotsExhausted,
+    #[error("no free source-rule id: more than {} rules", lb_common::limits::MAX_SOURCE_RULES - 1)]
+    RuleIdsExhausted,
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -152,6 +156,10 @@ pub struct Reconciler<D> {
     port_flags: Vec<u8>,
     vips: HashMap<VipMapKey, u32>,
     vip_hints: HashSet<u32>,
+    /// Source-rule entries as written, with their rule ids.
+    rules: HashMap<RuleMapKey, u32>,
+    /// Last rule id handed out (ids are not reused until the space wraps).
+    last_rule_id: u32,
     /// `SETTINGS[0]` as last written (`None`: never).
     settings: Option<Settings>,
 }
@@ -169,6 +177,8 @@ impl<D: Dataplane> Reconciler<D> {
             port_flags: vec![0; PORT_FLAG_ENTRIES as usize],
             vips: HashMap::new(),
             vip_hints: HashSet::new(),
+            rules: HashMap::new(),
+            last_rule_id: 0,
             settings: None,
         }
     }
@@ -218,6 +228,7 @@ impl<D: Dataplane> Reconciler<D> {
         self.widen_port_flags(&new_port_flags)?;
         self.install_listeners(plan, &listener_keys, &mut report)?;
         self.remove_listeners(&listener_keys, &mut report)?;
+        self.retire_rules(plan)?;
         self.install_vips(plan)?;
         self.narrow_port_flags(new_port_flags)?;
         self.retire_targets(&wanted, &mut report)?;
@@ -282,10 +293,19 @@ impl<D: Dataplane> Reconciler<D> {
             let members = self.members_for(plan, l);
             let timeout = l.udp_idle_timeout_s;
             let mode = l.mode.code();
+            let flags = keys::rule_flags(l);
+            // Its id: kept, or the one a new listener gets from its slot.
+            let id = match self.listeners.get(key) {
+                Some(i) => i.value.id,
+                None => self.free_slot()? + 1,
+            };
+            // The rules' entries before the listener's flags can point at them.
+            self.install_rules(id, l)?;
             if let Some(inst) = self.listeners.get_mut(key)
                 && inst.members == members
                 && inst.value.udp_idle_timeout_s == timeout
                 && inst.value.mode == mode
+                && inst.value.flags == flags
             {
                 inst.name.clone_from(&l.name);
                 report.listeners_unchanged.push(l.name.clone());
@@ -301,12 +321,14 @@ impl<D: Dataplane> Reconciler<D> {
                     i.slot,
                     i.generation,
                     i.value.id,
-                    (i.value.udp_idle_timeout_s, i.value.mode),
+                    (i.value.udp_idle_timeout_s, i.value.mode, i.value.flags),
                 )
             });
             match installed {
                 // Same table from other members (e.g. a weight-0 target left): nothing to write.
-                Some((.., t)) if t == (timeout, mode) && self.listeners[key].ring == ring => {
+                Some((.., t))
+                    if t == (timeout, mode, flags) && self.listeners[key].ring == ring =>
+                {
                     let inst = self.listeners.get_mut(key).expect("present");
                     inst.name.clone_from(&l.name);
                     inst.members = members;
@@ -452,7 +474,7 @@ impl<D: Dataplane> Reconciler<D> {
             ring_base: (slot * RINGS_PER_LISTENER + generation) * m,
             ring_size: m,
             mode: l.mode.code(),
-            flags: 0,
+            flags: keys::rule_flags(l),
             _pad: [0; 2],
             udp_idle_timeout_s: l.udp_idle_timeout_s,
         }
@@ -473,6 +495,68 @@ impl<D: Dataplane> Reconciler<D> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Write the entries of `l`'s rules (listener id `id`) that are not there yet.
+    fn install_rules(&mut self, id: u32, l: &Listener) -> Result<(), ApplyError> {
+        let wanted: Vec<RuleMapKey> = l
+            .allow_sources
+            .iter()
+            .map(|c| keys::rule_key(id, true, c))
+            .chain(l.deny_sources.iter().map(|c| keys::rule_key(id, false, c)))
+            .collect();
+        for key in wanted {
+            if !self.rules.contains_key(&key) {
+                let rule = self.allocate_rule_id()?;
+                self.dp.set_rule(key, rule)?;
+                self.rules.insert(key, rule);
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 4b: entries of rules no listener has any more (their listeners' flags, or the
+    /// listeners themselves, are already gone).
+    fn retire_rules(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        let mut keep = HashSet::new();
+        for l in &plan.listeners {
+            if let Some(inst) = self.listeners.get(&keys::listener_key(l)) {
+                let id = inst.value.id;
+                keep.extend(l.allow_sources.iter().map(|c| keys::rule_key(id, true, c)));
+                keep.extend(l.deny_sources.iter().map(|c| keys::rule_key(id, false, c)));
+            }
+        }
+        let mut gone: Vec<RuleMapKey> = self
+            .rules
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .copied()
+            .collect();
+        gone.sort();
+        for key in gone {
+            self.dp.remove_rule(&key)?;
+            self.rules.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// The rule id of `l`'s allow (or deny) rule `c`, once installed.
+    pub fn rule_id(&self, l: &Listener, allow: bool, c: &crate::model::Cidr) -> Option<u32> {
+        let id = self.listeners.get(&keys::listener_key(l))?.value.id;
+        self.rules.get(&keys::rule_key(id, allow, c)).copied()
+    }
+
+    fn allocate_rule_id(&mut self) -> Result<u32, ApplyError> {
+        let max = lb_common::limits::MAX_SOURCE_RULES;
+        let used: HashSet<u32> = self.rules.values().copied().collect();
+        for step in 1..max {
+            let id = (self.last_rule_id + step - 1) % (max - 1) + 1;
+            if !used.contains(&id) {
+                self.last_rule_id = id;
+                return Ok(id);
+            }
+        }
+        Err(ApplyError::RuleIdsExhausted)
     }
 
     fn allocate_target_id(&mut self) -> Result<u32, ApplyError> {

@@ -9,14 +9,14 @@ use std::{
 
 use lb_common::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, DEFAULT_UDP_IDLE_TIMEOUT_S,
-    MAX_CONNECTIONS, MAX_LISTENERS, MAX_RING_BYTES, MAX_RING_SIZE, MAX_TARGETS,
+    MAX_CONNECTIONS, MAX_LISTENERS, MAX_RING_BYTES, MAX_RING_SIZE, MAX_SOURCE_RULES, MAX_TARGETS,
     MAX_UDP_IDLE_TIMEOUT_S, MIN_CONNECTIONS, MIN_RING_SIZE, MIN_UDP_IDLE_TIMEOUT_S,
     RINGS_PER_LISTENER,
 };
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, Mode, Protocol, Target};
+use super::{Cidr, DEFAULT_WEIGHT, Endpoint, FlowPolicy, MAX_WEIGHT, Mode, Protocol, Target};
 use crate::health::{self, CheckProtocol, HealthCheck, Matcher};
 
 /// Where the agent listens for `xlb status` / `xlb reload` unless the config says otherwise.
@@ -107,6 +107,10 @@ struct RawListener {
     target_group: Spanned<String>,
     udp_idle_timeout: Option<Spanned<u32>>,
     mode: Option<Spanned<Mode>>,
+    #[serde(default)]
+    allow_sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_sources: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +190,10 @@ pub struct Listener {
     pub target_group: String,
     pub udp_idle_timeout_s: u32,
     pub mode: Mode,
+    /// Source rules, evaluated in XDP before any connection state: a source a deny rule
+    /// matches is dropped (deny wins); with allow rules, so is one none of them matches.
+    pub allow_sources: Vec<Cidr>,
+    pub deny_sources: Vec<Cidr>,
 }
 
 /// How `tunnel` listeners build the outer header.
@@ -474,6 +482,26 @@ impl Validator<'_> {
         })
     }
 
+    /// A listener's `allow_sources` or `deny_sources`: prefixes of the VIP's family (its clients
+    /// come in that family), each once.
+    fn sources(&mut self, raw: &[Spanned<String>], what: &str, vip: IpAddr) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = Vec::new();
+        for s in raw {
+            match s.get_ref().parse::<Cidr>() {
+                Ok(c) if c.addr.is_ipv4() != vip.is_ipv4() => self.at(
+                    s,
+                    format!(
+                        "{what}: {c} is not of the VIP's family ({vip}): its clients arrive in that family"
+                    ),
+                ),
+                Ok(c) if out.contains(&c) => self.at(s, format!("{what}: {c} is listed twice")),
+                Ok(c) => out.push(c),
+                Err(e) => self.at(s, format!("{what}: {e}")),
+            }
+        }
+        out
+    }
+
     /// An IPv6 prefix of at most /128 (`tunnel.source_prefix6`); host bits beyond the last 32
     /// stay as written.
     fn prefix6(&mut self, p: &Spanned<String>) -> Option<(std::net::Ipv6Addr, u8)> {
@@ -729,6 +757,7 @@ impl Validator<'_> {
         let mut out: Vec<Listener> = Vec::new();
         let mut names = HashSet::new();
         let mut bound: HashMap<(IpAddr, u16, Protocol), String> = HashMap::new();
+        let mut rules = 0usize;
         for l in raw {
             let r = l.get_ref();
             let name = r.name.get_ref().clone();
@@ -811,6 +840,15 @@ impl Validator<'_> {
                     }
                 }
             }
+            let allow_sources = self.sources(&r.allow_sources, "allow_sources", vip);
+            let deny_sources = self.sources(&r.deny_sources, "deny_sources", vip);
+            rules += allow_sources.len() + deny_sources.len();
+            if rules > MAX_SOURCE_RULES as usize {
+                self.at(
+                    l,
+                    format!("{rules} source rules in all; at most {MAX_SOURCE_RULES} fit"),
+                );
+            }
             out.push(Listener {
                 name,
                 vip,
@@ -819,6 +857,8 @@ impl Validator<'_> {
                 target_group: group.clone(),
                 udp_idle_timeout_s,
                 mode,
+                allow_sources,
+                deny_sources,
             });
         }
         if out.len() > tables.max_listeners as usize

@@ -243,6 +243,91 @@ impl Mode {
     }
 }
 
+/// A source prefix of a listener's `allow_sources` / `deny_sources`: `198.18.0.0/16`,
+/// `2001:db8::/32`, or one address (`/32`, `/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not a prefix like \"198.18.0.0/16\" or \"2001:db8::/32\"")]
+    Syntax(String),
+    #[error("{given} has host bits set: the prefix is {network}")]
+    HostBits { given: String, network: Cidr },
+}
+
+impl Cidr {
+    /// The address with every bit past `len` cleared.
+    fn network(addr: IpAddr, len: u8) -> IpAddr {
+        match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    /// Does `a` fall inside?
+    pub fn contains(&self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.addr.is_ipv4() && Self::network(a, self.len) == self.addr
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let bad = || CidrError::Syntax(s.to_owned());
+        let (a, len) = match s.split_once('/') {
+            Some((a, n)) => (a, Some(n.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        let network = Cidr {
+            addr: Self::network(addr, len),
+            len,
+        };
+        if network.addr != addr {
+            return Err(CidrError::HostBits {
+                given: s.to_owned(),
+                network,
+            });
+        }
+        Ok(network)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = CidrError;
+    fn try_from(s: String) -> Result<Self, CidrError> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 /// What happens to a target's established flows when it turns unhealthy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -307,6 +392,37 @@ mod tests {
         assert!("[2001:db8::2".parse::<TargetRef>().is_err());
         assert!("[2001:db8::2]80".parse::<TargetRef>().is_err());
         assert!("[198.18.0.1:80".parse::<TargetRef>().is_err());
+    }
+
+    #[test]
+    fn cidrs_parse_normalised_and_refuse_host_bits() {
+        let c: Cidr = "198.18.0.0/16".parse().unwrap();
+        assert_eq!((c.addr, c.len), (v4(198, 18, 0, 0), 16));
+        assert!(c.contains(v4(198, 18, 200, 1)) && !c.contains(v4(198, 19, 0, 1)));
+        assert_eq!("198.18.0.7".parse::<Cidr>().unwrap().len, 32);
+        assert_eq!(
+            "2001:db8::/32".parse::<Cidr>().unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert!(
+            !"2001:db8::/32"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains(v4(198, 18, 0, 1))
+        );
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len, 0);
+        match "198.18.0.5/24".parse::<Cidr>() {
+            Err(CidrError::HostBits { network, .. }) => {
+                assert_eq!(network.to_string(), "198.18.0.0/24")
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["198.18.0.0/33", "2001:db8::/129", "nope/8", "198.18.0.0/x"] {
+            assert!(
+                matches!(bad.parse::<Cidr>(), Err(CidrError::Syntax(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -426,3 +426,58 @@ fn a_mode_change_rewrites_the_listener_and_settings_go_in_before_anything_else()
         Some(Write::Settings(_))
     ));
 }
+
+#[test]
+fn source_rules_go_in_before_the_listener_points_at_them_and_out_after() {
+    let c = cfg(&["198.18.1.2"], "");
+    let mut b = reconciler(&c);
+    let web = key(&c, "web");
+    let mut c2 = c.clone();
+    c2.listeners[0].deny_sources = vec!["198.18.9.0/24".parse().unwrap()];
+    c2.listeners[0].allow_sources = vec!["198.18.0.0/16".parse().unwrap()];
+    b.dataplane_mut().log.clear();
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(r.listeners_changed, ["web"]);
+    let dp = b.dataplane();
+    let flip = dp
+        .position(|w| matches!(w, Write::Listener { key, .. } if *key == web))
+        .unwrap();
+    let rules: Vec<usize> = (0..dp.log.len())
+        .filter(|i| matches!(dp.log[*i], Write::Rule { .. }))
+        .collect();
+    assert_eq!(rules.len(), 2, "{:#?}", dp.log);
+    assert!(
+        rules.iter().all(|i| *i < flip),
+        "rules before the flags: {:#?}",
+        dp.log
+    );
+    assert_eq!(
+        dp.listeners[&web].flags,
+        lb_common::LISTENER_HAS_ALLOW | lb_common::LISTENER_HAS_DENY
+    );
+    let deny = b
+        .rule_id(&c2.listeners[0], false, &"198.18.9.0/24".parse().unwrap())
+        .unwrap();
+    let allow = b
+        .rule_id(&c2.listeners[0], true, &"198.18.0.0/16".parse().unwrap())
+        .unwrap();
+    assert_ne!(deny, allow);
+    // Applying the same plan writes nothing.
+    b.dataplane_mut().log.clear();
+    b.apply(&Plan::from_config(&c2)).unwrap();
+    assert!(b.dataplane().log.is_empty(), "{:#?}", b.dataplane().log);
+    // Without rules: the flags go first, then the entries.
+    b.dataplane_mut().log.clear();
+    b.apply(&Plan::from_config(&c)).unwrap();
+    let dp = b.dataplane();
+    let flip = dp
+        .position(|w| matches!(w, Write::Listener { key, .. } if *key == web))
+        .unwrap();
+    let removed: Vec<usize> = (0..dp.log.len())
+        .filter(|i| matches!(dp.log[*i], Write::RemoveRule { .. }))
+        .collect();
+    assert_eq!(removed.len(), 2);
+    assert!(removed.iter().all(|i| *i > flip), "{:#?}", dp.log);
+    assert_eq!(dp.listeners[&web].flags, 0);
+    assert!(dp.rules.is_empty());
+}

@@ -530,3 +530,45 @@ fn icmp_echo_is_on_unless_turned_off() {
     let off = GOOD.replacen("interfaces", "icmp_echo = false\ninterfaces", 1);
     assert!(!parse(Path::new("xlb.toml"), &off).unwrap().icmp_echo);
 }
+
+#[test]
+fn source_rules_parse_and_bad_ones_are_refused_at_their_line() {
+    let with = |rules: &str| {
+        GOOD.replace(
+            "target_group = \"web\"\n",
+            &format!("target_group = \"web\"\n{rules}\n"),
+        )
+    };
+    let c = parse(
+        Path::new("xlb.toml"),
+        &with(
+            "allow_sources = [\"198.18.0.0/16\", \"10.0.0.1\"]\ndeny_sources = [\"198.18.9.0/24\"]",
+        ),
+    )
+    .unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.allow_sources
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["198.18.0.0/16", "10.0.0.1/32"]
+    );
+    assert_eq!(l.deny_sources[0].to_string(), "198.18.9.0/24");
+    one_error(
+        &with("deny_sources = [\"198.18.9.5/24\"]"),
+        9,
+        "host bits set: the prefix is 198.18.9.0/24",
+    );
+    one_error(
+        &with("allow_sources = [\"2001:db8::/32\"]"),
+        9,
+        "not of the VIP's family",
+    );
+    one_error(
+        &with("allow_sources = [\"198.18.0.0/16\", \"198.18.0.0/16\"]"),
+        9,
+        "listed twice",
+    );
+    one_error(&with("deny_sources = [\"nope\"]"), 9, "is not a prefix");
+}
