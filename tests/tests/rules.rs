@@ -103,3 +103,84 @@ fn a_denied_client_is_refused_at_once_and_allowed_again_after_a_reload() {
     reload(&env);
     assert!(curl(&env).1.starts_with("backend-"));
 }
+
+#[test]
+fn rules_added_at_run_time_take_effect_survive_a_restart_and_errors_change_nothing() {
+    let mut env = Env::start("rulesrt", 2, &setup());
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = ok(env.xlb(&["rules", "add", "web", "deny", "198.18.0.2/32"]));
+    assert!(said.contains("web: deny 198.18.0.2/32 added"), "{said}");
+    assert_ne!(curl(&env).0, 0, "denied at run time");
+    let list = ok(env.xlb(&["rules", "list"]));
+    assert!(
+        list.contains("deny") && list.contains("198.18.0.2/32"),
+        "{list}"
+    );
+    for (args, needle) in [
+        (
+            vec!["rules", "add", "api", "deny", "198.18.0.2/32"],
+            "no listener \"api\"",
+        ),
+        (
+            vec!["rules", "add", "web", "deny", "198.18.0.2/32"],
+            "already has deny",
+        ),
+        (
+            vec!["rules", "add", "web", "deny", "2001:db8::/32"],
+            "not of the family",
+        ),
+        (
+            vec!["rules", "add", "web", "maybe", "198.18.0.0/16"],
+            "not a rule kind",
+        ),
+        (
+            vec!["rules", "add", "web", "allow", "198.18.0.5/24"],
+            "host bits set",
+        ),
+        (
+            vec!["rules", "remove", "web", "allow", "198.18.0.0/16"],
+            "has no allow",
+        ),
+    ] {
+        let out = env.xlb(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // The API refuses a malformed body with 400 and changes nothing.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&env.socket)
+        .args([
+            "-X",
+            "POST",
+            "-d",
+            "{\"kind\": 7}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .arg("http://xlb/v1/listeners/web/rules")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    // A restart keeps the runtime rule (the state file).
+    assert!(env.rig.stop("xlb").unwrap().success());
+    env.start_agent();
+    assert_ne!(curl(&env).0, 0, "still denied after a restart");
+    ok(env.xlb(&["rules", "remove", "web", "deny", "198.18.0.2/32"]));
+    assert!(curl(&env).1.starts_with("backend-"));
+}

@@ -59,6 +59,16 @@ fn registry_failure(e: RegistryError) -> Failure {
     Failure::new(kind, e.to_string())
 }
 
+fn rule_failure(e: crate::state::RuleError) -> Failure {
+    use crate::state::RuleError;
+    let kind = match e {
+        RuleError::UnknownListener(_) | RuleError::Absent { .. } => FailureKind::NotFound,
+        RuleError::Present { .. } => FailureKind::Conflict,
+        RuleError::WrongFamily { .. } | RuleError::TooMany => FailureKind::BadRequest,
+    };
+    Failure::new(kind, e.to_string())
+}
+
 fn rejected(m: String) -> Failure {
     Failure::new(FailureKind::Rejected, m)
 }
@@ -152,7 +162,10 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 log::info!("{name}: a target is healthy again: fail-open ended");
             }
         }
-        let applied = self.reconciler.apply(&self.registry.plan(&self.cfg));
+        let mut plan = self.registry.plan(&self.cfg);
+        // Source rules as the file says, with the runtime changes.
+        plan.listeners = self.overlay.listeners(&self.cfg);
+        let applied = self.reconciler.apply(&plan);
         // After the apply: data-path probes need the targets' ids.
         self.prober.set(self.probe_specs());
         let encap = self.prober.encap_interfaces();
@@ -238,10 +251,13 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
     }
 
     pub fn status(&self, now: Instant) -> Result<Status, Failure> {
+        // The listeners as they run: with the runtime rule changes.
+        let mut cfg = self.cfg.clone();
+        cfg.listeners = self.overlay.listeners(&self.cfg);
         status::collect(
             Sources {
                 reconciler: &self.reconciler,
-                cfg: &self.cfg,
+                cfg: &cfg,
                 registry: &self.registry,
                 config_path: &self.config_path.display().to_string(),
                 interfaces: &self.attached,
@@ -302,7 +318,19 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                     .unwrap_or(0);
                 format!("deregistered {e} from {group}; draining for {delay} s")
             }
-            _ => unreachable!("only register/deregister change targets"),
+            Request::AddRule { listener, rule } => {
+                overlay
+                    .add_rule(&self.cfg, &listener, rule)
+                    .map_err(rule_failure)?;
+                format!("{listener}: {} {} added", rule.kind.as_str(), rule.source)
+            }
+            Request::RemoveRule { listener, rule } => {
+                overlay
+                    .remove_rule(&self.cfg, &listener, rule)
+                    .map_err(rule_failure)?;
+                format!("{listener}: {} {} removed", rule.kind.as_str(), rule.source)
+            }
+            _ => unreachable!("only register/deregister and rule changes come here"),
         };
         overlay
             .save(&self.cfg.state_file)
@@ -336,7 +364,10 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 log::info!("reloaded: {r:?}");
                 Reply::Reloaded(r)
             }),
-            change @ (Request::Register { .. } | Request::Deregister { .. }) => self
+            change @ (Request::Register { .. }
+            | Request::Deregister { .. }
+            | Request::AddRule { .. }
+            | Request::RemoveRule { .. }) => self
                 .change(change, now)
                 .map(|message| Reply::Done(Message { message })),
         };

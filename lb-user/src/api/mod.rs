@@ -11,6 +11,8 @@
 //! | POST | /v1/target-groups/{group}/targets | [`RegisterRequest`] → [`Message`] |
 //! | DELETE | /v1/target-groups/{group}/targets/{address[:port]} | → [`Message`] (drain) |
 //! | POST | /v1/reload | → [`ApplyReport`] |
+//! | POST | /v1/listeners/{listener}/rules | [`RuleRequest`] → [`Message`] (add a source rule) |
+//! | DELETE | /v1/listeners/{listener}/rules | [`RuleRequest`] → [`Message`] (remove one) |
 //!
 //! Errors answer [`ErrorBody`] with 400 (bad request), 404 (unknown group or target), 409
 //! (already registered), 422 (config rejected) or 500.
@@ -56,6 +58,33 @@ impl RegisterRequest {
         }
         Ok(t)
     }
+}
+
+/// `POST` / `DELETE /v1/listeners/{listener}/rules`: a source rule to add or remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    /// "allow" or "deny".
+    pub kind: String,
+    /// A prefix, as in the config file.
+    pub source: String,
+}
+
+impl RuleRequest {
+    /// The rule it names, checked.
+    pub fn rule(&self) -> Result<crate::state::SourceRule, String> {
+        Ok(crate::state::SourceRule {
+            kind: self.kind.parse()?,
+            source: self
+                .source
+                .parse()
+                .map_err(|e: crate::model::CidrError| e.to_string())?,
+        })
+    }
+}
+
+pub fn rules_path(listener: &str) -> String {
+    format!("{LISTENERS}/{listener}/rules")
 }
 
 /// The answer of a change (register, deregister).

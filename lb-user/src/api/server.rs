@@ -19,7 +19,8 @@ use tokio::{
 };
 
 use super::{
-    ApplyReport, ErrorBody, GroupStatus, ListenerStatus, Message, RegisterRequest, Status,
+    ApplyReport, ErrorBody, GroupStatus, ListenerStatus, Message, RegisterRequest, RuleRequest,
+    Status,
 };
 use crate::model::TargetRef;
 
@@ -38,6 +39,14 @@ pub enum Request {
     Deregister {
         group: String,
         target: TargetRef,
+    },
+    AddRule {
+        listener: String,
+        rule: crate::state::SourceRule,
+    },
+    RemoveRule {
+        listener: String,
+        rule: crate::state::SourceRule,
     },
     Reload,
 }
@@ -204,6 +213,21 @@ pub fn router(agent: Agent) -> Router {
                 match target.parse::<TargetRef>() {
                     Err(e) => bad(e.to_string()),
                     Ok(target) => ask(&a, Request::Deregister { group, target }).await,
+                }
+            }),
+        )
+        .route(
+            "/v1/listeners/{listener}/rules",
+            post(|State(a): State<Agent>, UrlPath(listener): UrlPath<String>, body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>| async move {
+                match body.map_err(|e| format!("bad request body: {e}")).and_then(|Json(b)| b.rule()) {
+                    Err(e) => bad(e),
+                    Ok(rule) => ask(&a, Request::AddRule { listener, rule }).await,
+                }
+            })
+            .delete(|State(a): State<Agent>, UrlPath(listener): UrlPath<String>, body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>| async move {
+                match body.map_err(|e| format!("bad request body: {e}")).and_then(|Json(b)| b.rule()) {
+                    Err(e) => bad(e),
+                    Ok(rule) => ask(&a, Request::RemoveRule { listener, rule }).await,
                 }
             }),
         )

@@ -67,6 +67,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TargetsCmd,
     },
+    /// Source rules of listeners: list them with their counters, add or remove one at run
+    /// time (kept across restarts in the state file, as runtime registrations are).
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
     /// Make the running agent re-read its config file (same as SIGHUP).
     Reload {
         #[command(flatten)]
@@ -110,6 +116,32 @@ struct Pins {
     /// if it is not one yet).
     #[arg(long, default_value = decap::PIN_ROOT)]
     pin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Every listener's rules and the packets each matched.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Add a rule: `xlb rules add web deny 198.18.66.0/24`.
+    Add {
+        listener: String,
+        /// allow or deny
+        kind: String,
+        source: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a rule (from the config file's or from runtime additions).
+    Remove {
+        listener: String,
+        kind: String,
+        source: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +237,22 @@ fn target_ref(target: &str) -> Result<TargetRef, ExitCode> {
 
 const NO_BODY: Option<&()> = None;
 
+/// `xlb rules add|remove`: the rule checked here first, then sent.
+async fn rule_change(
+    r: &Remote,
+    method: &str,
+    listener: &str,
+    kind: String,
+    source: String,
+) -> ExitCode {
+    let body = api::RuleRequest { kind, source };
+    if let Err(e) = body.rule() {
+        eprintln!("xlb: {e}");
+        return ExitCode::from(EXIT_REJECTED);
+    }
+    remote(r, method, &api::rules_path(listener), Some(&body), message).await
+}
+
 /// Parse the command line and run it.
 pub async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -257,6 +305,37 @@ pub async fn main() -> ExitCode {
             })
             .await
         }
+        Cmd::Rules { cmd } => match cmd {
+            RulesCmd::List { remote: r } => {
+                remote(
+                    &r,
+                    "GET",
+                    api::LISTENERS,
+                    NO_BODY,
+                    |l: &Vec<ListenerStatus>| {
+                        let mut o = String::new();
+                        render::render_rules(&mut o, l);
+                        if o.is_empty() {
+                            o.push_str("no source rules: every listener takes every source\n");
+                        }
+                        o
+                    },
+                )
+                .await
+            }
+            RulesCmd::Add {
+                listener,
+                kind,
+                source,
+                remote: r,
+            } => rule_change(&r, "POST", &listener, kind, source).await,
+            RulesCmd::Remove {
+                listener,
+                kind,
+                source,
+                remote: r,
+            } => rule_change(&r, "DELETE", &listener, kind, source).await,
+        },
         Cmd::Decap { cmd } => decap_cmd(cmd),
         Cmd::TargetSetup(args) => target_setup::run(&args),
         Cmd::Targets { cmd } => match cmd {

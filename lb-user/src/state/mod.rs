@@ -3,5 +3,7 @@
 pub mod overlay;
 pub mod registry;
 
-pub use overlay::{GroupOverlay, Overlay, StateFileError};
+pub use overlay::{
+    GroupOverlay, Overlay, RuleError, RuleKind, RulesOverlay, SourceRule, StateFileError,
+};
 pub use registry::{Group, Member, Registry, RegistryError};
