@@ -51,6 +51,12 @@ pub mod maps {
     pub const VIPS6: &str = "VIPS6";
     pub const FLOWS6: &str = "FLOWS6";
     pub const REVERSE6: &str = "REVERSE6";
+    /// TCP flows seen only as a SYN so far (and, NAT, their return paths): apart from the
+    /// connection table, so a flood of SYNs churns these and never evicts an established flow.
+    pub const EMBRYONIC: &str = "EMBRYONIC";
+    pub const EMBRYONIC6: &str = "EMBRYONIC6";
+    pub const EMBRYONIC_REVERSE: &str = "EMBRYONIC_REVERSE";
+    pub const EMBRYONIC_REVERSE6: &str = "EMBRYONIC_REVERSE6";
     pub const RINGS: &str = "RINGS";
     pub const TARGETS: &str = "TARGETS";
     pub const FLOWS: &str = "FLOWS";

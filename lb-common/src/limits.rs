@@ -57,3 +57,14 @@ pub const MAX_SOURCE_RULES: u32 = 4096;
 
 /// Slots of `RULE_STATS`: one per rule id, then one per listener id ("no allow rule matched").
 pub const RULE_STAT_SLOTS: u32 = MAX_SOURCE_RULES + MAX_LISTENERS + 1;
+
+/// Entries of the embryonic tables (TCP flows seen only as a SYN): this fraction of
+/// `tables.max_connections`, at least [`MIN_EMBRYONIC`]. A SYN flood churns these alone.
+pub const EMBRYONIC_DIVISOR: u32 = 4;
+pub const MIN_EMBRYONIC: u32 = 1024;
+
+/// Entries of each embryonic table for a connection table of `max_connections`.
+pub const fn embryonic_entries(max_connections: u32) -> u32 {
+    let n = max_connections / EMBRYONIC_DIVISOR;
+    if n < MIN_EMBRYONIC { MIN_EMBRYONIC } else { n }
+}

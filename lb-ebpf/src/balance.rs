@@ -103,11 +103,29 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
             new_flow: false,
         })
     });
+    // A SYN (no ACK) opens a flow only in the embryonic table: spoofed SYNs never get further,
+    // so they cannot evict established flows from the connection table.
+    let syn = f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match hit {
         Some(Some(pick)) => return Ok(pick),
         Some(None) => stats::count(Stat::EvFlowRebalanced),
-        None if f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN => {
-            stats::count(Stat::EvMidFlowMiss);
+        None if f.proto == PROTO_TCP && !syn => {
+            // The flow's first packet after the SYN: it moves to the connection table (or,
+            // its target gone meanwhile, is balanced afresh like a table entry's would be).
+            match sys::lru_value(F::embryonic(), &key).map(|e| e.target_id) {
+                Some(target_id) => match active_target(target_id) {
+                    Some(target) => {
+                        insert(f, l, &key, target_id, &target, false, now)?;
+                        return Ok(Pick {
+                            target_id,
+                            target,
+                            new_flow: false,
+                        });
+                    }
+                    None => stats::count(Stat::EvFlowRebalanced),
+                },
+                None => stats::count(Stat::EvMidFlowMiss),
+            }
         }
         None => {}
     }
@@ -117,6 +135,26 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
     let Some(target) = active_target(target_id) else {
         return Err(Verdict::drop(Stat::DropNoTarget));
     };
+    insert(f, l, &key, target_id, &target, syn, now)?;
+    Ok(Pick {
+        target_id,
+        target,
+        new_flow: true,
+    })
+}
+
+/// Record the flow `key` on `target_id`: in the embryonic tables for a SYN, in the connection
+/// table otherwise.
+#[inline(always)]
+fn insert<F: Family>(
+    f: &FlowOf<F>,
+    l: &ListenerValue,
+    key: &F::FlowKey,
+    target_id: u32,
+    target: &TargetValue,
+    embryonic: bool,
+    now: u64,
+) -> Result<(), Verdict> {
     let value = FlowValue {
         target_id,
         listener_id: l.id,
@@ -137,26 +175,34 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
         listener_id: l.id,
         target_id,
     };
+    let (flows, reverses) = if embryonic {
+        (F::embryonic(), F::embryonic_reverse())
+    } else {
+        (F::flows(), F::reverse())
+    };
     // Reverse first: once the forward entry exists, replies must find their way back. DSR
     // and tunnel replies go from the target straight to the client: no reverse entry.
     let nat = l.mode == MODE_NAT;
-    if (nat && F::reverse().insert(reply_key, reverse, 0).is_err())
-        || F::flows().insert(key, value, 0).is_err()
+    if (nat && reverses.insert(reply_key, reverse, 0).is_err())
+        || flows.insert(*key, value, 0).is_err()
     {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
     }
-    Ok(Pick {
-        target_id,
-        target,
-        new_flow: true,
-    })
+    Ok(())
 }
 
 /// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
 #[inline(always)]
 pub fn reply<F: Family>(f: &FlowOf<F>) -> Option<&'static ReverseValue> {
     let key = forward_key(f);
-    sys::lru_value(F::reverse(), &key)
+    // A SYN-ACK answers a flow still embryonic.
+    sys::lru_value(F::reverse(), &key).or_else(|| {
+        if f.proto == PROTO_TCP {
+            sys::lru_value(F::embryonic_reverse(), &key)
+        } else {
+            None
+        }
+    })
 }
 
 /// The return-path entry of the reply 5-tuple `src:sport -> dst:dport`.

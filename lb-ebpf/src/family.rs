@@ -19,8 +19,8 @@ use crate::{
     forward::{self, FibParams},
     hdr::{ETH_LEN, IPV6_LEN, Ipv4, Ipv6},
     maps::{
-        ALLOW4, ALLOW6, DENY4, DENY6, FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6,
-        VIP_HINTS, VIPS, VIPS6,
+        ALLOW4, ALLOW6, DENY4, DENY6, EMBRYONIC, EMBRYONIC_REVERSE, EMBRYONIC_REVERSE6, EMBRYONIC6,
+        FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS, VIPS6,
     },
     parse::{FlowOf, IcmpErrorOf, Verdict},
     sys::{self, header_mut},
@@ -56,6 +56,9 @@ pub trait Family: Sized {
     ) -> Self::FlowKey;
     fn flows() -> &'static LruHashMap<Self::FlowKey, FlowValue>;
     fn reverse() -> &'static LruHashMap<Self::FlowKey, ReverseValue>;
+    /// The embryonic tables: TCP flows seen only as a SYN (see `maps::EMBRYONIC`).
+    fn embryonic() -> &'static LruHashMap<Self::FlowKey, FlowValue>;
+    fn embryonic_reverse() -> &'static LruHashMap<Self::FlowKey, ReverseValue>;
     fn hash(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32;
     /// The address in a map value's 16-byte slot, by reference: copying a 16-byte address
     /// out of map memory makes LLVM hold it byte by byte in spilled registers (128 bytes of
@@ -170,6 +173,16 @@ impl Family for V4 {
     #[inline(always)]
     fn reverse() -> &'static LruHashMap<FlowKey, ReverseValue> {
         &REVERSE
+    }
+
+    #[inline(always)]
+    fn embryonic() -> &'static LruHashMap<FlowKey, FlowValue> {
+        &EMBRYONIC
+    }
+
+    #[inline(always)]
+    fn embryonic_reverse() -> &'static LruHashMap<FlowKey, ReverseValue> {
+        &EMBRYONIC_REVERSE
     }
 
     #[inline(always)]
@@ -353,6 +366,16 @@ impl Family for V6 {
     #[inline(always)]
     fn reverse() -> &'static LruHashMap<FlowKey6, ReverseValue> {
         &REVERSE6
+    }
+
+    #[inline(always)]
+    fn embryonic() -> &'static LruHashMap<FlowKey6, FlowValue> {
+        &EMBRYONIC6
+    }
+
+    #[inline(always)]
+    fn embryonic_reverse() -> &'static LruHashMap<FlowKey6, ReverseValue> {
+        &EMBRYONIC_REVERSE6
     }
 
     #[inline(always)]

@@ -41,7 +41,10 @@ pub fn to_target<F: Family>(ctx: &mut XdpContext, e: &IcmpErrorOf<F>) -> Verdict
         e.inner_sport,
         e.inner_proto,
     );
-    let Some(entry) = sys::lru_value(F::flows(), &key) else {
+    // A flow still embryonic (seen only as a SYN) is a flow too.
+    let Some(entry) =
+        sys::lru_value(F::flows(), &key).or_else(|| sys::lru_value(F::embryonic(), &key))
+    else {
         return Verdict::drop(Stat::DropIcmpNoFlow);
     };
     let target_id = entry.target_id;
@@ -85,7 +88,9 @@ fn from_target<F: Family>(ctx: &XdpContext, e: &IcmpErrorOf<F>) -> Verdict {
         e.inner_sport,
         e.inner_proto,
     );
-    let Some(r) = sys::lru_value(F::reverse(), &key) else {
+    let Some(r) =
+        sys::lru_value(F::reverse(), &key).or_else(|| sys::lru_value(F::embryonic_reverse(), &key))
+    else {
         return Verdict::pass(Stat::PassNotListener);
     };
     if e.ttl <= 1 {

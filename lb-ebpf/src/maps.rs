@@ -9,8 +9,8 @@ use lb_common::{
     RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_SOURCE_RULES,
-        MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS,
-        VIP_HINT_ENTRIES,
+        MAX_TARGETS, MIN_EMBRYONIC, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, RULE_STAT_SLOTS,
+        STAT_SLOTS, VIP_HINT_ENTRIES,
     },
 };
 
@@ -125,3 +125,19 @@ pub static DENY6: LpmTrie<RuleKey6, u32> = LpmTrie::with_max_entries(MAX_SOURCE_
 /// Packets per rule id, then per listener id those no allow rule matched.
 #[map]
 pub static RULE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+
+/// TCP flows seen only as a SYN (and their return paths, NAT), apart from `FLOWS`/`REVERSE`:
+/// a flow moves to the connection table with its first packet after the SYN, so a SYN flood
+/// (spoofed sources never send one) churns these tables only.
+#[map]
+pub static EMBRYONIC: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(MIN_EMBRYONIC, BPF_F_NO_COMMON_LRU);
+#[map]
+pub static EMBRYONIC_REVERSE: LruHashMap<FlowKey, ReverseValue> =
+    LruHashMap::with_max_entries(MIN_EMBRYONIC, BPF_F_NO_COMMON_LRU);
+#[map]
+pub static EMBRYONIC6: LruHashMap<FlowKey6, FlowValue> =
+    LruHashMap::with_max_entries(MIN_EMBRYONIC, BPF_F_NO_COMMON_LRU);
+#[map]
+pub static EMBRYONIC_REVERSE6: LruHashMap<FlowKey6, ReverseValue> =
+    LruHashMap::with_max_entries(MIN_EMBRYONIC, BPF_F_NO_COMMON_LRU);

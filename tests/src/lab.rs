@@ -338,6 +338,12 @@ impl Lab {
         self.b.apply(&Plan::from_config(c)).unwrap();
     }
 
+    /// Take the counters as they are now as the base of the next [`Lab::run`]'s deltas (after
+    /// packets sent around `run`).
+    pub fn settle(&mut self) {
+        self.last_stats = self.stats();
+    }
+
     pub fn stats(&self) -> Vec<u64> {
         self.b.dataplane().reason_counters().unwrap()
     }

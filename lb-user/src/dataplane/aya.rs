@@ -71,6 +71,7 @@ impl AyaDataplane {
     /// Load the object with map sizes from `tables` and run the verifier. Attaches nothing.
     pub fn load(object: &[u8], tables: &Tables) -> Result<Self> {
         let rings = tables.max_listeners * RINGS_PER_LISTENER * tables.maglev_size;
+        let embryonic = lb_common::limits::embryonic_entries(tables.max_connections);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::LISTENERS, tables.max_listeners)
             .map_max_entries(maps::VIPS, tables.max_listeners)
@@ -81,6 +82,10 @@ impl AyaDataplane {
             .map_max_entries(maps::VIPS6, tables.max_listeners)
             .map_max_entries(maps::FLOWS6, tables.max_connections)
             .map_max_entries(maps::REVERSE6, tables.max_connections)
+            .map_max_entries(maps::EMBRYONIC, embryonic)
+            .map_max_entries(maps::EMBRYONIC_REVERSE, embryonic)
+            .map_max_entries(maps::EMBRYONIC6, embryonic)
+            .map_max_entries(maps::EMBRYONIC_REVERSE6, embryonic)
             .map_max_entries(maps::LISTENER_STATS, tables.max_listeners + 1)
             .load(object)?;
         let prog: &mut Xdp = program_mut(&mut ebpf)?;

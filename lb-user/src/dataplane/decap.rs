@@ -133,6 +133,15 @@ impl Decap {
             maps::REVERSE6,
             "NEXT_HOPS",
             "HANDOFF",
+            maps::EMBRYONIC,
+            maps::EMBRYONIC_REVERSE,
+            maps::EMBRYONIC6,
+            maps::EMBRYONIC_REVERSE6,
+            maps::ALLOW4,
+            maps::DENY4,
+            maps::ALLOW6,
+            maps::DENY6,
+            maps::RULE_STATS,
         ] {
             loader.map_max_entries(m, 1);
         }
