@@ -302,7 +302,9 @@ health_check = {echo_hc}
         self.spawn_until("xlb", cmd, "ready; control socket")
     }
 
-    fn spawn_until(
+    /// Start `cmd` (a command in one of the rig's namespaces) as the child `name`; returns once
+    /// it printed `marker`.
+    pub fn spawn_until(
         &mut self,
         name: &str,
         cmd: std::process::Command,

@@ -28,6 +28,8 @@ const APT: &[(&str, &str)] = &[
     ("command -v nc", "netcat-openbsd"),
     ("command -v ping", "iputils-ping"),
     ("command -v setpriv", "util-linux"),
+    // The SYN-flood test's flood (spoofed sources).
+    ("command -v hping3", "hping3"),
     // The benchmark's plot: fontconfig (built against) and a font.
     ("command -v pkg-config", "pkg-config"),
     (
