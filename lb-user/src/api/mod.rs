@@ -14,8 +14,9 @@
 //! | POST | /v1/listeners/{listener}/rules | [`RuleRequest`] → [`Message`] (add a source rule) |
 //! | DELETE | /v1/listeners/{listener}/rules | [`RuleRequest`] → [`Message`] (remove one) |
 //!
-//! Errors answer [`ErrorBody`] with 400 (bad request), 404 (unknown group or target), 409
-//! (already registered), 422 (config rejected) or 500.
+//! Errors answer [`ErrorBody`] with 400 (bad request: malformed JSON, wrong types, unknown
+//! fields), 404 (unknown group, target, listener or route), 405 (method), 409 (already there),
+//! 413 (a body over [`MAX_BODY_BYTES`]), 422 (config rejected) or 500.
 pub mod client;
 pub mod server;
 pub mod status;
@@ -27,9 +28,13 @@ pub use status::{GroupStatus, ListenerStatus, RuleStatus, Status, TargetStatus, 
 
 use crate::model::{ModelError, TargetRef};
 
+/// Largest request body the control API reads; larger ones are refused (413) unread.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// `POST /v1/target-groups/{group}/targets`. `address` may carry the port (`"a:p"`); `port`,
 /// when given, wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -75,6 +75,8 @@ pub enum FailureKind {
     NotFound,
     Conflict,
     Rejected,
+    /// A body over `MAX_BODY_BYTES`.
+    TooLarge,
     Internal,
 }
 
@@ -101,6 +103,7 @@ impl IntoResponse for Reply {
                     FailureKind::NotFound => StatusCode::NOT_FOUND,
                     FailureKind::Conflict => StatusCode::CONFLICT,
                     FailureKind::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+                    FailureKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                     FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (code, Json(ErrorBody { error: f.message })).into_response()
@@ -179,6 +182,16 @@ fn bad(message: String) -> Reply {
     Reply::Error(Failure::new(FailureKind::BadRequest, message))
 }
 
+/// A body axum could not read as JSON: 413 when it is too large, 400 otherwise.
+fn bad_body(e: &axum::extract::rejection::JsonRejection) -> Reply {
+    let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        FailureKind::TooLarge
+    } else {
+        FailureKind::BadRequest
+    };
+    Reply::Error(Failure::new(kind, format!("bad request body: {e}")))
+}
+
 pub fn router(agent: Agent) -> Router {
     Router::new()
         .route(super::STATUS, get(|State(a): State<Agent>| async move { ask(&a, Request::Status).await }))
@@ -199,7 +212,7 @@ pub fn router(agent: Agent) -> Router {
             post(|State(a): State<Agent>, UrlPath(group): UrlPath<String>, body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>| async move {
                 let Json(body) = match body {
                     Ok(b) => b,
-                    Err(e) => return bad(format!("bad request body: {e}")),
+                    Err(e) => return bad_body(&e),
                 };
                 match body.target() {
                     Err(e) => bad(e.to_string()),
@@ -219,18 +232,41 @@ pub fn router(agent: Agent) -> Router {
         .route(
             "/v1/listeners/{listener}/rules",
             post(|State(a): State<Agent>, UrlPath(listener): UrlPath<String>, body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>| async move {
-                match body.map_err(|e| format!("bad request body: {e}")).and_then(|Json(b)| b.rule()) {
-                    Err(e) => bad(e),
-                    Ok(rule) => ask(&a, Request::AddRule { listener, rule }).await,
+                match body {
+                    Err(e) => bad_body(&e),
+                    Ok(Json(b)) => match b.rule() {
+                        Err(e) => bad(e),
+                        Ok(rule) => ask(&a, Request::AddRule { listener, rule }).await,
+                    },
                 }
             })
             .delete(|State(a): State<Agent>, UrlPath(listener): UrlPath<String>, body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>| async move {
-                match body.map_err(|e| format!("bad request body: {e}")).and_then(|Json(b)| b.rule()) {
-                    Err(e) => bad(e),
-                    Ok(rule) => ask(&a, Request::RemoveRule { listener, rule }).await,
+                match body {
+                    Err(e) => bad_body(&e),
+                    Ok(Json(b)) => match b.rule() {
+                        Err(e) => bad(e),
+                        Ok(rule) => ask(&a, Request::RemoveRule { listener, rule }).await,
+                    },
                 }
             }),
         )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody {
+                    error: "no such route (see `xlb --help` and the API table in the README)".into(),
+                }),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(ErrorBody {
+                    error: "method not allowed on this route".into(),
+                }),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(super::MAX_BODY_BYTES))
         .with_state(agent)
 }
 
@@ -238,5 +274,115 @@ pub fn router(agent: Agent) -> Router {
 pub async fn serve(listener: UnixListener, agent: Agent) {
     if let Err(e) = axum::serve(listener, router(agent)).await {
         log::error!("control API stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request as HttpRequest};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The router with an agent that answers every request "done" and records it.
+    fn app() -> (Router, mpsc::Receiver<Request>) {
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        let (seen_tx, seen_rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                let _ = seen_tx.send(req).await;
+                let _ = reply.send(Reply::Done(Message {
+                    message: "done".into(),
+                }));
+            }
+        });
+        (router(tx), seen_rx)
+    }
+
+    async fn call(app: Router, method: &str, uri: &str, body: &str) -> (u16, String) {
+        let req = HttpRequest::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let code = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (code, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_a_clear_4xx_and_never_reach_the_agent() {
+        let big = format!(
+            "{{\"address\": \"{}\"}}",
+            "1".repeat(super::super::MAX_BODY_BYTES)
+        );
+        let cases: [(&str, &str, &str, u16, &str); 8] = [
+            (
+                "POST",
+                "/v1/target-groups/web/targets",
+                "{not json",
+                400,
+                "bad request body",
+            ),
+            (
+                "POST",
+                "/v1/target-groups/web/targets",
+                r#"{"address": 7}"#,
+                400,
+                "bad request body",
+            ),
+            (
+                "POST",
+                "/v1/target-groups/web/targets",
+                r#"{"address": "198.18.1.2", "wieght": 2}"#,
+                400,
+                "unknown field",
+            ),
+            (
+                "POST",
+                "/v1/target-groups/web/targets",
+                &big,
+                413,
+                "length limit exceeded",
+            ),
+            (
+                "POST",
+                "/v1/listeners/web/rules",
+                r#"{"kind": "deny", "source": "198.18.0.5/24"}"#,
+                400,
+                "host bits",
+            ),
+            (
+                "POST",
+                "/v1/listeners/web/rules",
+                r#"{"kind": "deny"}"#,
+                400,
+                "missing field",
+            ),
+            ("GET", "/v1/nothing-here", "", 404, "no such route"),
+            ("PUT", "/v1/status", "", 405, "method not allowed"),
+        ];
+        for (method, uri, body, want, needle) in cases {
+            let (app, mut seen) = app();
+            let (code, text) = call(app, method, uri, body).await;
+            assert_eq!(code, want, "{method} {uri} {body:.60}: {text}");
+            assert!(text.contains(needle), "{method} {uri}: {text}");
+            assert!(seen.try_recv().is_err(), "{method} {uri} reached the agent");
+        }
+        // A good request does reach it.
+        let (app, mut seen) = app();
+        let (code, _) = call(
+            app,
+            "POST",
+            "/v1/listeners/web/rules",
+            r#"{"kind": "deny", "source": "198.18.0.0/24"}"#,
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert!(matches!(seen.recv().await, Some(Request::AddRule { .. })));
     }
 }
