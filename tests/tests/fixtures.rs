@@ -330,6 +330,55 @@ fn vip_on_a_port_or_protocol_without_listener_is_dropped() {
 }
 
 #[test]
+fn a_udp_zero_checksum_stays_zero_through_nat() {
+    // The program's own rule (RFC 768: zero means none), not a copy of its logic.
+    let mut lab = Lab::new("udpzero", &[1, 2]);
+    let mut pkt = udp(CLIENT, 50_002, VIP, 53);
+    pkt[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let r = lab.run(&pkt, lab.in0);
+    assert_eq!(r.retval, XDP_REDIRECT);
+    assert_eq!(
+        r.out[14 + 20 + 2..14 + 20 + 4],
+        9000u16.to_be_bytes(),
+        "53 -> 9000"
+    );
+    assert_eq!(
+        r.out[14 + 20 + 6..14 + 20 + 8],
+        [0, 0],
+        "no checksum stays no checksum"
+    );
+}
+
+#[test]
+fn a_reply_whose_ttl_would_expire_is_left_to_the_kernel() {
+    let mut lab = Lab::new("replyttl", &[1, 2]);
+    let syn = parse(
+        &lab.run(&tcp(CLIENT, 40_010, VIP, 80, Flags::Syn, 64), lab.in0)
+            .out,
+    );
+    let k = sent_to(&syn);
+    let reply = tcp(target(k), 8080, CLIENT, 40_010, Flags::SynAck, 1);
+    let r = lab.run(&reply, lab.t[usize::from(k) - 1]);
+    assert_eq!(r.retval, XDP_PASS);
+    r.counted(Stat::PassTtlExceeded, &[]);
+    assert_eq!(r.out, reply, "untouched");
+}
+
+#[test]
+fn a_fragment_offset_of_2048_bytes_or_more_is_a_fragment_too() {
+    // The offset's high bits live in the first byte of the field (13 bits, 8-byte units).
+    let mut lab = Lab::new("fragoff", &[1]);
+    for (hi, lo) in [(0x01u8, 0x00u8), (0x1f, 0xff), (0x10, 0x00)] {
+        let mut pkt = udp(CLIENT, 40_000, VIP, 9000);
+        pkt[14 + 6] = hi;
+        pkt[14 + 7] = lo;
+        let r = lab.run(&pkt, lab.in0);
+        assert_eq!(r.retval, XDP_DROP, "offset field {hi:#04x}{lo:02x}");
+        r.counted(Stat::DropFragment, &[]);
+    }
+}
+
+#[test]
 fn ttl_that_would_expire_is_left_to_the_kernel() {
     let mut lab = Lab::new("ttl", &[1]);
     let pkt = tcp(CLIENT, 40_000, VIP, 80, Flags::Syn, 1);

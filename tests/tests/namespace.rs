@@ -193,8 +193,12 @@ fn a_bad_config_exits_64_and_attaches_nothing() {
 
 #[test]
 fn sigterm_detaches_and_the_rig_is_gone_after_a_failing_test() {
-    let prefix = "xlb-nfail";
-    let result = std::panic::catch_unwind(|| {
+    const DELIBERATE: &str = "deliberate failure, to check the teardown";
+    // What the agent's exit did, seen inside the test that then fails; checked outside it, so
+    // a wrong answer fails this test (an assertion inside would only be another panic).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen.clone();
+    let result = std::panic::catch_unwind(move || {
         let mut env = Env::start(
             "fail",
             1,
@@ -203,23 +207,36 @@ fn sigterm_detaches_and_the_rig_is_gone_after_a_failing_test() {
                 ..Setup::demo(&[1])
             },
         );
-        assert!(
-            env.rig
-                .lb
-                .exec("ip link show lb-c")
-                .unwrap()
-                .contains("xdp")
-        );
+        let attached = env
+            .rig
+            .lb
+            .exec("ip link show lb-c")
+            .unwrap()
+            .contains("xdp");
         let status = env.rig.stop("xlb").unwrap();
-        assert!(status.success(), "agent exit {status:?}");
-        assert!(
-            !env.rig.lb.exec("ip link show").unwrap().contains("xdp"),
-            "detached on SIGTERM"
-        );
-        assert!(!env.socket.exists(), "control socket removed");
-        panic!("deliberate failure, to check the teardown");
+        let detached = !env.rig.lb.exec("ip link show").unwrap().contains("xdp");
+        let socket_gone = !env.socket.exists();
+        *record.lock().unwrap() = Some((
+            env.rig.prefix.clone(),
+            attached,
+            status.success(),
+            detached,
+            socket_gone,
+        ));
+        std::panic::panic_any(DELIBERATE);
     });
-    assert!(result.is_err());
+    let payload = result.expect_err("the test body fails on purpose");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&DELIBERATE),
+        "the body failed for another reason"
+    );
+    let (prefix, attached, exit_ok, detached, socket_gone) =
+        seen.lock().unwrap().clone().expect("recorded");
+    assert!(attached, "XDP was attached while the agent ran");
+    assert!(exit_ok, "the agent exits 0 on SIGTERM");
+    assert!(detached, "XDP is detached on SIGTERM");
+    assert!(socket_gone, "the control socket is removed on exit");
     let left = xlb_rig::sh("ip netns list").unwrap();
-    assert!(!left.contains(prefix), "namespaces left behind: {left}");
+    assert!(!left.contains(&prefix), "namespaces left behind: {left}");
 }
