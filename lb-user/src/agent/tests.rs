@@ -391,6 +391,28 @@ fn a_reload_applies_a_changed_file_and_a_rejected_one_changes_nothing() {
         "{}",
         f.message
     );
+    // A file that parses but does not validate (a listener naming no group), and each
+    // restart-only field changed: rejected, nothing changed.
+    dir.write_config(&[1, 2, 3], TABLES);
+    let good = std::fs::read_to_string(dir.config()).unwrap();
+    let unknown_group = good.replacen("target_group = \"web\"", "target_group = \"nope\"", 1);
+    assert_ne!(unknown_group, good);
+    for (text, needle) in [
+        (unknown_group, "names unknown target group \"nope\""),
+        (
+            good.replace("[\"eth0\"]", "[\"eth1\"]"),
+            "interfaces changed",
+        ),
+        (
+            good.replace("state.json", "other-state.json"),
+            "state_file changed",
+        ),
+    ] {
+        std::fs::write(dir.config(), text).unwrap();
+        let f = a.reload(now).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Rejected);
+        assert!(f.message.contains(needle), "{needle}: {}", f.message);
+    }
     assert_eq!(a.reconciler().dataplane().log.len(), writes);
     assert_eq!(a.reconciler().dataplane().contents(), before);
     assert_eq!(

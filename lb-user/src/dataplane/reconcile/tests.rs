@@ -481,3 +481,29 @@ fn source_rules_go_in_before_the_listener_points_at_them_and_out_after() {
     assert_eq!(dp.listeners[&web].flags, 0);
     assert!(dp.rules.is_empty());
 }
+
+#[test]
+fn two_balancers_with_different_histories_build_the_same_tables() {
+    // The cross-node promise: the Maglev table depends on the targets' addresses and ports,
+    // never on their ids or the order they came in.
+    let all = ["198.18.1.2", "198.18.2.2", "198.18.3.2", "198.18.4.2"];
+    let a = reconciler(&cfg(&all, ""));
+    let mut b = reconciler(&cfg(&["198.18.4.2"], ""));
+    for step in [
+        &["198.18.9.9", "198.18.4.2"][..],
+        &["198.18.3.2", "198.18.4.2", "198.18.1.2"],
+        &all,
+    ] {
+        b.apply(&Plan::from_config(&cfg(step, ""))).unwrap();
+    }
+    let web = key(&cfg(&all, ""), "web");
+    assert_ne!(
+        a.dataplane().ring_of(&web),
+        b.dataplane().ring_of(&web),
+        "the ids differ (the histories did)"
+    );
+    assert_eq!(
+        a.dataplane().contents().listeners,
+        b.dataplane().contents().listeners
+    );
+}
