@@ -39,10 +39,12 @@ impl Netns {
             name.starts_with("xlb-"),
             "project namespaces start with xlb-: {name}"
         );
-        // A leftover from a crashed run is ours (same name): remove it first.
-        if std::path::Path::new("/var/run/netns").join(name).exists() {
-            let _ = sh(&format!("ip netns del {name}"));
-        }
+        // Never clobber: a namespace of this name may be another run's (tests and rigs name
+        // theirs uniquely per process; the demos remove their own leftovers first).
+        anyhow::ensure!(
+            !std::path::Path::new("/var/run/netns").join(name).exists(),
+            "namespace {name} exists already (another run's, or a leftover: ip netns del {name})"
+        );
         sh(&format!("ip netns add {name}"))?;
         let ns = Self {
             name: name.to_owned(),

@@ -159,7 +159,7 @@ fn an_invalid_reload_is_rejected_with_file_and_line_and_changes_nothing() {
 #[test]
 fn a_bad_config_exits_64_and_attaches_nothing() {
     let rig = Rig::up(&RigSpec {
-        prefix: "xlb-nbadcfg".into(),
+        prefix: format!("xlb-nbadcfg-{}", std::process::id()),
         targets: 1,
     })
     .unwrap();
@@ -239,4 +239,17 @@ fn sigterm_detaches_and_the_rig_is_gone_after_a_failing_test() {
     assert!(socket_gone, "the control socket is removed on exit");
     let left = xlb_rig::sh("ip netns list").unwrap();
     assert!(!left.contains(&prefix), "namespaces left behind: {left}");
+}
+
+#[test]
+fn a_namespace_of_another_run_is_never_clobbered() {
+    let name = format!("xlb-ndup-{}", std::process::id());
+    let first = xlb_rig::Netns::create(&name).unwrap();
+    let second = xlb_rig::Netns::create(&name);
+    let err = second.err().expect("the same name twice is refused");
+    assert!(err.to_string().contains("exists already"), "{err}");
+    assert!(
+        first.exec("ip link show lo").is_ok(),
+        "the first one is intact"
+    );
 }

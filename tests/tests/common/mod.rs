@@ -50,7 +50,8 @@ pub struct Env {
 impl Env {
     /// A rig with `hosts` target hosts (all serving) and the agent running with `setup`.
     pub fn start(tag: &str, hosts: usize, setup: &Setup) -> Self {
-        let prefix = format!("xlb-n{tag}");
+        // Unique per run: two runs at once never meet (see `Netns::create`).
+        let prefix = format!("xlb-n{tag}-{}", std::process::id());
         let dir = TempDir(std::env::temp_dir().join(&prefix));
         let _ = std::fs::remove_dir_all(&dir.0);
         std::fs::create_dir_all(&dir.0).unwrap();

@@ -118,7 +118,7 @@ pub fn health_detection(args: &Args) -> Figure {
     let mut v = Vec::new();
     for rep in 0..args.reps {
         let mut rig = Rig::up(&RigSpec {
-            prefix: "xlb-bench".into(),
+            prefix: format!("xlb-bench-{}", std::process::id()),
             targets: 2,
         })
         .unwrap();

@@ -79,9 +79,10 @@ pub fn packet_rate(args: &Args) -> Vec<Figure> {
 
 fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
     use xlb_rig::{Netns, netns::veth};
-    let generator = Netns::create("xlb-pr-gen").unwrap();
-    let lb = Netns::create("xlb-pr-lb").unwrap();
-    let sink = Netns::create("xlb-pr-sink").unwrap();
+    let id = std::process::id();
+    let generator = Netns::create(&format!("xlb-pr-gen-{id}")).unwrap();
+    let lb = Netns::create(&format!("xlb-pr-lb-{id}")).unwrap();
+    let sink = Netns::create(&format!("xlb-pr-sink-{id}")).unwrap();
     veth(&generator, "g0", &lb, "lb-g").unwrap();
     veth(&lb, "lb-s", &sink, "s0").unwrap();
     for (key, value) in [

@@ -110,7 +110,7 @@ fn iperf(rig: &Rig, host: &str) -> f64 {
 
 pub fn real_clients(args: &Args) -> Vec<Figure> {
     let mut rig = Rig::up(&RigSpec {
-        prefix: "xlb-bench".into(),
+        prefix: format!("xlb-bench-{}", std::process::id()),
         targets: 2,
     })
     .unwrap();
