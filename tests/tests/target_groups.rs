@@ -267,11 +267,36 @@ fn runtime_registrations_work_give_clear_errors_and_survive_a_restart() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 
-    // Restart the agent with the same config file: the registration is still there.
+    // Deregister one of the config file's targets too.
+    let out = env.xlb(&["targets", "deregister", "web", "198.18.2.2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restart the agent with the same config file: the registration is still there, and so is
+    // the deregistration (the file still lists 198.18.2.2).
     assert!(env.rig.stop("xlb").unwrap().success());
     env.start_agent();
     let (state, _) = env.state("web", "198.18.3.2", 8080);
     assert!(state == "initial" || state == "healthy", "{state}");
+    let v = env.json(&["targets", "health", "web"]);
+    let t2 = v[0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["address"] == "198.18.2.2")
+        .map(|t| t["state"].as_str().unwrap_or_default().to_owned());
+    assert!(
+        t2.as_deref()
+            .is_none_or(|s| s == "unused" || s == "draining"),
+        "198.18.2.2 was deregistered before the restart, yet is {t2:?}"
+    );
+    assert!(
+        !env.new_connections(24).iter().any(|n| n == "backend-2"),
+        "a deregistered target takes no new flows after a restart"
+    );
     let v = env.json(&["targets", "health", "web"]);
     let t = v[0]["targets"]
         .as_array()
