@@ -145,6 +145,7 @@ vip = "198.18.100.10"
 port = 53
 protocol = "udp"
 target_group = "echo"
+udp_idle_timeout = 1
 [[listener]]
 name = "web6"
 vip = "2001:db8:100::10"

@@ -350,6 +350,19 @@ fn a_udp_zero_checksum_stays_zero_through_nat() {
 }
 
 #[test]
+fn a_udp_flow_idle_past_its_listeners_timeout_is_balanced_afresh() {
+    // Listener "echo53" has udp_idle_timeout = 1 (seconds).
+    let mut lab = Lab::new("udpidle", &[1, 2]);
+    let pkt = udp(CLIENT, 50_003, VIP, 53);
+    lab.run(&pkt, lab.in0).counted(Stat::FwdRedirect, &[]);
+    let r = lab.run(&pkt, lab.in0);
+    r.counted(Stat::FwdRedirect, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let r = lab.run(&pkt, lab.in0);
+    r.counted(Stat::FwdRedirect, &[Stat::EvFlowRebalanced]);
+}
+
+#[test]
 fn a_reply_whose_ttl_would_expire_is_left_to_the_kernel() {
     let mut lab = Lab::new("replyttl", &[1, 2]);
     let syn = parse(

@@ -507,3 +507,19 @@ fn two_balancers_with_different_histories_build_the_same_tables() {
         b.dataplane().contents().listeners
     );
 }
+
+#[test]
+fn a_changed_udp_idle_timeout_reaches_the_data_plane() {
+    let c = cfg(&["198.18.1.2"], "");
+    let mut b = reconciler(&c);
+    let dns = key(&c, "dns");
+    assert_eq!(
+        b.dataplane().listeners[&dns].udp_idle_timeout_s,
+        lb_common::limits::DEFAULT_UDP_IDLE_TIMEOUT_S
+    );
+    let mut c2 = c.clone();
+    c2.listeners[1].udp_idle_timeout_s = 7;
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(r.listeners_changed, ["dns"]);
+    assert_eq!(b.dataplane().listeners[&dns].udp_idle_timeout_s, 7);
+}
