@@ -57,6 +57,20 @@ fn udp_echo_through_the_vip() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    // The UDP group is probed on health_check.port (TCP 8080), not on its UDP port: its
+    // targets turn healthy, they do not fail open.
+    for t in ["198.18.1.2", "198.18.2.2"] {
+        env.wait_state("echo", t, UDP_PORT, "healthy", Duration::from_secs(10));
+    }
+    let s = env.status_json();
+    let echo = s["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "echo")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["fail_open"], false, "{echo}");
     // And from a real socket, many datagrams on one flow come back in order.
     let got = env
         .in_client(|| {

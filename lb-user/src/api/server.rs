@@ -315,6 +315,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_socket_directory_is_created_0700_and_the_socket_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("xlb-sockdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let path = root.join("run").join("xlb.sock");
+        let l = bind(&path).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700, "directory");
+        assert_eq!(mode(&path), 0o600, "socket");
+        drop(l);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
     async fn bad_requests_get_a_clear_4xx_and_never_reach_the_agent() {
         let big = format!(
             "{{\"address\": \"{}\"}}",

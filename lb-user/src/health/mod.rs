@@ -390,6 +390,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http_check_asks_for_its_path() {
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // 200 for /health only, 404 for anything else: the path must be the one configured.
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap();
+                let ok = buf[..n].starts_with(b"GET /health HTTP/1.1\r\n");
+                let code = if ok { 200 } else { 404 };
+                s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut h = HealthCheck {
+            protocol: CheckProtocol::Http,
+            path: "/health".into(),
+            timeout: Duration::from_secs(2),
+            ..HealthCheck::default()
+        };
+        assert_eq!(probe(&h, addr, None).await, Probe::Ok);
+        h.path = "/".into();
+        assert_eq!(probe(&h, addr, None).await, Probe::Mismatch(404));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn probes_against_real_sockets() {
         use tokio::net::TcpListener;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
