@@ -339,6 +339,11 @@ impl Lab {
         self.b.apply(&Plan::from_config(c)).unwrap();
     }
 
+    /// Run `cmd` in the lab's namespace (routes, neighbours, sysctls of a fixture).
+    pub fn exec(&self, cmd: &str) -> String {
+        self._ns.exec(cmd).unwrap()
+    }
+
     /// Take the counters as they are now as the base of the next [`Lab::run`]'s deltas (after
     /// packets sent around `run`).
     pub fn settle(&mut self) {
