@@ -145,9 +145,19 @@ mod tests {
         let before = build(&all, M);
         let after = build(&all[..(n as usize - 1)], M);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-        let removed_slots = before.iter().filter(|&&t| t == n).count();
-        // Only the removed target's slots must move, plus a small fraction of reshuffle.
-        assert!(moved >= removed_slots);
+        // The removed target keeps no slot, and of the others' slots only a small fraction is
+        // reshuffled (Maglev's minimal disruption; a table rebuilt from scratch would move
+        // about (n-1)/n of them).
+        assert!(!after.contains(&n), "the removed target keeps slots");
+        let reshuffled = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| **a != n && a != b)
+            .count();
+        assert!(
+            (reshuffled as f64) < 0.01 * f64::from(M),
+            "{reshuffled} slots of staying targets moved"
+        );
         let frac = moved as f64 / f64::from(M);
         assert!(frac < 1.0 / f64::from(n) * 1.25, "moved {frac:.3} of slots");
     }
