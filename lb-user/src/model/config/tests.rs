@@ -572,3 +572,74 @@ fn source_rules_parse_and_bad_ones_are_refused_at_their_line() {
     );
     one_error(&with("deny_sources = [\"nope\"]"), 9, "is not a prefix");
 }
+
+/// Some error of `text` contains `needle` on `line`.
+fn has_error(text: &str, line: usize, needle: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .any(|e| e.line == line && e.message.contains(needle)),
+        "no {needle:?} on line {line}: {errs:?}"
+    );
+}
+
+#[test]
+fn the_other_validation_errors_each_name_their_line() {
+    one_error(&GOOD.replace("[\"eth0\"]", "[\"a/b\"]"), 1, "is not valid");
+    one_error(
+        &GOOD.replace("name = \"web\"\nvip", "name = \"\"\nvip"),
+        4,
+        "listener name is empty",
+    );
+    has_error(
+        &GOOD.replace(
+            "[[target_group]]\nname = \"web\"",
+            "[[target_group]]\nname = \"\"",
+        ),
+        11,
+        "target group name is empty",
+    );
+    one_error(
+        &GOOD.replace("port = 8081", "port = 70000"),
+        13,
+        "target port 70000 is out of range",
+    );
+    one_error(
+        &with_health("unhealthy_threshold = 11"),
+        15,
+        "health_check.unhealthy_threshold 11 is out of range (2-10)",
+    );
+    one_error(
+        &with_health("interval = 300\ntimeout = 121"),
+        16,
+        "health_check.timeout 121 is out of range",
+    );
+    one_error(
+        &with_health("matcher = \"200\""),
+        15,
+        "HTTP health checks only",
+    );
+    has_error(
+        &GOOD.replace(
+            "protocol = \"tcp\"\ntarget_group = \"web\"",
+            "protocol = \"udp\"\ntarget_group = \"web\"\nudp_idle_timeout = 0",
+        ),
+        9,
+        "udp_idle_timeout 0 is out of range",
+    );
+    let many: Vec<String> = (0..4096u32)
+        .map(|i| {
+            format!(
+                "{{ address = \"10.{}.{}.{}\" }}",
+                i >> 16,
+                (i >> 8) & 0xff,
+                i & 0xff
+            )
+        })
+        .collect();
+    let text = GOOD.replace(
+        "targets = [{ address = \"198.18.1.2\" }, { address = \"198.18.2.2\", port = 8081, weight = 3 }]",
+        &format!("targets = [{}]", many.join(", ")),
+    );
+    one_error(&text, 10, "4096 targets in all; at most 4095 fit");
+}
