@@ -196,8 +196,24 @@ fn all_targets_down_fails_open_and_says_so() {
     assert_eq!(web["fail_open"], true);
     let text = String::from_utf8(env.xlb(&["status"]).stdout).unwrap();
     assert!(text.contains("FAIL-OPEN"), "{text}");
-    // Traffic still goes to the registered targets (here refused: nothing listens).
-    assert!(env.reason("drop_no_target") == 0);
+    // Traffic still goes to the registered targets: a client's connection reaches one and is
+    // refused at once (nothing listens there now), where an empty table would drop it
+    // (drop_no_target) and leave the client waiting.
+    let sent = env.reason("fwd_redirect");
+    let out = env
+        .rig
+        .client
+        .command("curl")
+        .args(["-s", "-m", "3", "http://198.18.100.10/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "connection refused by a target, not a timeout"
+    );
+    assert!(env.reason("fwd_redirect") > sent, "the SYN was forwarded");
+    assert_eq!(env.reason("drop_no_target"), 0);
     env.rig.start_backend(common::backend_bin(), 1).unwrap();
     env.wait_state("web", "198.18.1.2", 8080, "healthy", Duration::from_secs(4));
     let web = group(&env.status_json(), "web");
