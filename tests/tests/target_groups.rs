@@ -92,6 +92,7 @@ fn a_deregistered_target_drains_its_open_connection_then_is_unused() {
     env.wait_state("web", "198.18.2.2", 8080, "healthy", Duration::from_secs(5));
     let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<std::io::Result<String>>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let client = env.in_client(move || {
         // A long-lived connection that landed on backend-1.
         let mut conn = (0..64)
@@ -100,6 +101,7 @@ fn a_deregistered_target_drains_its_open_connection_then_is_unused() {
                 (c.get().ok()? == "backend-1").then_some(c)
             })
             .expect("some connection lands on backend-1");
+        ready_tx.send(()).unwrap();
         while let Ok(step) = rx.recv() {
             let results = match step {
                 "use" => (0..3).map(|_| conn.get()).collect(),
@@ -108,6 +110,11 @@ fn a_deregistered_target_drains_its_open_connection_then_is_unused() {
             back_tx.send(results).unwrap();
         }
     });
+    // Deregister only once the client holds its connection (it raced the deregistration and
+    // lost about once in 37 runs).
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the client holds a connection to backend-1");
     let out = env.xlb(&["targets", "deregister", "web", "198.18.1.2"]);
     assert!(
         out.status.success(),
