@@ -79,6 +79,27 @@ struct RawConfig {
     listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
     target_group: Vec<Spanned<RawGroup>>,
+    #[serde(default)]
+    source_rules: Vec<Spanned<RawRuleSet>>,
+}
+
+/// `[[source_rules]]`: a named set of rules several listeners can share (as a security group
+/// is shared by several load balancers).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    name: Spanned<String>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+}
+
+/// A parsed `[[source_rules]]` set: its prefixes of both families.
+struct RuleSet {
+    name: String,
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +132,9 @@ struct RawListener {
     allow_sources: Vec<Spanned<String>>,
     #[serde(default)]
     deny_sources: Vec<Spanned<String>>,
+    /// Names of `[[source_rules]]` sets whose rules this listener takes too.
+    #[serde(default)]
+    source_rules: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -374,7 +398,8 @@ impl Validator<'_> {
         }
         let tables = self.tables(raw.tables.as_ref());
         let target_groups = self.groups(&raw.target_group);
-        let listeners = self.listeners(&raw.listener, &target_groups, &tables);
+        let rule_sets = self.rule_sets(&raw.source_rules);
+        let listeners = self.listeners(&raw.listener, &target_groups, &tables, &rule_sets);
         let tunnel = self.tunnel(
             raw.tunnel.as_ref(),
             &raw.listener,
@@ -480,6 +505,38 @@ impl Validator<'_> {
                 .and_then(|t| t.get_ref().icmp_frag_needed)
                 .unwrap_or(true),
         })
+    }
+
+    /// The `[[source_rules]]` sets: unique names, valid prefixes (of either family), each once.
+    fn rule_sets(&mut self, raw: &[Spanned<RawRuleSet>]) -> Vec<RuleSet> {
+        let mut out: Vec<RuleSet> = Vec::new();
+        for r in raw {
+            let r = r.get_ref();
+            let name = r.name.get_ref().clone();
+            if name.is_empty() {
+                self.at(&r.name, "source_rules name is empty");
+            } else if out.iter().any(|s| s.name == name) {
+                self.at(&r.name, format!("source_rules {name:?} is defined twice"));
+            }
+            let mut parse = |list: &[Spanned<String>], what: &str| {
+                let mut v: Vec<Cidr> = Vec::new();
+                for s in list {
+                    match s.get_ref().parse::<Cidr>() {
+                        Ok(c) if v.contains(&c) => self.at(
+                            s,
+                            format!("source_rules {name:?} {what}: {c} is listed twice"),
+                        ),
+                        Ok(c) => v.push(c),
+                        Err(e) => self.at(s, format!("source_rules {name:?} {what}: {e}")),
+                    }
+                }
+                v
+            };
+            let allow = parse(&r.allow, "allow");
+            let deny = parse(&r.deny, "deny");
+            out.push(RuleSet { name, allow, deny });
+        }
+        out
     }
 
     /// A listener's `allow_sources` or `deny_sources`: prefixes of the VIP's family (its clients
@@ -753,6 +810,7 @@ impl Validator<'_> {
         raw: &[Spanned<RawListener>],
         groups: &[TargetGroup],
         tables: &Tables,
+        rule_sets: &[RuleSet],
     ) -> Vec<Listener> {
         let mut out: Vec<Listener> = Vec::new();
         let mut names = HashSet::new();
@@ -840,8 +898,33 @@ impl Validator<'_> {
                     }
                 }
             }
-            let allow_sources = self.sources(&r.allow_sources, "allow_sources", vip);
-            let deny_sources = self.sources(&r.deny_sources, "deny_sources", vip);
+            let mut allow_sources = self.sources(&r.allow_sources, "allow_sources", vip);
+            let mut deny_sources = self.sources(&r.deny_sources, "deny_sources", vip);
+            // Named sets: their prefixes of the VIP's family (a set may serve IPv4 and IPv6
+            // listeners alike).
+            for set_name in &r.source_rules {
+                let Some(set) = rule_sets.iter().find(|s| &s.name == set_name.get_ref()) else {
+                    self.at(
+                        set_name,
+                        format!(
+                            "listener {name:?} names unknown source_rules set {:?}",
+                            set_name.get_ref()
+                        ),
+                    );
+                    continue;
+                };
+                let fits = |c: &&Cidr| c.addr.is_ipv4() == vip.is_ipv4();
+                for c in set.allow.iter().filter(fits) {
+                    if !allow_sources.contains(c) {
+                        allow_sources.push(*c);
+                    }
+                }
+                for c in set.deny.iter().filter(fits) {
+                    if !deny_sources.contains(c) {
+                        deny_sources.push(*c);
+                    }
+                }
+            }
             rules += allow_sources.len() + deny_sources.len();
             if rules > MAX_SOURCE_RULES as usize {
                 self.at(

@@ -651,3 +651,51 @@ fn the_other_validation_errors_each_name_their_line() {
     );
     one_error(&text, 10, "4096 targets in all; at most 4095 fit");
 }
+
+#[test]
+fn named_rule_sets_are_shared_by_listeners_of_either_family() {
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"web6\"\nvip = \"2001:db8::10\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web6\"\nsource_rules = [\"office\"]\n\
+[[target_group]]\nname = \"web6\"\nport = 8080\ntargets = [{{ address = \"2001:db8::2\" }}]\n\
+[[source_rules]]\nname = \"office\"\nallow = [\"198.18.0.0/16\", \"2001:db8::/32\"]\ndeny = [\"198.18.66.0/24\"]\n"
+    )
+    .replacen("target_group = \"web\"\n", "target_group = \"web\"\nsource_rules = [\"office\"]\ndeny_sources = [\"198.18.66.0/24\"]\n", 1);
+    let c = parse(Path::new("xlb.toml"), &text).unwrap();
+    let (web, web6) = (&c.listeners[0], &c.listeners[1]);
+    let s = |v: &[Cidr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(s(&web.allow_sources), ["198.18.0.0/16"]);
+    assert_eq!(
+        s(&web.deny_sources),
+        ["198.18.66.0/24"],
+        "own and the set's, once"
+    );
+    assert_eq!(s(&web6.allow_sources), ["2001:db8::/32"]);
+    assert!(web6.deny_sources.is_empty());
+    let errs = errors(&text.replace(
+        "source_rules = [\"office\"]\ndeny",
+        "source_rules = [\"lab\"]\ndeny",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.line == 9 && e.message.contains("unknown source_rules set \"lab\"")),
+        "{errs:?}"
+    );
+    let bad = text.replace(
+        "deny = [\"198.18.66.0/24\"]\n",
+        "deny = [\"198.18.66.5/24\"]\n",
+    );
+    assert_ne!(bad, text);
+    assert!(
+        errors(&bad).iter().any(|e| e
+            .message
+            .contains("source_rules \"office\" deny: 198.18.66.5/24 has host bits set")),
+        "{:?}",
+        errors(&bad)
+    );
+    let twice = format!("{text}[[source_rules]]\nname = \"office\"\n");
+    assert!(
+        errors(&twice)
+            .iter()
+            .any(|e| e.message.contains("defined twice"))
+    );
+}
