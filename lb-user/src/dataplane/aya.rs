@@ -330,11 +330,10 @@ impl Dataplane for AyaDataplane {
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
-        let mut s = Snapshot::default();
-        for i in 0..STAT_SLOTS {
-            let v = self.stats.get(&i, 0).map_err(map_err(maps::STATS))?;
-            s.stats.push(sum(&v, |a, b| *a += *b));
-        }
+        let mut s = Snapshot {
+            stats: self.reason_counters()?,
+            ..Snapshot::default()
+        };
         for i in 0..self.listener_stats.len() {
             let v = self
                 .listener_stats
