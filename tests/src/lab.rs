@@ -85,6 +85,43 @@ pub fn mac(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Which target (1..=3) a NAT'd IPv4 frame went to, by its destination address.
+pub fn target_of(out: &[u8]) -> u8 {
+    (1..=3u8)
+        .find(|k| out[30..34] == target(*k))
+        .unwrap_or_else(|| panic!("not to a target: {:02x?}", &out[..40]))
+}
+
+/// Which target (1..=3) a frame's destination MAC names, with the egress interface's MAC as
+/// its source.
+pub fn mac_target(frame: &[u8]) -> u8 {
+    let k = (1..=3u8)
+        .find(|k| frame[0..6] == target_mac(*k))
+        .unwrap_or_else(|| panic!("not sent to a target's MAC: {:02x?}", &frame[0..12]));
+    assert_eq!(
+        frame[6..12],
+        node_mac(k),
+        "source MAC of the egress interface"
+    );
+    k
+}
+
+/// The Internet checksum (RFC 1071) over `parts` in order (a pseudo-header, then the message),
+/// from scratch rather than with xlb's code: 0 when a valid checksum is in. Every part but the
+/// last has an even length.
+pub fn ones_complement(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for bytes in parts {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 pub fn config_text(web: &[u8]) -> String {
     let list = |port: u16| {
         web.iter()

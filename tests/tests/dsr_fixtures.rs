@@ -8,33 +8,6 @@ use lb_common::{DecapStat, Stat};
 use xlb::{DECAP_OBJECT, dataplane::decap::Decap};
 use xlb_rig::lab::*;
 
-/// The Internet checksum of `bytes`, from scratch (RFC 1071): 0 when a valid checksum is in.
-fn ones_complement(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in bytes.chunks(2) {
-        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(w);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Which target (1..=3) a frame's destination MAC names, with the egress interface's MAC as
-/// its source.
-fn mac_target(frame: &[u8]) -> u8 {
-    let k = (1..=3u8)
-        .find(|k| frame[0..6] == target_mac(*k))
-        .unwrap_or_else(|| panic!("not sent to a target's MAC: {:02x?}", &frame[0..12]));
-    assert_eq!(
-        frame[6..12],
-        node_mac(k),
-        "source MAC of the egress interface"
-    );
-    k
-}
-
 fn big_tcp(dst: [u8; 4], tot_len: usize) -> Vec<u8> {
     let payload = vec![0x5a; tot_len - 40];
     let mut v = Vec::new();
@@ -157,7 +130,7 @@ fn a_tunnel_packet_too_big_for_the_mtu_is_answered_with_icmp_frag_needed() {
         1480,
         "next-hop MTU less the outer header"
     );
-    assert_eq!(ones_complement(icmp), 0, "ICMP checksum");
+    assert_eq!(ones_complement(&[icmp]), 0, "ICMP checksum");
     assert_eq!(
         icmp[8..],
         pkt[14..14 + 20 + 8],

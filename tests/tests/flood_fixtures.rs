@@ -5,13 +5,6 @@
 use lb_common::Stat;
 use xlb_rig::lab::*;
 
-/// Which target (1..=3) a NAT'd frame went to.
-fn target_of(out: &[u8]) -> u8 {
-    (1..=3u8)
-        .find(|k| out[30..34] == target(*k))
-        .unwrap_or_else(|| panic!("not to a target: {:02x?}", &out[..40]))
-}
-
 #[test]
 fn a_syn_flood_evicts_no_established_flow() {
     let mut lab = Lab::new("flood", &[1, 2]);

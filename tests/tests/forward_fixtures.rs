@@ -7,12 +7,6 @@
 use lb_common::Stat;
 use xlb_rig::lab::*;
 
-fn target_of(out: &[u8]) -> u8 {
-    (1..=3u8)
-        .find(|k| out[30..34] == target(*k))
-        .expect("to a target")
-}
-
 fn big(len: usize) -> Vec<u8> {
     let mut v = Vec::new();
     etherparse::PacketBuilder::ethernet2(CLIENT_MAC, IN0_MAC)

@@ -53,22 +53,10 @@ fn icmp_of(out: &[u8]) -> (Ipv6Header, &[u8]) {
     assert_eq!(outer.next_header, IpNumber::IPV6_ICMP);
     let msg = &out[14 + 40..];
     assert_eq!(usize::from(outer.payload_length), msg.len());
-    // The ICMPv6 checksum over pseudo-header + message, from scratch: 0 when valid.
-    let mut sum = 0u32;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&outer.source);
-    add(&outer.destination);
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    assert_eq!(!(sum as u16), 0, "ICMPv6 checksum");
+    // The ICMPv6 checksum over pseudo-header + message: 0 when valid.
+    let len = (msg.len() as u32).to_be_bytes();
+    let pseudo: [&[u8]; 5] = [&outer.source, &outer.destination, &len, &[0, 0, 0, 58], msg];
+    assert_eq!(ones_complement(&pseudo), 0, "ICMPv6 checksum");
     (outer, msg)
 }
 

@@ -11,18 +11,6 @@ use xlb_rig::lab::*;
 
 const ROUTER: [u8; 4] = [198, 18, 0, 254];
 
-/// The Internet checksum of `bytes`, from scratch (RFC 1071): 0 when a valid checksum is in.
-fn ones_complement(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A TCP packet (IP and on, no Ethernet) from `src:sport` to the client.
 fn reply(src: [u8; 4], sport: u16, ttl: u8) -> Vec<u8> {
     let mut v = Vec::new();
@@ -53,7 +41,7 @@ fn frag_needed_about_a_nat_reply_goes_to_its_target_translated() {
     let mut lab = Lab::new("icmpnat", &[1, 2]);
     let syn = lab.run(&tcp(CLIENT, 40_000, VIP, 80, Flags::Syn, 64), lab.in0);
     assert_eq!(syn.retval, XDP_REDIRECT);
-    let k = (1..=3u8).find(|k| syn.out[30..34] == target(*k)).unwrap();
+    let k = target_of(&syn.out);
     // The reply as it left the balancer (from the VIP, TTL already decremented), quoted with
     // its whole TCP header (so the quoted checksum must be translated too).
     let quoted = reply(VIP, 80, 63);
@@ -79,7 +67,7 @@ fn frag_needed_about_a_nat_reply_goes_to_its_target_translated() {
         1280,
         "the MTU is kept"
     );
-    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    assert_eq!(ones_complement(&[msg]), 0, "ICMP checksum");
     let inner = Ipv4HeaderSlice::from_slice(&msg[8..]).unwrap().to_header();
     assert_eq!(
         inner.header_checksum,
@@ -136,7 +124,7 @@ fn frag_needed_about_a_dsr_flow_goes_to_its_target_unchanged() {
 fn frag_needed_about_a_tunnel_flow_is_encapsulated_to_its_target() {
     let mut lab = Lab::new("icmptun", &[1, 2]);
     let syn = lab.run(&tcp(CLIENT, 40_000, VIP_TUN, 8080, Flags::Syn, 64), lab.in0);
-    let k = (1..=3u8).find(|k| syn.out[30..34] == target(*k)).unwrap();
+    let k = target_of(&syn.out);
     let quoted = reply(VIP_TUN, 8080, 64);
     let icmp = frag_needed(VIP_TUN, &quoted, 28);
     let r = lab.run(&icmp, lab.in0);
@@ -184,7 +172,7 @@ fn an_echo_request_to_a_vip_is_answered_and_others_pass() {
     );
     let msg = &out[34..];
     assert_eq!((msg[0], msg[1]), (0, 0), "echo reply");
-    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    assert_eq!(ones_complement(&[msg]), 0, "ICMP checksum");
     assert_eq!(msg[4..], req[38..], "identifier, sequence and payload kept");
     let other = echo_request([198, 18, 0, 1]);
     let r = lab.run(&other, lab.in0);
@@ -208,7 +196,7 @@ fn an_error_from_a_nat_target_reaches_the_client_from_the_vip() {
     let mut lab = Lab::new("icmpback", &[1, 2]);
     let req = tcp(CLIENT, 40_000, VIP, 80, Flags::Syn, 64);
     let fwd = lab.run(&req, lab.in0);
-    let k = (1..=3u8).find(|k| fwd.out[30..34] == target(*k)).unwrap();
+    let k = target_of(&fwd.out);
     // The target refuses what it got (client -> target:8080, TTL 63), quoting 40 bytes.
     let got = &fwd.out[14..];
     let mut icmp = Vec::new();
@@ -236,7 +224,7 @@ fn an_error_from_a_nat_target_reaches_the_client_from_the_vip() {
         "from the VIP"
     );
     let msg = &out[34..];
-    assert_eq!(ones_complement(msg), 0, "ICMP checksum");
+    assert_eq!(ones_complement(&[msg]), 0, "ICMP checksum");
     let inner = Ipv4HeaderSlice::from_slice(&msg[8..]).unwrap().to_header();
     assert_eq!(
         inner.header_checksum,

@@ -8,27 +8,6 @@ use lb_common::{DecapStat, Stat};
 use xlb::{DECAP_OBJECT, dataplane::decap::Decap};
 use xlb_rig::lab::*;
 
-fn ones_complement(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    for bytes in parts {
-        for c in bytes.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn mac_target(frame: &[u8]) -> u8 {
-    let k = (1..=3u8)
-        .find(|k| frame[0..6] == target_mac(*k))
-        .unwrap_or_else(|| panic!("not sent to a target's MAC: {:02x?}", &frame[0..12]));
-    assert_eq!(frame[6..12], node_mac(k));
-    k
-}
-
 /// The outer IPv6 header of a tunnelled frame, checked: to target `k`, from the fixture's
 /// source prefix, hop limit 64, `next`, and the payload length of `inner_len` bytes.
 fn check_outer6(out: &[u8], k: u8, next: IpNumber, inner_len: usize) {
