@@ -113,6 +113,7 @@ fn a_tunnel_packet_too_big_for_the_mtu_is_answered_with_icmp_frag_needed() {
     let out = &r.out;
     assert_eq!(out[0..6], CLIENT_MAC, "back to the client's next hop");
     assert_eq!(out[6..12], IN0_MAC);
+    assert_eq!(out[12..14], [0x08, 0x00], "an IPv4 frame");
     let ip = Ipv4HeaderSlice::from_slice(&out[14..]).expect("IPv4 parses");
     let h = ip.to_header();
     assert_eq!(h.header_checksum, h.calc_header_checksum(), "IP checksum");

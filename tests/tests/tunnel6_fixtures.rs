@@ -87,6 +87,7 @@ fn too_big_once_encapsulated_is_answered_packet_too_big_or_frag_needed() {
     r.counted(Stat::TxFragNeeded, &[Stat::EvMidFlowMiss]);
     let out = &r.out;
     assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &IN0_MAC[..]));
+    assert_eq!(out[12..14], [0x86, 0xdd], "an IPv6 frame");
     let h = Ipv6HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
     assert_eq!(h.next_header, IpNumber::IPV6_ICMP);
     assert_eq!((h.source, h.destination), (VIP6_TUN, CLIENT6));
@@ -123,6 +124,7 @@ fn too_big_once_encapsulated_is_answered_packet_too_big_or_frag_needed() {
     let r = lab.run(&v4, lab.in0);
     assert_eq!(r.retval, XDP_TX);
     r.counted(Stat::TxFragNeeded, &[Stat::EvMidFlowMiss]);
+    assert_eq!(r.out[12..14], [0x08, 0x00], "an IPv4 frame");
     let ip = Ipv4HeaderSlice::from_slice(&r.out[14..])
         .unwrap()
         .to_header();
