@@ -271,14 +271,21 @@ fn packet_too_big(ctx: &mut XdpContext, mtu: u16) -> Verdict {
 /// Bytes an ICMPv6 "packet too big" built here quotes: the IPv6 header and 8 more.
 const QUOTE6: usize = IPV6_LEN + QUOTE_PAYLOAD;
 
+/// Turn the frame into the start of an ICMP answer to its sender: `room` bytes (the answer's IP
+/// and ICMP headers) made in front of the packet, which is cut to its first `quote` bytes, and an
+/// Ethernet header back to where the frame came from, of `ethertype`.
 #[inline(always)]
-fn build_packet_too_big(ctx: &mut XdpContext, mtu: u16) -> Option<()> {
+fn answer_in_place(
+    ctx: &mut XdpContext,
+    room: usize,
+    quote: usize,
+    ethertype: [u8; 2],
+) -> Option<()> {
     let (client_mac, our_mac) = {
         let eth = header_mut::<Eth>(ctx, 0)?;
         (eth.src, eth.dst)
     };
-    let room = IPV6_LEN + ICMP_LEN;
-    let len = ETH_LEN + room + QUOTE6;
+    let len = ETH_LEN + room + quote;
     sys::adjust_head(ctx, -(room as i32))?;
     let have = sys::packet_len(ctx) as usize;
     if have > len {
@@ -287,7 +294,14 @@ fn build_packet_too_big(ctx: &mut XdpContext, mtu: u16) -> Option<()> {
     let eth = header_mut::<Eth>(ctx, 0)?;
     eth.dst = client_mac;
     eth.src = our_mac;
-    eth.ethertype = ETHERTYPE_IPV6;
+    eth.ethertype = ethertype;
+    Some(())
+}
+
+#[inline(always)]
+fn build_packet_too_big(ctx: &mut XdpContext, mtu: u16) -> Option<()> {
+    let room = IPV6_LEN + ICMP_LEN;
+    answer_in_place(ctx, room, QUOTE6, ETHERTYPE_IPV6)?;
     let icmp_len = (ICMP_LEN + QUOTE6) as u16;
     let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
     ip.vtcfl = [0x60, 0, 0, 0];
@@ -392,22 +406,9 @@ fn frag_needed(ctx: &mut XdpContext, f: &Flow, mtu: u16) -> Verdict {
 
 #[inline(always)]
 fn build_frag_needed(ctx: &mut XdpContext, f: &Flow, mtu: u16) -> Option<()> {
-    let (client_mac, our_mac) = {
-        let eth = header_mut::<Eth>(ctx, 0)?;
-        (eth.src, eth.dst)
-    };
     let quote = f.l4_off - ETH_LEN + QUOTE_PAYLOAD;
     let room = IPV4_MIN_LEN + ICMP_LEN;
-    let len = ETH_LEN + room + quote;
-    sys::adjust_head(ctx, -(room as i32))?;
-    let have = sys::packet_len(ctx) as usize;
-    if have > len {
-        sys::adjust_tail(ctx, -((have - len) as i32))?;
-    }
-    let eth = header_mut::<Eth>(ctx, 0)?;
-    eth.dst = client_mac;
-    eth.src = our_mac;
-    eth.ethertype = ETHERTYPE_IPV4;
+    answer_in_place(ctx, room, quote, ETHERTYPE_IPV4)?;
     let tot = ((room + quote) as u16).to_be_bytes();
     let mut h = [0u8; IPV4_MIN_LEN];
     h[0] = 0x45;
