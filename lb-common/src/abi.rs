@@ -164,6 +164,11 @@ pub struct ListenerValue {
     pub flags: u8,
     pub _pad: [u8; 2],
     pub udp_idle_timeout_s: u32,
+    /// `new_flows_per_second`: flows this listener opens per second, all sources together
+    /// (0: no limit). See [`crate::rate`].
+    pub new_flow_rate: u32,
+    /// `new_flows_per_second_per_source`: the same per source /32 (IPv4) or /64 (IPv6).
+    pub source_flow_rate: u32,
 }
 
 /// Set of addresses that carry at least one listener (value: number of listeners).
@@ -205,6 +210,27 @@ pub const fn rule_key<const N: usize>(id: u32, addr: &[u8]) -> [u8; N] {
 /// `RULE_STATS` slot counting a listener's sources that no allow rule matched.
 pub const fn not_allowed_slot(listener_id: u32) -> u32 {
     crate::limits::MAX_SOURCE_RULES + listener_id
+}
+
+/// `RULE_STATS` slot counting a listener's new flows refused by `new_flows_per_second`.
+pub const fn rate_limited_slot(listener_id: u32) -> u32 {
+    crate::limits::MAX_SOURCE_RULES + (crate::limits::MAX_LISTENERS + 1) + listener_id
+}
+
+/// `RULE_STATS` slot counting a listener's new flows refused by
+/// `new_flows_per_second_per_source`.
+pub const fn source_rate_limited_slot(listener_id: u32) -> u32 {
+    crate::limits::MAX_SOURCE_RULES + 2 * (crate::limits::MAX_LISTENERS + 1) + listener_id
+}
+
+/// `SOURCE_RATE` key: the listener id (network order), then the source's first 8 bytes: its
+/// IPv4 address and 4 zeros, or its IPv6 /64. (A listener has one family, so its id tells
+/// which.)
+pub type RateKey = [u8; 12];
+
+/// The `SOURCE_RATE` key of source `src` (4 or 16 bytes) of listener `id`.
+pub const fn rate_key(id: u32, src: &[u8]) -> RateKey {
+    rule_key::<12>(id, src)
 }
 
 /// `TARGETS[id]`: where a target lives. Id 0 is never assigned.
@@ -328,7 +354,7 @@ impl Counters {
 
 // Padding-free layouts: a size different from the sum of the fields means hidden padding.
 const _: () = assert!(size_of::<ListenerKey>() == 8);
-const _: () = assert!(size_of::<ListenerValue>() == 20);
+const _: () = assert!(size_of::<ListenerValue>() == 28);
 const _: () = assert!(size_of::<VipKey>() == 8);
 const _: () = assert!(size_of::<TargetValue>() == 20);
 const _: () = assert!(size_of::<FlowKey>() == 16);

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod csum;
 pub mod hash;
 pub mod limits;
+pub mod rate;
 pub mod stats;
 
 pub use abi::*;

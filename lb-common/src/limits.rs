@@ -55,8 +55,16 @@ pub const DECAP_ADDRS_MAX: u32 = 64;
 /// 1..MAX_SOURCE_RULES (0 unused).
 pub const MAX_SOURCE_RULES: u32 = 4096;
 
-/// Slots of `RULE_STATS`: one per rule id, then one per listener id ("no allow rule matched").
-pub const RULE_STAT_SLOTS: u32 = MAX_SOURCE_RULES + MAX_LISTENERS + 1;
+/// Slots of `RULE_STATS`: one per rule id, then three per listener id ("no allow rule
+/// matched", "over `new_flows_per_second`", "over `new_flows_per_second_per_source`").
+pub const RULE_STAT_SLOTS: u32 = MAX_SOURCE_RULES + 3 * (MAX_LISTENERS + 1);
+
+/// Largest `new_flows_per_second` / `new_flows_per_second_per_source` (flows per second).
+pub const MAX_NEW_FLOW_RATE: u32 = 10_000_000;
+
+/// Sources whose new-flow rate is tracked at once, all listeners together (an LRU table: a
+/// source unseen for long gives its slot to a new one, which starts with a full bucket).
+pub const RATE_SOURCES: u32 = 65_536;
 
 /// Entries of the embryonic tables (TCP flows seen only as a SYN): this fraction of
 /// `tables.max_connections`, at least [`MIN_EMBRYONIC`]. A SYN flood churns these alone.

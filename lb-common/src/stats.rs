@@ -103,6 +103,12 @@ stats! {
     DropSourceDenied = 34, "drop_source_denied", "drop";
     /// A packet to a listener with `allow_sources` from a source none of them matches.
     DropSourceNotAllowed = 35, "drop_source_not_allowed", "drop";
+    /// A new flow (TCP SYN, UDP flow's first packet) to a listener over its
+    /// `new_flows_per_second`: dropped before any connection state; counted per listener too.
+    DropListenerRateLimited = 36, "drop_listener_rate_limited", "drop";
+    /// A new flow from a source (/32, /64) over the listener's
+    /// `new_flows_per_second_per_source`.
+    DropSourceRateLimited = 37, "drop_source_rate_limited", "drop";
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! Stages 2-4: listener lookup, connection table, Maglev ring, for either family.
 use lb_common::{
     FlowValue, ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, PROTO_TCP, PROTO_UDP,
-    ReverseValue, Stat, TARGET_ACTIVE, TargetValue,
+    ReverseValue, Stat, TARGET_ACTIVE, TargetValue, rate, rate_key, rate_limited_slot,
+    source_rate_limited_slot,
 };
 
 use crate::{
     family::{Family, V4},
     hdr::{TCP_ACK, TCP_SYN},
-    maps::{PORT_FLAGS, REVERSE, RINGS, TARGETS},
+    maps::{LISTENER_RATE, PORT_FLAGS, REVERSE, RINGS, SOURCE_RATE, TARGETS},
     parse::{FlowOf, Verdict},
     stats, sys,
 };
@@ -129,6 +130,12 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
         }
         None => {}
     }
+    // A flow that opens here (a SYN, a UDP flow's first packet) passes the listener's rate
+    // limits first; a TCP flow met mid-way (no SYN seen) is an existing connection, not limited.
+    let opens = syn || f.proto == PROTO_UDP;
+    if opens && (l.new_flow_rate | l.source_flow_rate) != 0 {
+        within_rates(f, l)?;
+    }
     let hash = F::hash(f.src, f.dst, f.sport, f.dport, f.proto);
     let slot = l.ring_base + hash % l.ring_size.max(1);
     let target_id = RINGS.get(slot).copied().unwrap_or(0);
@@ -141,6 +148,42 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
         target,
         new_flow: true,
     })
+}
+
+/// The listener's new-flow limits: the source's bucket first (a source over its own limit takes
+/// no token from the listener's), then the listener's. Counted per listener when one refuses.
+#[inline(always)]
+fn within_rates<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<(), Verdict> {
+    let now = sys::now_ns();
+    if l.source_flow_rate != 0 {
+        let key = rate_key(l.id, f.src.as_ref());
+        let rate_of = l.source_flow_rate;
+        let ok = match sys::with_value_mut(&SOURCE_RATE, &key, |tat| rate::admit(tat, now, rate_of))
+        {
+            Some(ok) => ok,
+            None => {
+                // A source not seen lately: a full bucket, this flow its first token. (Should
+                // the insert fail, the flow still passes: a limit is not a reason to lose it.)
+                let mut tat = 0;
+                let ok = rate::admit(&mut tat, now, rate_of);
+                let _ = SOURCE_RATE.insert(key, tat, 0);
+                ok
+            }
+        };
+        if !ok {
+            stats::rule(source_rate_limited_slot(l.id));
+            return Err(Verdict::drop(Stat::DropSourceRateLimited));
+        }
+    }
+    if l.new_flow_rate != 0 {
+        let rate_of = l.new_flow_rate;
+        let ok = sys::with_shared_slot(&LISTENER_RATE, l.id, |tat| rate::admit(tat, now, rate_of));
+        if ok == Some(false) {
+            stats::rule(rate_limited_slot(l.id));
+            return Err(Verdict::drop(Stat::DropListenerRateLimited));
+        }
+    }
+    Ok(())
 }
 
 /// Record the flow `key` on `target_id`: in the embryonic tables for a SYN, in the connection

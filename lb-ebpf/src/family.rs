@@ -36,7 +36,7 @@ pub enum Side {
 }
 
 pub trait Family: Sized {
-    type Addr: Copy + PartialEq + 'static;
+    type Addr: Copy + PartialEq + AsRef<[u8]> + 'static;
     type FlowKey: Copy + 'static;
     /// `lb_common::FAMILY_*`.
     const CODE: u8;

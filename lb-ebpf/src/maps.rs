@@ -5,12 +5,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, ReverseValue,
-    RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
+    Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, RateKey,
+    ReverseValue, RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
     limits::{
-        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_SOURCE_RULES,
-        MAX_TARGETS, MIN_EMBRYONIC, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER, RULE_STAT_SLOTS,
-        STAT_SLOTS, VIP_HINT_ENTRIES,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_LISTENERS,
+        MAX_SOURCE_RULES, MAX_TARGETS, MIN_EMBRYONIC, PORT_FLAG_ENTRIES, RATE_SOURCES,
+        RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS, VIP_HINT_ENTRIES,
     },
 };
 
@@ -141,3 +141,13 @@ pub static EMBRYONIC6: LruHashMap<FlowKey6, FlowValue> =
 #[map]
 pub static EMBRYONIC_REVERSE6: LruHashMap<FlowKey6, ReverseValue> =
     LruHashMap::with_max_entries(MIN_EMBRYONIC, BPF_F_NO_COMMON_LRU);
+
+/// New-flow rate buckets (`lb_common::rate`): per listener id (`new_flows_per_second`),
+/// shared by all CPUs so the limit is the listener's, not each CPU's.
+#[map]
+pub static LISTENER_RATE: Array<u64> = Array::with_max_entries(MAX_LISTENERS + 1, 0);
+
+/// Per (listener, source /32 or /64) (`new_flows_per_second_per_source`); LRU, so a flood of
+/// spoofed sources churns this table, never the connection table.
+#[map]
+pub static SOURCE_RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE_SOURCES, 0);

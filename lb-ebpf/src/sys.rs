@@ -14,10 +14,10 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_fib_lookup as FibParams,
     helpers::generated::{
-        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail,
+        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 
@@ -138,6 +138,23 @@ pub fn with_slot<T, R>(
     Some(f(unsafe { &mut *p }))
 }
 
+/// Run `f` on slot `index` of an array shared by all CPUs, in place; `None` if out of range.
+/// For state where an occasional lost update is acceptable (the rate buckets, see
+/// `lb_common::rate`): another CPU may run `f` on the same slot at the same time.
+#[inline(always)]
+pub fn with_shared_slot<T, R>(
+    map: &'static Array<T>,
+    index: u32,
+    f: impl FnOnce(&mut T) -> R,
+) -> Option<R> {
+    let p = map.get_ptr_mut(index)?;
+    // SAFETY: a non-null pointer into the array's memory, alive for the map's life. The `&mut`
+    // exists only inside `f` on this CPU; another CPU may write the same slot meanwhile, and T
+    // is plain integers, so each store is a whole integer and the last one wins (no invalid
+    // value, at worst a lost update, which the callers tolerate and document).
+    Some(f(unsafe { &mut *p }))
+}
+
 /// The mark of a socket buffer (`SO_MARK` of the socket that sent it).
 #[inline(always)]
 pub fn skb_mark(ctx: &aya_ebpf::programs::TcContext) -> u32 {
@@ -151,6 +168,13 @@ pub fn skb_mark(ctx: &aya_ebpf::programs::TcContext) -> u32 {
 pub fn coarse_ns() -> u64 {
     // SAFETY: a helper with no arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The monotonic clock, ns (precise: the rate buckets need sub-jiffy intervals).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// An all-zero FIB lookup request, its documented initial state.

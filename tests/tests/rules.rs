@@ -1,6 +1,8 @@
 //! Source rules with real clients on the demo rig: a reload that denies the client's address
 //! stops its new connections (curl times out) and its open keep-alive connection, counted per
-//! rule in `xlb status`; a reload without the rule lets it back in.
+//! rule in `xlb status`; a reload without the rule lets it back in. And the new-flow rate
+//! limits: a burst of connections from one source over `new_flows_per_second_per_source`
+//! loses the excess, while its open connection and another source go on.
 mod common;
 
 use std::time::Duration;
@@ -183,4 +185,77 @@ fn rules_added_at_run_time_take_effect_survive_a_restart_and_errors_change_nothi
     assert_ne!(curl(&env).0, 0, "still denied after a restart");
     ok(env.xlb(&["rules", "remove", "web", "deny", "198.18.0.2/32"]));
     assert!(curl(&env).1.starts_with("backend-"));
+}
+
+/// `n` curls at once from the client (from `source`), each given `timeout_s`: how many got an
+/// answer.
+fn burst(env: &Env, n: usize, source: &str, timeout_s: &str) -> usize {
+    let script = format!(
+        "for i in $(seq {n}); do curl -s -o /dev/null -w '%{{http_code}}\\n' -m {timeout_s} \
+         --interface {source} http://{VIP}/ & done; wait"
+    );
+    let out = env
+        .rig
+        .client
+        .command("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l == "200")
+        .count()
+}
+
+#[test]
+fn a_source_over_its_new_flow_limit_loses_the_excess_and_nothing_else() {
+    let env = Env::start("ratelim", 2, &setup());
+    // A second source on the client, for "another source is not limited".
+    env.rig
+        .client
+        .exec("ip addr add 198.18.0.3/24 dev eth0")
+        .unwrap();
+    // A keep-alive connection open before the limit exists.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<bool>();
+    let conn = env.in_client(move || {
+        let mut c = Conn::open().unwrap();
+        assert!(c.get().unwrap().starts_with("backend-"));
+        rx.recv().unwrap();
+        back_tx.send(c.get().is_ok()).unwrap();
+    });
+    std::fs::write(
+        &env.config,
+        with_rules(&env, "new_flows_per_second_per_source = 4"),
+    )
+    .unwrap();
+    reload(&env);
+    // 20 connections at once: about 4 pass (a token comes back every 250 ms; the burst takes
+    // well under that, and a refused SYN's retry comes after curl's 0.8 s are up).
+    let answered = burst(&env, 20, "198.18.0.2", "0.8");
+    assert!(
+        (4..=6).contains(&answered),
+        "{answered} of 20 answered, want about 4"
+    );
+    let refused = env.reason("drop_source_rate_limited");
+    assert!(refused >= 14, "drop_source_rate_limited {refused}");
+    // The open connection is not a new flow: it goes on.
+    tx.send(()).unwrap();
+    assert!(back_rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    conn.join().unwrap();
+    // Another source has its own bucket.
+    assert_eq!(burst(&env, 3, "198.18.0.3", "2"), 3);
+    // Shown per listener in status.
+    let s = env.status_json();
+    let r = &s["listeners"][0]["rate_limits"];
+    assert_eq!(r["new_flows_per_second_per_source"], 4, "{s}");
+    assert!(r["source_limited"].as_u64().unwrap() >= 14, "{r}");
+    let text = String::from_utf8(env.xlb(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("new-flow limits of web: listener none") && text.contains("per source 4/s"),
+        "{text}"
+    );
+    // A second later the bucket is full again.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(burst(&env, 3, "198.18.0.2", "2"), 3);
 }

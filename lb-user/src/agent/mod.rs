@@ -54,7 +54,8 @@ fn registry_failure(e: RegistryError) -> Failure {
         RegistryError::AlreadyRegistered { .. } => FailureKind::Conflict,
         RegistryError::Invalid(_)
         | RegistryError::PortFixedByMode { .. }
-        | RegistryError::WrongFamily { .. } => FailureKind::BadRequest,
+        | RegistryError::WrongFamily { .. }
+        | RegistryError::TooManyTargets { .. } => FailureKind::BadRequest,
     };
     Failure::new(kind, e.to_string())
 }

@@ -70,6 +70,21 @@ pub struct ListenerStatus {
     /// Packets dropped because no allow rule matched their source.
     #[serde(default)]
     pub not_allowed: u64,
+    /// New-flow limits and what they refused; absent when the listener has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// `new_flows_per_second` (0: none).
+    pub new_flows_per_second: u32,
+    /// `new_flows_per_second_per_source` (0: none).
+    pub new_flows_per_second_per_source: u32,
+    /// New flows dropped over the listener's limit.
+    pub listener_limited: u64,
+    /// New flows dropped over their source's limit.
+    pub source_limited: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,6 +188,22 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
                     .and_then(|id| rules.get(lb_common::not_allowed_slot(id) as usize))
                     .copied()
                     .unwrap_or(0),
+                rate_limits: (l.new_flows_per_second != 0
+                    || l.new_flows_per_second_per_source != 0)
+                    .then(|| {
+                        let slot = |f: fn(u32) -> u32| {
+                            b.listener_id(l)
+                                .and_then(|id| rules.get(f(id) as usize))
+                                .copied()
+                                .unwrap_or(0)
+                        };
+                        RateLimitStatus {
+                            new_flows_per_second: l.new_flows_per_second,
+                            new_flows_per_second_per_source: l.new_flows_per_second_per_source,
+                            listener_limited: slot(lb_common::rate_limited_slot),
+                            source_limited: slot(lb_common::source_rate_limited_slot),
+                        }
+                    }),
             }
         })
         .collect();

@@ -54,6 +54,29 @@ pub fn render_rules(o: &mut String, listeners: &[ListenerStatus]) {
     }
 }
 
+/// Each listener's new-flow limits and what they refused (listeners without limits left out).
+pub fn render_rate_limits(o: &mut String, listeners: &[ListenerStatus]) {
+    let limit = |n: u32| {
+        if n == 0 {
+            "none".to_owned()
+        } else {
+            format!("{n}/s")
+        }
+    };
+    for l in listeners {
+        let Some(r) = &l.rate_limits else { continue };
+        let _ = writeln!(
+            o,
+            "new-flow limits of {}: listener {} (dropped {}), per source {} (dropped {})",
+            l.name,
+            limit(r.new_flows_per_second),
+            r.listener_limited,
+            limit(r.new_flows_per_second_per_source),
+            r.source_limited
+        );
+    }
+}
+
 pub fn render_groups(o: &mut String, groups: &[GroupStatus]) {
     for g in groups {
         let open = if g.fail_open {
@@ -109,6 +132,10 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o);
     if s.listeners.iter().any(|l| !l.source_rules.is_empty()) {
         render_rules(&mut o, &s.listeners);
+        let _ = writeln!(o);
+    }
+    if s.listeners.iter().any(|l| l.rate_limits.is_some()) {
+        render_rate_limits(&mut o, &s.listeners);
         let _ = writeln!(o);
     }
     render_groups(&mut o, &s.groups);

@@ -47,6 +47,11 @@ pub enum DecapError {
     Io(PathBuf, std::io::Error),
     #[error("interface {0:?} has no IPv4 or global IPv6 address: nothing would be decapsulated")]
     NoAddress(String),
+    #[error(
+        "interface {0:?} has {1} addresses; decapsulation accepts at most {max} (DECAP_ADDRS_MAX)",
+        max = DECAP_ADDRS_MAX
+    )]
+    TooManyAddresses(String, usize),
     #[error("decapsulation is already attached to {0} (xlb decap detach {0} first)")]
     AlreadyAttached(String),
     #[error("decapsulation is not attached to {0}")]
@@ -96,6 +101,9 @@ fn is_bpffs(p: &Path) -> bool {
 /// `xlb decap attach`: load, accept the interface's IPv4 and global IPv6 addresses, attach, pin.
 pub fn attach(root: &Path, iface: &str) -> Result<(AttachMode, Vec<IpAddr>)> {
     let addrs = interface_addresses(iface)?;
+    if addrs.len() > DECAP_ADDRS_MAX as usize {
+        return Err(DecapError::TooManyAddresses(iface.into(), addrs.len()));
+    }
     ensure_bpffs(root)?;
     let mut d = Decap::load(crate::DECAP_OBJECT)?;
     for a in &addrs {

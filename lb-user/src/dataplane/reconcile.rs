@@ -39,7 +39,10 @@ pub enum ApplyError {
     TargetIdsExhausted,
     #[error("no free listener slot (tables.max_listeners)")]
     ListenerSlotsExhausted,
-    #[error("no free source-rule id: more than {} rules", lb_common::limits::MAX_SOURCE_RULES - 1)]
+    #[error(
+        "no free source-rule id: more than {} rules",
+        lb_common::limits::MAX_SOURCE_RULES
+    )]
     RuleIdsExhausted,
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -291,9 +294,7 @@ impl<D: Dataplane> Reconciler<D> {
         let mut built: HashMap<Members, Vec<u32>> = HashMap::new();
         for (l, key) in plan.listeners.iter().zip(listener_keys) {
             let members = self.members_for(plan, l);
-            let timeout = l.udp_idle_timeout_s;
-            let mode = l.mode.code();
-            let flags = keys::rule_flags(l);
+            let wanted = settings(&self.listener_value(l, 0, 0, 0));
             // Its id: kept, or the one a new listener gets from its slot.
             let id = match self.listeners.get(key) {
                 Some(i) => i.value.id,
@@ -303,9 +304,7 @@ impl<D: Dataplane> Reconciler<D> {
             self.install_rules(id, l)?;
             if let Some(inst) = self.listeners.get_mut(key)
                 && inst.members == members
-                && inst.value.udp_idle_timeout_s == timeout
-                && inst.value.mode == mode
-                && inst.value.flags == flags
+                && settings(&inst.value) == wanted
             {
                 inst.name.clone_from(&l.name);
                 report.listeners_unchanged.push(l.name.clone());
@@ -316,19 +315,13 @@ impl<D: Dataplane> Reconciler<D> {
                 .entry(members.clone())
                 .or_insert_with(|| maglev_table(&members, m))
                 .clone();
-            let installed = self.listeners.get(key).map(|i| {
-                (
-                    i.slot,
-                    i.generation,
-                    i.value.id,
-                    (i.value.udp_idle_timeout_s, i.value.mode, i.value.flags),
-                )
-            });
+            let installed = self
+                .listeners
+                .get(key)
+                .map(|i| (i.slot, i.generation, i.value.id, settings(&i.value)));
             match installed {
                 // Same table from other members (e.g. a weight-0 target left): nothing to write.
-                Some((.., t))
-                    if t == (timeout, mode, flags) && self.listeners[key].ring == ring =>
-                {
+                Some((.., t)) if t == wanted && self.listeners[key].ring == ring => {
                     let inst = self.listeners.get_mut(key).expect("present");
                     inst.name.clone_from(&l.name);
                     inst.members = members;
@@ -477,6 +470,8 @@ impl<D: Dataplane> Reconciler<D> {
             flags: keys::rule_flags(l),
             _pad: [0; 2],
             udp_idle_timeout_s: l.udp_idle_timeout_s,
+            new_flow_rate: l.new_flows_per_second,
+            source_flow_rate: l.new_flows_per_second_per_source,
         }
     }
 
@@ -549,8 +544,10 @@ impl<D: Dataplane> Reconciler<D> {
     fn allocate_rule_id(&mut self) -> Result<u32, ApplyError> {
         let max = lb_common::limits::MAX_SOURCE_RULES;
         let used: HashSet<u32> = self.rules.values().copied().collect();
-        for step in 1..max {
-            let id = (self.last_rule_id + step - 1) % (max - 1) + 1;
+        // Ids 1..=MAX_SOURCE_RULES (RULE_STATS slot 0 is unused; the per-listener slots
+        // start after MAX_SOURCE_RULES + 1).
+        for step in 0..max {
+            let id = (self.last_rule_id + step) % max + 1;
             if !used.contains(&id) {
                 self.last_rule_id = id;
                 return Ok(id);
@@ -606,3 +603,15 @@ const _: () = assert!(PORT_FLAG_ENTRIES == 65_536);
 
 #[cfg(test)]
 mod tests;
+
+/// What of a listener's map value is not its place (id, ring): a listener whose settings
+/// differ from the config's is rewritten.
+fn settings(v: &ListenerValue) -> (u32, u8, u8, u32, u32) {
+    (
+        v.udp_idle_timeout_s,
+        v.mode,
+        v.flags,
+        v.new_flow_rate,
+        v.source_flow_rate,
+    )
+}

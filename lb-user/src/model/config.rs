@@ -9,9 +9,9 @@ use std::{
 
 use lb_common::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, DEFAULT_UDP_IDLE_TIMEOUT_S,
-    MAX_CONNECTIONS, MAX_LISTENERS, MAX_RING_BYTES, MAX_RING_SIZE, MAX_SOURCE_RULES, MAX_TARGETS,
-    MAX_UDP_IDLE_TIMEOUT_S, MIN_CONNECTIONS, MIN_RING_SIZE, MIN_UDP_IDLE_TIMEOUT_S,
-    RINGS_PER_LISTENER,
+    MAX_CONNECTIONS, MAX_LISTENERS, MAX_NEW_FLOW_RATE, MAX_RING_BYTES, MAX_RING_SIZE,
+    MAX_SOURCE_RULES, MAX_TARGETS, MAX_UDP_IDLE_TIMEOUT_S, MIN_CONNECTIONS, MIN_RING_SIZE,
+    MIN_UDP_IDLE_TIMEOUT_S, RINGS_PER_LISTENER,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -135,6 +135,8 @@ struct RawListener {
     /// Names of `[[source_rules]]` sets whose rules this listener takes too.
     #[serde(default)]
     source_rules: Vec<Spanned<String>>,
+    new_flows_per_second: Option<Spanned<u32>>,
+    new_flows_per_second_per_source: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +220,11 @@ pub struct Listener {
     /// matches is dropped (deny wins); with allow rules, so is one none of them matches.
     pub allow_sources: Vec<Cidr>,
     pub deny_sources: Vec<Cidr>,
+    /// New flows (TCP SYNs, UDP flows' first packets) per second the listener accepts, all
+    /// sources together, and per source /32 or /64; 0: no limit (the default). Excess is
+    /// dropped in XDP before any connection state (`lb_common::rate`).
+    pub new_flows_per_second: u32,
+    pub new_flows_per_second_per_source: u32,
 }
 
 /// How `tunnel` listeners build the outer header.
@@ -932,6 +939,20 @@ impl Validator<'_> {
                     format!("{rules} source rules in all; at most {MAX_SOURCE_RULES} fit"),
                 );
             }
+            let new_flows_per_second = self.ranged(
+                &r.new_flows_per_second,
+                "new_flows_per_second",
+                1,
+                MAX_NEW_FLOW_RATE.into(),
+                0,
+            );
+            let new_flows_per_second_per_source = self.ranged(
+                &r.new_flows_per_second_per_source,
+                "new_flows_per_second_per_source",
+                1,
+                MAX_NEW_FLOW_RATE.into(),
+                0,
+            );
             out.push(Listener {
                 name,
                 vip,
@@ -942,6 +963,8 @@ impl Validator<'_> {
                 mode,
                 allow_sources,
                 deny_sources,
+                new_flows_per_second,
+                new_flows_per_second_per_source,
             });
         }
         if out.len() > tables.max_listeners as usize

@@ -1,6 +1,9 @@
 //! Target groups at run time: which targets are registered (the config file plus the runtime
 //! [`Overlay`]), their health, their drains, and the [`Plan`] the data plane follows.
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use crate::{
     dataplane::reconcile::{Plan, PlannedTarget},
@@ -39,6 +42,14 @@ pub enum RegistryError {
         vip: std::net::IpAddr,
         /// What [`crate::model::FamilyMismatch`] says.
         reason: String,
+    },
+    #[error(
+        "{target} cannot join group {group:?}: the data plane holds at most {max} distinct targets, all in use (deregistered ones count until their drain ends)"
+    )]
+    TooManyTargets {
+        group: String,
+        target: Endpoint,
+        max: u32,
     },
     #[error(transparent)]
     Invalid(#[from] ModelError),
@@ -185,6 +196,23 @@ impl Registry {
             return Err(RegistryError::AlreadyRegistered {
                 group: group.into(),
                 target: target.endpoint,
+            });
+        }
+        // Every distinct target holds one of the data plane's target ids (MAX_TARGETS, id 0
+        // unused) while registered or draining.
+        let in_use: BTreeSet<Endpoint> = self
+            .groups
+            .values()
+            .flat_map(|g| g.members.iter())
+            .filter(|(_, m)| m.tracker.state != State::Unused)
+            .map(|(e, _)| *e)
+            .collect();
+        let max = lb_common::limits::MAX_TARGETS - 1;
+        if !in_use.contains(&target.endpoint) && in_use.len() >= max as usize {
+            return Err(RegistryError::TooManyTargets {
+                group: group.into(),
+                target: target.endpoint,
+                max,
             });
         }
         let o = overlay.groups.entry(group.into()).or_default();

@@ -523,3 +523,50 @@ fn a_changed_udp_idle_timeout_reaches_the_data_plane() {
     assert_eq!(r.listeners_changed, ["dns"]);
     assert_eq!(b.dataplane().listeners[&dns].udp_idle_timeout_s, 7);
 }
+
+#[test]
+fn changed_new_flow_limits_reach_the_data_plane_and_nothing_else_moves() {
+    let c = cfg(&["198.18.1.2"], "");
+    let mut b = reconciler(&c);
+    let dns = key(&c, "dns");
+    let before = b.dataplane().listeners[&dns];
+    assert_eq!((before.new_flow_rate, before.source_flow_rate), (0, 0));
+    // Each limit alone is a change.
+    let mut c2 = c.clone();
+    c2.listeners[1].new_flows_per_second = 900;
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(r.listeners_changed, ["dns"]);
+    c2.listeners[1].new_flows_per_second_per_source = 30;
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(r.listeners_changed, ["dns"]);
+    let after = b.dataplane().listeners[&dns];
+    assert_eq!((after.new_flow_rate, after.source_flow_rate), (900, 30));
+    // Same id (its counters and buckets stay its own), and the same table.
+    assert_eq!(after.id, before.id);
+    // Applying it again changes nothing.
+    let r = b.apply(&Plan::from_config(&c2)).unwrap();
+    assert!(r.listeners_changed.is_empty(), "{r:?}");
+}
+
+#[test]
+fn exactly_max_source_rules_fit_the_data_plane_and_one_more_is_refused() {
+    use lb_common::limits::MAX_SOURCE_RULES;
+    let prefix = |i: u32| -> crate::model::Cidr {
+        format!("10.{}.{}.0/24", i >> 8, i & 0xff).parse().unwrap()
+    };
+    let mut c = cfg(&["198.18.1.2"], "");
+    c.listeners[0].deny_sources = (0..MAX_SOURCE_RULES).map(prefix).collect();
+    let mut b = reconciler(&c);
+    // Every rule has its own id, and the last one is MAX_SOURCE_RULES (no id 0).
+    let ids: HashSet<u32> = c.listeners[0]
+        .deny_sources
+        .iter()
+        .map(|p| b.rule_id(&c.listeners[0], false, p).expect("installed"))
+        .collect();
+    assert_eq!(ids.len(), MAX_SOURCE_RULES as usize);
+    assert!(!ids.contains(&0) && ids.contains(&MAX_SOURCE_RULES));
+    // The config validator refuses more; the reconciler refuses them too.
+    c.listeners[0].deny_sources.push(prefix(MAX_SOURCE_RULES));
+    let err = b.apply(&Plan::from_config(&c)).unwrap_err();
+    assert!(err.to_string().contains("more than 4096 rules"), "{err}");
+}

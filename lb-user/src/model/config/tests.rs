@@ -699,3 +699,59 @@ fn named_rule_sets_are_shared_by_listeners_of_either_family() {
             .any(|e| e.message.contains("defined twice"))
     );
 }
+
+#[test]
+fn new_flow_limits_are_off_by_default_and_checked_for_range() {
+    let c = parse(Path::new("xlb.toml"), GOOD).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        (l.new_flows_per_second, l.new_flows_per_second_per_source),
+        (0, 0)
+    );
+    let limited = GOOD.replace(
+        "target_group = \"web\"\n\n",
+        "target_group = \"web\"\nnew_flows_per_second = 5000\nnew_flows_per_second_per_source = 20\n\n",
+    );
+    let c = parse(Path::new("xlb.toml"), &limited).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        (l.new_flows_per_second, l.new_flows_per_second_per_source),
+        (5000, 20)
+    );
+    one_error(
+        &limited.replace("new_flows_per_second = 5000", "new_flows_per_second = 0"),
+        9,
+        "new_flows_per_second 0 is out of range (1-10000000)",
+    );
+    one_error(
+        &limited.replace(
+            "new_flows_per_second_per_source = 20",
+            "new_flows_per_second_per_source = 10000001",
+        ),
+        10,
+        "new_flows_per_second_per_source 10000001 is out of range (1-10000000)",
+    );
+}
+
+#[test]
+fn more_source_rules_than_the_data_plane_holds_is_an_error_at_the_listener() {
+    let list = |n: u32| {
+        (0..n)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i >> 8, i & 0xff))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let with = |n: u32| {
+        GOOD.replace(
+            "target_group = \"web\"\n\n",
+            &format!("target_group = \"web\"\ndeny_sources = [{}]\n\n", list(n)),
+        )
+    };
+    let c = parse(Path::new("xlb.toml"), &with(MAX_SOURCE_RULES)).unwrap();
+    assert_eq!(c.listeners[0].deny_sources.len(), MAX_SOURCE_RULES as usize);
+    one_error(
+        &with(MAX_SOURCE_RULES + 1),
+        3,
+        "4097 source rules in all; at most 4096 fit",
+    );
+}

@@ -269,3 +269,46 @@ fn checks_disabled_means_every_registered_target_takes_traffic() {
     assert!(r.probes().is_empty());
     assert!(planned(&r, &c, T2).unwrap().in_ring);
 }
+
+#[test]
+fn a_registration_beyond_the_data_planes_targets_is_refused_and_changes_nothing() {
+    let max = lb_common::limits::MAX_TARGETS - 1;
+    let addr =
+        |i: u32| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 1));
+    // A file whose targets take every target id.
+    let targets: Vec<String> = (0..max)
+        .map(|i| format!("{{ address = \"{}\" }}", addr(i)))
+        .collect();
+    let text = format!(
+        "interfaces = [\"eth0\"]\n[[listener]]\nname = \"web\"\nvip = \"198.18.100.10\"\nport = 80\n\
+         protocol = \"tcp\"\ntarget_group = \"web\"\n[[target_group]]\nname = \"web\"\nport = 8080\n\
+         deregistration_delay = 10\ntargets = [{}]\n",
+        targets.join(", ")
+    );
+    let c = config::parse(Path::new("t.toml"), &text).unwrap();
+    let mut o = Overlay::default();
+    let mut r = Registry::default();
+    let now = Instant::now();
+    r.sync(&c, &o, now);
+    let new = |i: u32| TargetRef {
+        addr: addr(i),
+        port: None,
+    };
+    let e = r
+        .register(&c, &mut o, "web", new(max), None, now)
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::TooManyTargets { max: 4095, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("at most 4095 distinct targets"),
+        "{e}"
+    );
+    assert_eq!(o, Overlay::default(), "the overlay is unchanged");
+    // A deregistered target holds its id while it drains; once unused, its id is free again.
+    r.deregister(&c, &mut o, "web", new(0), now).unwrap();
+    assert!(r.register(&c, &mut o, "web", new(max), None, now).is_err());
+    r.tick(now + Duration::from_secs(10));
+    r.register(&c, &mut o, "web", new(max), None, now).unwrap();
+}
