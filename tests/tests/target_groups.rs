@@ -376,3 +376,143 @@ fn the_control_api_speaks_http_to_root_and_refuses_others() {
     assert!(err.contains("Permission denied"), "{err}");
     let _ = VIP;
 }
+
+/// One control-API call with curl over the socket: the HTTP status.
+fn api(socket: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> u16 {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "20"])
+        .args(["-X", method, "--unix-socket"])
+        .arg(socket);
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "-d", b]);
+    }
+    let out = c.arg(format!("http://xlb{path}")).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+#[test]
+fn api_calls_racing_reloads_each_get_a_clear_answer_and_the_state_stays_whole() {
+    let env = Env::start("race", 3, &fast(&[1, 2]));
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    // Validation fails (an unknown target group), not the TOML parser.
+    let bad = good.replacen("target_group = \"web\"", "target_group = \"nope\"", 1);
+    assert_ne!(good, bad);
+    let socket = env.socket.clone();
+    std::thread::scope(|s| {
+        // Reloads, good and rejected, with the file changing between them.
+        s.spawn(|| {
+            for i in 0..12 {
+                let text = if i % 3 == 2 { &bad } else { &good };
+                std::fs::write(&env.config, text).unwrap();
+                let code = api(&socket, "POST", "/v1/reload", None);
+                let want = if i % 3 == 2 { 422 } else { 200 };
+                assert_eq!(code, want, "reload {i}");
+            }
+            std::fs::write(&env.config, &good).unwrap();
+        });
+        // Runtime registrations: each succeeds, in order, whatever reloads run meanwhile.
+        s.spawn(|| {
+            for i in 0..8 {
+                let code = api(
+                    &socket,
+                    "POST",
+                    "/v1/target-groups/web/targets",
+                    Some(r#"{"address": "198.18.3.2"}"#),
+                );
+                assert_eq!(code, 200, "register {i}");
+                let code = api(
+                    &socket,
+                    "DELETE",
+                    "/v1/target-groups/web/targets/198.18.3.2:8080",
+                    None,
+                );
+                assert_eq!(code, 200, "deregister {i}");
+            }
+        });
+        // Rule changes, likewise.
+        s.spawn(|| {
+            let rule = r#"{"kind": "deny", "source": "198.18.66.0/24"}"#;
+            for i in 0..8 {
+                assert_eq!(
+                    api(&socket, "POST", "/v1/listeners/web/rules", Some(rule)),
+                    200,
+                    "add rule {i}"
+                );
+                assert_eq!(
+                    api(&socket, "DELETE", "/v1/listeners/web/rules", Some(rule)),
+                    200,
+                    "remove rule {i}"
+                );
+            }
+        });
+        // Bad calls: each a 4xx, never a 5xx or no answer.
+        s.spawn(|| {
+            let calls: [(&str, &str, Option<&str>, u16); 6] = [
+                (
+                    "POST",
+                    "/v1/target-groups/web/targets",
+                    Some("{not json"),
+                    400,
+                ),
+                (
+                    "POST",
+                    "/v1/target-groups/web/targets",
+                    Some(r#"{"address": 7}"#),
+                    400,
+                ),
+                (
+                    "POST",
+                    "/v1/target-groups/web/targets",
+                    Some(r#"{"address": "198.18.3.2", "colour": "red"}"#),
+                    400,
+                ),
+                (
+                    "POST",
+                    "/v1/target-groups/nope/targets",
+                    Some(r#"{"address": "198.18.3.2"}"#),
+                    404,
+                ),
+                ("POST", "/v1/nothing-here", None, 404),
+                ("PUT", "/v1/reload", None, 405),
+            ];
+            for round in 0..4 {
+                for (m, p, b, want) in calls {
+                    assert_eq!(api(&socket, m, p, b), want, "round {round}: {m} {p} {b:?}");
+                }
+            }
+        });
+    });
+    // After all of it: the file's targets healthy and serving, 198.18.3.2 deregistered
+    // (draining or gone), no runtime rule left, and the state file says the same.
+    let s = env.status_json();
+    let web = group(&s, "web");
+    let state_of = |a: &str| {
+        web["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == a)
+            .map(|t| t["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state_of("198.18.1.2").as_deref(), Some("healthy"), "{web}");
+    assert_eq!(state_of("198.18.2.2").as_deref(), Some("healthy"), "{web}");
+    assert!(
+        matches!(
+            state_of("198.18.3.2").as_deref(),
+            Some("draining" | "unused") | None
+        ),
+        "{web}"
+    );
+    assert!(
+        s["listeners"][0]["source_rules"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{s}"
+    );
+    let names = env.new_connections(24);
+    assert!(count(&names, "backend-1") > 0 && count(&names, "backend-2") > 0);
+    assert_eq!(count(&names, "backend-3"), 0, "{names:?}");
+    let saved = std::fs::read_to_string(env.socket.with_extension("state.json")).unwrap();
+    assert!(!saved.contains("198.18.66.0"), "{saved}");
+}
