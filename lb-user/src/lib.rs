@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod dataplane;

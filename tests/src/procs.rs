@@ -69,6 +69,14 @@ impl Children {
         terminate(child)
     }
 
+    /// Kill the named child with SIGKILL (a crash: no clean-up of its own) and reap it.
+    pub fn kill(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        let (_, mut child) = self.0.remove(i);
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
     /// Whether the named child has exited (and how).
     pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         let (_, child) = self.0.iter_mut().find(|(n, _)| n == name)?;

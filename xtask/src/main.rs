@@ -30,6 +30,9 @@ const APT: &[(&str, &str)] = &[
     ("command -v setpriv", "util-linux"),
     // The SYN-flood test's flood (spoofed sources).
     ("command -v hping3", "hping3"),
+    // The fleet tests: BGP between the nodes and the router, and a node's silent loss.
+    ("command -v bird", "bird2"),
+    ("command -v nft", "nftables"),
     // The benchmark's plot: fontconfig (built against) and a font.
     ("command -v pkg-config", "pkg-config"),
     (

@@ -11,9 +11,10 @@ mod serve;
 mod tests;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 pub use probes::{PROBE_MARK_BASE, ProbePath, ProbeResult, ProbeSpec, Prober, TaskProber};
@@ -23,7 +24,7 @@ use crate::{
     api::{
         ApplyReport, Message,
         server::{Failure, FailureKind, Reply, Request},
-        status::{self, Sources, Status},
+        status::{self, Announcement, DrainStatus, Sources, Status},
     },
     dataplane::{AttachMode, Dataplane, reconcile::Reconciler},
     model::{
@@ -44,6 +45,8 @@ pub struct Agent<D, P> {
     failing_open: HashSet<String>,
     /// The last failure to bring the data plane in line with the model, until a retry works.
     dataplane_error: Option<String>,
+    /// Set by `xlb node drain`: since when, and when to stop (`--stop-after`).
+    drain: Option<(Instant, Option<Instant>)>,
 }
 
 fn registry_failure(e: RegistryError) -> Failure {
@@ -121,6 +124,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
             attached,
             failing_open: HashSet::new(),
             dataplane_error: None,
+            drain: None,
         };
         // Probes start, fail-open is logged; the maps are already in step.
         let _ = agent.sync_dataplane();
@@ -263,6 +267,11 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 config_path: &self.config_path.display().to_string(),
                 interfaces: &self.attached,
                 dataplane_error: self.dataplane_error.as_deref(),
+                announcements: self.announcements(),
+                drain: self.drain.map(|(since, stop)| DrainStatus {
+                    since_s: now.saturating_duration_since(since).as_secs(),
+                    stops_in_s: stop.map(|t| t.saturating_duration_since(now).as_secs()),
+                }),
             },
             now,
         )
@@ -276,7 +285,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         let changed = self.cfg.restart_only_changes(&cfg);
         if !changed.is_empty() {
             return Err(rejected(format!(
-                "reload rejected, nothing changed: {} changed, but tables, interfaces and state_file take effect only on restart",
+                "reload rejected, nothing changed: {} changed, but tables, interfaces, state_file and bgp's table and device take effect only on restart",
                 changed.join(", ")
             )));
         }
@@ -365,6 +374,12 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 log::info!("reloaded: {r:?}");
                 Reply::Reloaded(r)
             }),
+            Request::Drain { stop_after_s } => Ok(Reply::Done(Message {
+                message: self.start_drain(stop_after_s, now),
+            })),
+            Request::Resume => self
+                .resume()
+                .map(|message| Reply::Done(Message { message })),
             change @ (Request::Register { .. }
             | Request::Deregister { .. }
             | Request::AddRule { .. }
@@ -376,6 +391,95 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
             log::warn!("control request failed: {}", f.message);
             Reply::Error(f)
         })
+    }
+
+    /// With `[bgp]`: each VIP of the config, whether to announce it now, and why. A VIP is
+    /// announced while the data plane is attached, the node is not drained, and some listener
+    /// on it has at least its `min_healthy_targets` healthy targets (weight > 0).
+    pub fn announcements(&self) -> Vec<Announcement> {
+        if self.cfg.bgp.is_none() {
+            return Vec::new();
+        }
+        let vips: BTreeSet<IpAddr> = self.cfg.listeners.iter().map(|l| l.vip).collect();
+        vips.into_iter()
+            .map(|vip| {
+                let (announced, reason) = self.verdict(vip);
+                Announcement {
+                    vip: vip.to_string(),
+                    announced,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    fn verdict(&self, vip: IpAddr) -> (bool, String) {
+        if self.attached.is_empty() {
+            return (false, "the data plane is not attached".into());
+        }
+        if self.drain.is_some() {
+            return (false, "node drained (xlb node drain)".into());
+        }
+        let mut counts = Vec::new();
+        for l in self.cfg.listeners.iter().filter(|l| l.vip == vip) {
+            let healthy = self.registry.groups.get(&l.target_group).map_or(0, |g| {
+                g.members
+                    .values()
+                    .filter(|m| m.tracker.state == crate::health::State::Healthy && m.weight > 0)
+                    .count()
+            });
+            let line = format!(
+                "{}: {healthy} healthy of {} needed",
+                l.name, l.min_healthy_targets
+            );
+            if healthy >= l.min_healthy_targets as usize {
+                return (true, line);
+            }
+            counts.push(line);
+        }
+        (
+            false,
+            format!("too few healthy targets ({})", counts.join("; ")),
+        )
+    }
+
+    /// The VIPs to announce now (see [`Agent::announcements`]).
+    pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
+        self.announcements()
+            .into_iter()
+            .filter(|a| a.announced)
+            .filter_map(|a| a.vip.parse().ok())
+            .collect()
+    }
+
+    fn start_drain(&mut self, stop_after_s: Option<u32>, now: Instant) -> String {
+        let stop = stop_after_s.map(|s| now + Duration::from_secs(s.into()));
+        let since = self.drain.map_or(now, |(since, _)| since);
+        self.drain = Some((since, stop));
+        let m = match stop_after_s {
+            Some(s) => format!(
+                "node drained: VIPs withdrawn; still serving what arrives; stopping in {s} s"
+            ),
+            None => "node drained: VIPs withdrawn; still serving what arrives (xlb node resume announces again)".to_owned(),
+        };
+        log::info!("{m}");
+        m
+    }
+
+    fn resume(&mut self) -> Result<String, Failure> {
+        if self.drain.take().is_none() {
+            return Err(Failure::new(
+                FailureKind::Conflict,
+                "the node is not drained".to_owned(),
+            ));
+        }
+        log::info!("node resumed: healthy VIPs are announced again");
+        Ok("node resumed: healthy VIPs are announced again".to_owned())
+    }
+
+    /// True once a drain with `--stop-after` has run its time: the agent should stop.
+    pub fn should_stop(&self, now: Instant) -> bool {
+        matches!(self.drain, Some((_, Some(t))) if now >= t)
     }
 
     /// Stop probing and detach from every interface; returns how many were attached.

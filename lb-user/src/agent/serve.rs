@@ -12,6 +12,7 @@ use tokio::{
 use super::{Agent, TaskProber};
 use crate::{
     EBPF_OBJECT,
+    announce::Announcer,
     api::server::{self, Pending},
     dataplane::AyaDataplane,
     model::config::Config,
@@ -71,6 +72,17 @@ pub async fn run(
         TaskProber::new(probe_tx),
         Instant::now(),
     )?;
+    // The announcement device exists only while this process does (see crate::announce).
+    let mut announcer = match agent.config().bgp.as_ref() {
+        Some(b) => match Announcer::create(b) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                agent.shutdown();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let listener = server::bind(&socket).await?;
     let (tx, mut rx) = mpsc::channel::<Pending>(REQUEST_QUEUE);
     let api = tokio::spawn(server::serve(listener, tx));
@@ -95,6 +107,19 @@ pub async fn run(
             Some(result) = probe_rx.recv() => agent.on_probe(result, Instant::now()),
             _ = tick.tick() => agent.on_tick(Instant::now()),
         }
+        if let Some(a) = announcer.as_mut()
+            && let Err(e) = a.sync(&agent.announced_vips())
+        {
+            log::error!("announcing: {e}");
+        }
+        if agent.should_stop(Instant::now()) {
+            log::info!("drain time over: stopping");
+            break;
+        }
+    }
+    // Withdraw first, so the routers stop sending before the data plane goes.
+    if let Some(a) = announcer.as_mut() {
+        a.withdraw_all();
     }
     api.abort();
     let _ = std::fs::remove_file(&socket);

@@ -386,7 +386,7 @@ fn a_reload_applies_a_changed_file_and_a_rejected_one_changes_nothing() {
     assert_eq!(f.kind, FailureKind::Rejected);
     assert!(
         f.message.contains(
-            "tables changed, but tables, interfaces and state_file take effect only on restart"
+            "tables changed, but tables, interfaces, state_file and bgp's table and device take effect only on restart"
         ),
         "{}",
         f.message
@@ -523,4 +523,106 @@ fn targets_of_a_dsr_listener_are_probed_at_the_vip_through_the_data_path() {
     let dir2 = Dir::new("natpath");
     let b = start(&dir2, &[1], Instant::now());
     assert!(b.prober().wanted.iter().all(|s| s.path.is_none()));
+}
+
+fn announced(a: &TestAgent) -> Vec<(String, bool, String)> {
+    a.announcements()
+        .into_iter()
+        .map(|x| (x.vip, x.announced, x.reason))
+        .collect()
+}
+
+#[test]
+fn a_vip_is_announced_while_enough_targets_are_healthy_and_not_while_drained() {
+    let dir = Dir::new("announce");
+    let now = Instant::now();
+    dir.write_config(&[1, 2], &format!("{TABLES}\n[bgp]\ntable = 200"));
+    // The listener wants two healthy targets.
+    let text = std::fs::read_to_string(dir.config()).unwrap().replacen(
+        "target_group = \"web\"\n",
+        "target_group = \"web\"\nmin_healthy_targets = 2\n",
+        1,
+    );
+    std::fs::write(dir.config(), text).unwrap();
+    let cfg = config::load(&dir.config()).unwrap();
+    let mut a = Agent::start(
+        &dir.config(),
+        cfg,
+        FakeDataplane::default(),
+        FakeProber::default(),
+        now,
+    )
+    .unwrap();
+    // Targets start initial (not healthy): nothing announced, though the group fails open.
+    let vip = "198.18.100.10".to_owned();
+    assert_eq!(
+        announced(&a),
+        [(
+            vip.clone(),
+            false,
+            "too few healthy targets (web: 0 healthy of 2 needed)".to_owned()
+        )]
+    );
+    probe(&mut a, ep(1), Probe::Ok, 1, now);
+    assert!(a.announced_vips().is_empty(), "one of two is not enough");
+    probe(&mut a, ep(2), Probe::Ok, 1, now);
+    assert_eq!(
+        announced(&a),
+        [(vip.clone(), true, "web: 2 healthy of 2 needed".to_owned())]
+    );
+    // A target turning unhealthy withdraws it; recovering announces it again.
+    probe(&mut a, ep(2), Probe::Refused, 2, now);
+    assert!(a.announced_vips().is_empty());
+    probe(&mut a, ep(2), Probe::Ok, 5, now);
+    assert_eq!(a.announced_vips().len(), 1);
+    // Drained: withdrawn whatever the health; resumed: back. Resuming twice is a conflict.
+    done(a.handle(Request::Drain { stop_after_s: None }, now));
+    assert_eq!(
+        announced(&a),
+        [(
+            vip.clone(),
+            false,
+            "node drained (xlb node drain)".to_owned()
+        )]
+    );
+    assert!(!a.should_stop(now + Duration::from_secs(3600)));
+    assert_eq!(a.status(now).unwrap().drain.unwrap().since_s, 0);
+    done(a.handle(Request::Resume, now));
+    assert_eq!(a.announced_vips().len(), 1);
+    assert_eq!(
+        failure(a.handle(Request::Resume, now)).kind,
+        FailureKind::Conflict
+    );
+    // A drain with a stop time: the agent is told to stop once it has passed.
+    done(a.handle(
+        Request::Drain {
+            stop_after_s: Some(30),
+        },
+        now,
+    ));
+    assert!(!a.should_stop(now + Duration::from_secs(29)));
+    assert!(a.should_stop(now + Duration::from_secs(30)));
+    // Without [bgp], nothing is announced and status says nothing about it.
+    let plain = start(&Dir::new("announce-none"), &[1], now);
+    assert!(plain.announcements().is_empty());
+}
+
+#[test]
+fn bgp_table_and_device_take_effect_only_on_restart() {
+    let dir = Dir::new("announce-reload");
+    let now = Instant::now();
+    dir.write_config(&[1], &format!("{TABLES}\n[bgp]\ntable = 200"));
+    let cfg = config::load(&dir.config()).unwrap();
+    let mut a = Agent::start(
+        &dir.config(),
+        cfg,
+        FakeDataplane::default(),
+        FakeProber::default(),
+        now,
+    )
+    .unwrap();
+    dir.write_config(&[1], &format!("{TABLES}\n[bgp]\ntable = 201"));
+    let f = a.reload(now).unwrap_err();
+    assert!(f.message.contains("bgp (table, device"), "{}", f.message);
+    assert_eq!(a.config().bgp.as_ref().unwrap().table, 200);
 }

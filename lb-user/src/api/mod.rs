@@ -88,6 +88,15 @@ impl RuleRequest {
     }
 }
 
+/// `POST /v1/node/drain`: withdraw this node's VIPs; with `stop_after_s`, stop the agent that
+/// many seconds later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_s: Option<u32>,
+}
+
 pub fn rules_path(listener: &str) -> String {
     format!("{LISTENERS}/{listener}/rules")
 }
@@ -107,6 +116,8 @@ pub struct ErrorBody {
 pub const STATUS: &str = "/v1/status";
 pub const LISTENERS: &str = "/v1/listeners";
 pub const RELOAD: &str = "/v1/reload";
+pub const NODE_DRAIN: &str = "/v1/node/drain";
+pub const NODE_RESUME: &str = "/v1/node/resume";
 pub const TARGET_GROUPS: &str = "/v1/target-groups";
 
 pub fn group_path(group: &str) -> String {

@@ -19,8 +19,8 @@ use tokio::{
 };
 
 use super::{
-    ApplyReport, ErrorBody, GroupStatus, ListenerStatus, Message, RegisterRequest, RuleRequest,
-    Status,
+    ApplyReport, DrainRequest, ErrorBody, GroupStatus, ListenerStatus, Message, RegisterRequest,
+    RuleRequest, Status,
 };
 use crate::model::TargetRef;
 
@@ -49,6 +49,13 @@ pub enum Request {
         rule: crate::state::SourceRule,
     },
     Reload,
+    /// `xlb node drain`: withdraw every VIP; with `stop_after_s`, stop the agent that much
+    /// later.
+    Drain {
+        stop_after_s: Option<u32>,
+    },
+    /// `xlb node resume`: announce again what is healthy.
+    Resume,
 }
 
 /// The agent's answer, before it becomes HTTP.
@@ -197,6 +204,16 @@ pub fn router(agent: Agent) -> Router {
         .route(super::STATUS, get(|State(a): State<Agent>| async move { ask(&a, Request::Status).await }))
         .route(super::LISTENERS, get(|State(a): State<Agent>| async move { ask(&a, Request::Listeners).await }))
         .route(super::RELOAD, post(|State(a): State<Agent>| async move { ask(&a, Request::Reload).await }))
+        .route(
+            super::NODE_DRAIN,
+            post(|State(a): State<Agent>, body: Result<Json<DrainRequest>, axum::extract::rejection::JsonRejection>| async move {
+                match body {
+                    Err(e) => bad_body(&e),
+                    Ok(Json(b)) => ask(&a, Request::Drain { stop_after_s: b.stop_after_s }).await,
+                }
+            }),
+        )
+        .route(super::NODE_RESUME, post(|State(a): State<Agent>| async move { ask(&a, Request::Resume).await }))
         .route(
             super::TARGET_GROUPS,
             get(|State(a): State<Agent>| async move { ask(&a, Request::Health { group: None }).await }),

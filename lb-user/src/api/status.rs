@@ -45,6 +45,27 @@ pub struct Status {
     /// the agent retries every second until it succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_error: Option<String>,
+    /// With `[bgp]`: each VIP, whether this node announces it, and why.
+    #[serde(default)]
+    pub announcements: Vec<Announcement>,
+    /// Set while the node is drained (`xlb node drain`): its VIPs are withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Announcement {
+    pub vip: String,
+    pub announced: bool,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainStatus {
+    pub since_s: u64,
+    /// Seconds until the agent stops, when drained with `--stop-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stops_in_s: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -134,6 +155,8 @@ pub struct Sources<'a, D> {
     pub config_path: &'a str,
     pub interfaces: &'a [(String, AttachMode)],
     pub dataplane_error: Option<&'a str>,
+    pub announcements: Vec<Announcement>,
+    pub drain: Option<DrainStatus>,
 }
 
 pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status, DataplaneError> {
@@ -144,6 +167,8 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
         config_path,
         interfaces,
         dataplane_error,
+        announcements,
+        drain,
     } = src;
     let snap = b.snapshot()?;
     let traffic = |v: &Vec<Counters>, id: Option<u32>| -> Traffic {
@@ -289,5 +314,7 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
         groups,
         reasons,
         dataplane_error: dataplane_error.map(str::to_owned),
+        announcements,
+        drain,
     })
 }

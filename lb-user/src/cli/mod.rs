@@ -73,6 +73,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RulesCmd,
     },
+    /// This balancer node in a fleet: withdraw its VIPs (drain) or announce them again.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Print the BIRD 2 configuration that announces this node's VIPs over BGP, from the
+    /// config's `[bgp]` section (local_as, router_id, peers).
+    BirdConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Make the running agent re-read its config file (same as SIGHUP).
     Reload {
         #[command(flatten)]
@@ -116,6 +127,23 @@ struct Pins {
     /// if it is not one yet).
     #[arg(long, default_value = decap::PIN_ROOT)]
     pin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every VIP of this node (BGP); keep serving what still arrives. With
+    /// --stop-after, the agent stops (withdrawn, detached) that many seconds later.
+    Drain {
+        #[arg(long, value_name = "SECONDS")]
+        stop_after: Option<u32>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// End a drain: announce the healthy VIPs again.
+    Resume {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +327,39 @@ pub async fn main() -> ExitCode {
             )
             .await
         }
+        Cmd::Node { cmd } => match cmd {
+            NodeCmd::Drain {
+                stop_after,
+                remote: r,
+            } => {
+                let body = api::DrainRequest {
+                    stop_after_s: stop_after,
+                };
+                remote(&r, "POST", api::NODE_DRAIN, Some(&body), message).await
+            }
+            NodeCmd::Resume { remote: r } => {
+                remote(&r, "POST", api::NODE_RESUME, NO_BODY, message).await
+            }
+        },
+        Cmd::BirdConfig { config } => match load_config(&config) {
+            Ok(c) => {
+                let Some(bgp) = &c.bgp else {
+                    eprintln!("xlb: {}: no [bgp] section", config.display());
+                    return ExitCode::from(EXIT_REJECTED);
+                };
+                match crate::announce::bird_config(bgp, &config.display().to_string()) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("xlb: {}: {e}", config.display());
+                        ExitCode::from(EXIT_REJECTED)
+                    }
+                }
+            }
+            Err(code) => code,
+        },
         Cmd::Reload { remote: r } => {
             remote(&r, "POST", api::RELOAD, NO_BODY, |a: &ApplyReport| {
                 render::reload(a)

@@ -138,6 +138,21 @@ pub fn render(s: &Status) -> String {
         render_rate_limits(&mut o, &s.listeners);
         let _ = writeln!(o);
     }
+    if !s.announcements.is_empty() || s.drain.is_some() {
+        if let Some(d) = &s.drain {
+            let stop = d
+                .stops_in_s
+                .map(|t| format!(", stopping in {t} s"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "NODE DRAINED for {} s{stop}: VIPs withdrawn", d.since_s);
+        }
+        let _ = writeln!(o, "{:<40} {:<10} REASON", "VIP (BGP)", "ANNOUNCED");
+        for a in &s.announcements {
+            let yes = if a.announced { "yes" } else { "no" };
+            let _ = writeln!(o, "{:<40} {:<10} {}", a.vip, yes, a.reason);
+        }
+        let _ = writeln!(o);
+    }
     render_groups(&mut o, &s.groups);
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<24} {:<8} {:>12}", "REASON", "KIND", "PACKETS");

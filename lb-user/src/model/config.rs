@@ -81,6 +81,28 @@ struct RawConfig {
     target_group: Vec<Spanned<RawGroup>>,
     #[serde(default)]
     source_rules: Vec<Spanned<RawRuleSet>>,
+    bgp: Option<Spanned<RawBgp>>,
+}
+
+/// `[bgp]`: announce VIPs over BGP through BIRD (see `crate::announce`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    table: Option<Spanned<u32>>,
+    device: Option<Spanned<String>>,
+    local_as: Option<Spanned<u32>>,
+    router_id: Option<Spanned<String>>,
+    hold_time: Option<Spanned<u32>>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: Spanned<String>,
+    #[serde(rename = "as")]
+    remote_as: Spanned<u32>,
 }
 
 /// `[[source_rules]]`: a named set of rules several listeners can share (as a security group
@@ -137,6 +159,7 @@ struct RawListener {
     source_rules: Vec<Spanned<String>>,
     new_flows_per_second: Option<Spanned<u32>>,
     new_flows_per_second_per_source: Option<Spanned<u32>>,
+    min_healthy_targets: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +210,37 @@ pub struct Config {
     pub tunnel: Option<Tunnel>,
     /// Answer ICMP echo requests to VIPs (default true).
     pub icmp_echo: bool,
+    /// Announce VIPs over BGP (`[bgp]`); `None`: no announcements.
+    pub bgp: Option<Bgp>,
+}
+
+/// Kernel routing table the announced VIPs are kept in unless `bgp.table` says otherwise.
+pub const DEFAULT_BGP_TABLE: u32 = 200;
+/// The agent's own device those routes point at (it vanishes with the agent).
+pub const DEFAULT_BGP_DEVICE: &str = "xlb-vips";
+/// BGP hold time (seconds) `xlb bird-config` writes unless `bgp.hold_time` says otherwise.
+pub const DEFAULT_HOLD_TIME_S: u32 = 9;
+
+/// `[bgp]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    /// The kernel routing table the agent keeps one route per announced VIP in; BIRD's kernel
+    /// protocol learns them from there and exports them to the peers.
+    pub table: u32,
+    /// The device those routes use: the agent creates it and it disappears with the agent's
+    /// process, routes and all, so a dead agent announces nothing.
+    pub device: String,
+    /// For `xlb bird-config`: this node's AS, router id, BGP hold time and peers.
+    pub local_as: Option<u32>,
+    pub router_id: Option<std::net::Ipv4Addr>,
+    pub hold_time_s: u32,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub address: IpAddr,
+    pub remote_as: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +279,9 @@ pub struct Listener {
     /// dropped in XDP before any connection state (`lb_common::rate`).
     pub new_flows_per_second: u32,
     pub new_flows_per_second_per_source: u32,
+    /// With `[bgp]`: the VIP is announced while some listener on it has at least this many
+    /// healthy targets (default 1).
+    pub min_healthy_targets: u32,
 }
 
 /// How `tunnel` listeners build the outer header.
@@ -269,6 +326,10 @@ impl Config {
         }
         if self.state_file != new.state_file {
             changed.push("state_file");
+        }
+        let routes = |c: &Config| c.bgp.as_ref().map(|b| (b.table, b.device.clone()));
+        if routes(self) != routes(new) {
+            changed.push("bgp (table, device, or the section itself)");
         }
         changed
     }
@@ -424,6 +485,97 @@ impl Validator<'_> {
             target_groups,
             tunnel,
             icmp_echo: raw.icmp_echo.unwrap_or(true),
+            bgp: raw.bgp.as_ref().map(|b| self.bgp(b)),
+        }
+    }
+
+    fn bgp(&mut self, raw: &Spanned<RawBgp>) -> Bgp {
+        let b = raw.get_ref();
+        // 0 and 253-255 are the kernel's own (unspec, default, main, local).
+        let table = match &b.table {
+            None => DEFAULT_BGP_TABLE,
+            Some(t) if matches!(*t.get_ref(), 0 | 253..=255) => {
+                self.at(
+                    t,
+                    format!(
+                        "bgp.table {} is one of the kernel's own (0, 253-255): pick another (default {DEFAULT_BGP_TABLE})",
+                        t.get_ref()
+                    ),
+                );
+                DEFAULT_BGP_TABLE
+            }
+            Some(t) => *t.get_ref(),
+        };
+        let device = match &b.device {
+            None => DEFAULT_BGP_DEVICE.to_owned(),
+            Some(d) => {
+                let n = d.get_ref();
+                if n.is_empty() || n.len() > MAX_IFNAME_LEN || n.contains(['/', ' ']) {
+                    self.at(
+                        d,
+                        format!("bgp.device {n:?} is not a valid interface name (1-15 characters, no '/' or space)"),
+                    );
+                }
+                n.clone()
+            }
+        };
+        let router_id = b
+            .router_id
+            .as_ref()
+            .and_then(|r| match r.get_ref().parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.at(
+                        r,
+                        format!("bgp.router_id {:?} is not an IPv4 address", r.get_ref()),
+                    );
+                    None
+                }
+            });
+        let local_as = b.local_as.as_ref().map(|a| {
+            if *a.get_ref() == 0 {
+                self.at(a, "bgp.local_as 0 is not an AS number");
+            }
+            *a.get_ref()
+        });
+        let hold_time_s = self.ranged(
+            &b.hold_time,
+            "bgp.hold_time",
+            3,
+            65_535,
+            DEFAULT_HOLD_TIME_S,
+        );
+        let mut peers = Vec::new();
+        for p in &b.peer {
+            let r = p.get_ref();
+            let address = match r.address.get_ref().parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.at(
+                        &r.address,
+                        format!(
+                            "bgp.peer address {:?} is not an IP address",
+                            r.address.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if *r.remote_as.get_ref() == 0 {
+                self.at(&r.remote_as, "bgp.peer as 0 is not an AS number");
+            }
+            peers.push(Peer {
+                address,
+                remote_as: *r.remote_as.get_ref(),
+            });
+        }
+        Bgp {
+            table,
+            device,
+            local_as,
+            router_id,
+            hold_time_s,
+            peers,
         }
     }
 
@@ -953,6 +1105,13 @@ impl Validator<'_> {
                 MAX_NEW_FLOW_RATE.into(),
                 0,
             );
+            let min_healthy_targets = self.ranged(
+                &r.min_healthy_targets,
+                "min_healthy_targets",
+                1,
+                (MAX_TARGETS - 1).into(),
+                1,
+            );
             out.push(Listener {
                 name,
                 vip,
@@ -965,6 +1124,7 @@ impl Validator<'_> {
                 deny_sources,
                 new_flows_per_second,
                 new_flows_per_second_per_source,
+                min_healthy_targets,
             });
         }
         if out.len() > tables.max_listeners as usize

@@ -1,0 +1,396 @@
+//! Several xlb nodes behind ECMP, VIPs announced over BGP by BIRD (`tests/src/fleet_rig.rs`),
+//! real clients: flows spread over the nodes and reach both targets, a node lost or drained
+//! moves its connections to the others without breaking one, and a node whose targets are
+//! too few healthy withdraws its VIP.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{backend_bin, xlb_bin};
+use xlb_rig::fleet_rig::{FLEET_VIP, FleetRig, HOLD_TIME_S, PORT, fleet_target};
+
+const NODES: usize = 3;
+
+struct Fleet {
+    rig: FleetRig,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// One fleet at a time: each is eight namespaces and seven daemons on two cores, and the
+/// timings (hold time, health checks) are what these tests look at.
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Fleet {
+    /// The rig, both targets, the router's BIRD and every node (with `extra` on node K's
+    /// listener from `extra(k)`); returns once the router routes the VIP to all nodes.
+    fn start(tag: &str, extra: impl Fn(usize) -> String) -> Self {
+        let one = ONE_FLEET
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prefix = format!("xlb-f{tag}-{}", std::process::id());
+        let mut rig = FleetRig::up(&prefix, NODES).unwrap();
+        for k in 1..=2 {
+            rig.start_target(&xlb_bin(), backend_bin(), k).unwrap();
+        }
+        rig.start_router_bird().unwrap();
+        for k in 1..=NODES {
+            rig.start_node(&xlb_bin(), k, &extra(k)).unwrap();
+        }
+        let all: Vec<usize> = (1..=NODES).collect();
+        rig.wait_next_hops(&all, Duration::from_secs(30)).unwrap();
+        Self { rig, _one: one }
+    }
+
+    /// Wait (10 s at most) until node K's health check calls target `addr` `state`.
+    fn wait_target_state(&self, k: usize, addr: &str, state: &str) {
+        let start = Instant::now();
+        loop {
+            let s = self.status(k);
+            let now = s["groups"][0]["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["address"] == addr)
+                .map(|t| t["state"].as_str().unwrap().to_owned());
+            if now.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node {k}: {addr} is {now:?}, not {state}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn xlb(&self, k: usize, args: &[&str]) -> Output {
+        std::process::Command::new(xlb_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.rig.socket(k))
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self, k: usize) -> serde_json::Value {
+        let out = self.xlb(k, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// New flows node K's listener has balanced so far.
+    fn new_flows(&self, k: usize) -> u64 {
+        self.status(k)["listeners"][0]["traffic"]["new_flows"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// `n` curls to the VIP from the client, one after another: the backends that answered.
+    fn curls(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let out = self
+                    .rig
+                    .client
+                    .command("curl")
+                    .args(["-s", "-m", "5", &format!("http://{FLEET_VIP}/")])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+            .collect()
+    }
+
+    /// Run `f` on a thread in the client's namespace.
+    fn in_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let name = self.rig.client.name.clone();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            f()
+        })
+    }
+}
+
+/// A keep-alive connection to the VIP; reads wait long enough to ride out a node's loss (the
+/// hold time, then TCP's retransmission back-off).
+struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open() -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(
+            &format!("{FLEET_VIP}:{PORT}").parse().unwrap(),
+            Duration::from_secs(5),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    fn get(&mut self) -> std::io::Result<String> {
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().map_err(std::io::Error::other)?;
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+    }
+}
+
+/// Long-lived connections, each asking every 100 ms until told to stop; a connection breaks
+/// when a request fails or another backend answers. Returns (connections, broken, requests).
+struct Load {
+    stop: Arc<AtomicBool>,
+    broken: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(fleet: &Fleet, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let broken = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, broken, requests) = (stop.clone(), broken.clone(), requests.clone());
+                fleet.in_client(move || {
+                    let mut c = Conn::open().expect("connect to the VIP");
+                    let first = c.get().expect("first request");
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.get() {
+                            Ok(b) if b == first => {
+                                requests.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                eprintln!("connection on {first} broke: {other:?}");
+                                broken.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
+            })
+            .collect();
+        // Every connection open and asking before the test goes on.
+        let start = Instant::now();
+        while requests.load(Ordering::Relaxed) < n && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            stop,
+            broken,
+            requests,
+            threads,
+        }
+    }
+
+    /// Stop; (broken connections, requests made).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.broken.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[test]
+fn flows_spread_over_every_node_and_reach_both_targets() {
+    let f = Fleet::start("spread", |_| String::new());
+    let before: Vec<u64> = (1..=NODES).map(|k| f.new_flows(k)).collect();
+    let names = f.curls(60);
+    let per_node: Vec<u64> = (1..=NODES)
+        .map(|k| f.new_flows(k) - before[k - 1])
+        .collect();
+    eprintln!("60 connections: per node {per_node:?}");
+    assert!(per_node.iter().all(|n| *n > 0), "per node {per_node:?}");
+    assert_eq!(per_node.iter().sum::<u64>(), 60, "{per_node:?}");
+    for b in ["backend-1", "backend-2"] {
+        assert!(
+            names.iter().any(|n| n == b),
+            "{b} never answered: {names:?}"
+        );
+    }
+    assert!(names.iter().all(|n| n.starts_with("backend-")), "{names:?}");
+    // Each node says what it announces, and why.
+    let s = f.status(1);
+    assert_eq!(s["announcements"][0]["vip"], FLEET_VIP);
+    assert_eq!(s["announcements"][0]["announced"], true, "{s}");
+}
+
+/// Long-lived connections until node `k` carries some of them: their load.
+fn load_through(f: &Fleet, k: usize) -> Load {
+    let before = f.new_flows(k);
+    let load = Load::start(f, 18);
+    assert!(
+        f.new_flows(k) > before,
+        "none of 18 connections went through node {k}"
+    );
+    load
+}
+
+#[test]
+fn a_crashed_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_others() {
+    let mut f = Fleet::start("crash", |_| String::new());
+    let load = load_through(&f, 1);
+    let misses_before: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
+    // SIGKILL: the agent's XDP goes with its process, and so does its announcement device.
+    f.rig.children.kill("xlb-n1");
+    let t = f
+        .rig
+        .wait_next_hops(&[2, 3], Duration::from_secs(10))
+        .unwrap();
+    eprintln!("node 1 killed: withdrawn at the router after {t:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (broken, requests) = load.finish();
+    eprintln!("18 connections: {broken} broken, {requests} requests");
+    assert_eq!(broken, 0);
+    // Its connections were picked up mid-flow by the other nodes (same target by Maglev).
+    let misses: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
+    assert!(misses > misses_before, "no mid-flow pick-up on nodes 2-3");
+    // New connections all go through the others.
+    assert!(f.curls(12).iter().all(|n| n.starts_with("backend-")));
+}
+
+#[test]
+fn a_silent_node_is_withdrawn_after_the_hold_time_and_its_connections_go_on() {
+    let f = Fleet::start("silent", |_| String::new());
+    let load = load_through(&f, 1);
+    f.rig.silence_node(1).unwrap();
+    let t = f
+        .rig
+        .wait_next_hops(&[2, 3], Duration::from_secs(3 * u64::from(HOLD_TIME_S)))
+        .unwrap();
+    eprintln!("node 1 silenced: withdrawn at the router after {t:?}");
+    assert!(
+        t >= Duration::from_secs(1),
+        "withdrawn before BGP could tell: {t:?}"
+    );
+    // TCP retransmits ride out the hold time; give the back-off time to retry.
+    std::thread::sleep(Duration::from_secs(6));
+    let (broken, requests) = load.finish();
+    eprintln!("18 connections: {broken} broken, {requests} requests");
+    assert_eq!(broken, 0);
+}
+
+#[test]
+fn a_drained_node_is_withdrawn_its_connections_go_on_and_it_takes_no_new_ones() {
+    let f = Fleet::start("drain", |_| String::new());
+    let load = load_through(&f, 2);
+    let out = f.xlb(2, &["node", "drain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node drained"));
+    let t = f
+        .rig
+        .wait_next_hops(&[1, 3], Duration::from_secs(10))
+        .unwrap();
+    eprintln!("node 2 drained: withdrawn at the router after {t:?}");
+    let before = f.new_flows(2);
+    let names = f.curls(24);
+    assert!(names.iter().all(|n| n.starts_with("backend-")), "{names:?}");
+    assert_eq!(
+        f.new_flows(2),
+        before,
+        "a drained node took new connections"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (broken, requests) = load.finish();
+    eprintln!("18 connections: {broken} broken, {requests} requests");
+    assert_eq!(broken, 0);
+    let s = f.status(2);
+    assert_eq!(s["announcements"][0]["announced"], false);
+    assert!(s["drain"]["since_s"].is_u64(), "{s}");
+    // Resumed: announced again.
+    assert!(f.xlb(2, &["node", "resume"]).status.success());
+    f.rig
+        .wait_next_hops(&[1, 2, 3], Duration::from_secs(10))
+        .unwrap();
+}
+
+#[test]
+fn a_node_with_too_few_healthy_targets_withdraws_and_announces_again_when_they_recover() {
+    // Node 3 wants both targets healthy; the others one.
+    let mut f = Fleet::start("health", |k| {
+        if k == 3 {
+            "min_healthy_targets = 2".into()
+        } else {
+            String::new()
+        }
+    });
+    f.rig.children.stop("backend-2");
+    let t = f
+        .rig
+        .wait_next_hops(&[1, 2], Duration::from_secs(10))
+        .unwrap();
+    eprintln!("backend-2 stopped: node 3 withdrew after {t:?}");
+    let s = f.status(3);
+    let reason = s["announcements"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("1 healthy of 2 needed"), "{reason}");
+    // Nodes 1 and 2 still serve, from backend-1, once their own checks have seen backend-2 go.
+    for k in 1..=2 {
+        f.wait_target_state(k, &fleet_target(2), "unhealthy");
+    }
+    let names = f.curls(6);
+    assert!(names.iter().all(|n| n == "backend-1"), "{names:?}");
+    f.rig.start_backend(backend_bin(), 2).unwrap();
+    let t = f
+        .rig
+        .wait_next_hops(&[1, 2, 3], Duration::from_secs(15))
+        .unwrap();
+    eprintln!("backend-2 back: node 3 announced again after {t:?}");
+}
+
+fn mid_flow_misses(f: &Fleet, k: usize) -> u64 {
+    f.status(k)["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "ev_mid_flow_miss")
+        .and_then(|r| r["packets"].as_u64())
+        .unwrap_or(0)
+}
