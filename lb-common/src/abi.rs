@@ -169,6 +169,11 @@ pub struct ListenerValue {
     pub new_flow_rate: u32,
     /// `new_flows_per_second_per_source`: the same per source /32 (IPv4) or /64 (IPv6).
     pub source_flow_rate: u32,
+    /// The ring this listener used before its last table change (first slot in `RINGS`)...
+    pub prev_ring_base: u32,
+    /// ...consulted for TCP packets met mid-flow until this time (coarse monotonic clock,
+    /// seconds; 0: not at all). See `tables.previous_table_window`.
+    pub prev_until_s: u32,
 }
 
 /// Set of addresses that carry at least one listener (value: number of listeners).
@@ -354,7 +359,7 @@ impl Counters {
 
 // Padding-free layouts: a size different from the sum of the fields means hidden padding.
 const _: () = assert!(size_of::<ListenerKey>() == 8);
-const _: () = assert!(size_of::<ListenerValue>() == 28);
+const _: () = assert!(size_of::<ListenerValue>() == 36);
 const _: () = assert!(size_of::<VipKey>() == 8);
 const _: () = assert!(size_of::<TargetValue>() == 20);
 const _: () = assert!(size_of::<FlowKey>() == 16);

@@ -109,6 +109,9 @@ stats! {
     /// A new flow from a source (/32, /64) over the listener's
     /// `new_flows_per_second_per_source`.
     DropSourceRateLimited = 37, "drop_source_rate_limited", "drop";
+    /// A TCP packet met mid-flow within `tables.previous_table_window` of a table change went
+    /// where the previous table sent it (with `ev_mid_flow_miss`).
+    EvPreviousTable = 38, "ev_previous_table", "event";
 }
 
 #[cfg(test)]

@@ -125,7 +125,23 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
                     }
                     None => stats::count(Stat::EvFlowRebalanced),
                 },
-                None => stats::count(Stat::EvMidFlowMiss),
+                None => {
+                    stats::count(Stat::EvMidFlowMiss);
+                    // Soon after a table change, a flow met mid-way most likely began before
+                    // it (on another node, or before an agent restart): its target is where
+                    // the previous table sent it, while that target is still active.
+                    if l.prev_until_s != 0
+                        && let Some((target_id, target)) = previous_pick(f, l)
+                    {
+                        stats::count(Stat::EvPreviousTable);
+                        insert(f, l, &key, target_id, &target, false, now)?;
+                        return Ok(Pick {
+                            target_id,
+                            target,
+                            new_flow: true,
+                        });
+                    }
+                }
             }
         }
         None => {}
@@ -148,6 +164,19 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
         target,
         new_flow: true,
     })
+}
+
+/// The previous table's target for `f`, while the listener's window for it is open and that
+/// target is active.
+#[inline(always)]
+fn previous_pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Option<(u32, TargetValue)> {
+    if sys::coarse_ns() / NS_PER_S >= u64::from(l.prev_until_s) {
+        return None;
+    }
+    let hash = F::hash(f.src, f.dst, f.sport, f.dport, f.proto);
+    let slot = l.prev_ring_base + hash % l.ring_size.max(1);
+    let id = RINGS.get(slot).copied().unwrap_or(0);
+    active_target(id).map(|t| (id, t))
 }
 
 /// The listener's new-flow limits: the source's bucket first (a source over its own limit takes

@@ -10,7 +10,8 @@
 //!  {p}-n3 eth0 198.18.203.2 / eth1 198.18.213.2 ───── ┤ eth0, encapsulated out of eth1)
 //!                                                      │ and BIRD (`xlb bird-config`)
 //!  {p}-t1 eth0 198.18.31.2/24 ─────── r-t1 198.18.31.1 ┤ targets: decapsulate, answer
-//!  {p}-t2 eth0 198.18.32.2/24 ─────── r-t2 198.18.32.1 ┘ from the VIP via the router
+//!  {p}-t2 eth0 198.18.32.2/24 ─────── r-t2 198.18.32.1 ┤ from the VIP via the router
+//!  {p}-t3 eth0 198.18.33.2/24 ─────── r-t3 198.18.33.1 ┘ (t3: not in the config file)
 //! ```
 //!
 //! Every node has the same config but its own BGP identity: the same target for the same
@@ -32,6 +33,8 @@ pub const NODE_AS: u32 = 65001;
 pub const TUNNEL_PREFIX: &str = "198.18.250.0/24";
 /// BGP hold time (s) on both sides: a silent node is withdrawn within this.
 pub const HOLD_TIME_S: u32 = 3;
+/// Targets on the rig; the nodes' config names the first two (the third joins at run time).
+pub const TARGETS: usize = 3;
 
 pub fn node_addr(k: usize) -> String {
     format!("198.18.{}.2", 200 + k)
@@ -39,6 +42,15 @@ pub fn node_addr(k: usize) -> String {
 
 pub fn fleet_target(k: usize) -> String {
     format!("198.18.{}.2", 30 + k)
+}
+
+/// What a node's config has beyond the fleet's common one.
+#[derive(Clone, Default)]
+pub struct NodeExtra {
+    /// Lines in the listener (e.g. `min_healthy_targets = 2`).
+    pub listener: String,
+    /// Lines in `[tables]` (e.g. `previous_table_window = 0`).
+    pub tables: String,
 }
 
 pub struct FleetRig {
@@ -63,7 +75,7 @@ impl Drop for RemoveDir {
 }
 
 impl FleetRig {
-    /// Namespaces and links for `nodes` nodes and two targets; nothing started yet.
+    /// Namespaces and links for `nodes` nodes and [`TARGETS`] targets; nothing started yet.
     pub fn up(prefix: &str, nodes: usize) -> anyhow::Result<Self> {
         assert!(prefix.starts_with("xlb"), "rig prefix must start with xlb");
         let dir = std::env::temp_dir().join(prefix);
@@ -84,7 +96,7 @@ impl FleetRig {
         for k in 1..=nodes {
             rig.nodes.push(Netns::create(&format!("{prefix}-n{k}"))?);
         }
-        for k in 1..=2 {
+        for k in 1..=TARGETS {
             rig.targets.push(Netns::create(&format!("{prefix}-t{k}"))?);
         }
         rig.wire().context("wiring the fleet rig")?;
@@ -171,15 +183,21 @@ impl FleetRig {
         self.dir.join(format!("bird{k}.sock"))
     }
 
-    /// Node K's agent config: the same listener and targets on every node, its own socket,
-    /// state file and BGP identity.
-    pub fn node_config(&self, k: usize, listener_extra: &str) -> String {
+    /// Node K's agent config: the same listener and targets (1 and 2) on every node, its own
+    /// socket, state file and BGP identity, and `extra`.
+    pub fn node_config(&self, k: usize, extra: &NodeExtra) -> String {
+        let tables = if extra.tables.is_empty() {
+            String::new()
+        } else {
+            format!("[tables]\n{}\n", extra.tables)
+        };
+        let listener_extra = &extra.listener;
         let targets = (1..=2)
             .map(|t| format!("{{ address = \"{}\" }}", fleet_target(t)))
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "interfaces = [\"eth0\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n\
+            "interfaces = [\"eth0\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n{tables}\
 [tunnel]\nsource_prefix = \"{TUNNEL_PREFIX}\"\n\
 [bgp]\nlocal_as = {NODE_AS}\nrouter_id = \"{addr}\"\nhold_time = {HOLD_TIME_S}\n\
 [[bgp.peer]]\naddress = \"198.18.{net}.1\"\nas = {ROUTER_AS}\n\
@@ -203,8 +221,8 @@ impl FleetRig {
 
     /// Node K: its config written, BIRD configured by `xlb bird-config` and started, then
     /// the agent; returns once the agent is ready.
-    pub fn start_node(&mut self, xlb: &Path, k: usize, listener_extra: &str) -> anyhow::Result<()> {
-        std::fs::write(self.config_path(k), self.node_config(k, listener_extra))?;
+    pub fn start_node(&mut self, xlb: &Path, k: usize, extra: &NodeExtra) -> anyhow::Result<()> {
+        std::fs::write(self.config_path(k), self.node_config(k, extra))?;
         let out = std::process::Command::new(xlb)
             .args(["bird-config", "--config"])
             .arg(self.config_path(k))

@@ -310,6 +310,15 @@ impl Lab {
 
     /// As [`Lab::new`], with another build of the balancer (one carrying measuring programs).
     pub fn with_object(tag: &str, web: &[u8], object: &[u8]) -> Self {
+        Self::build(tag, &cfg(web), object)
+    }
+
+    /// As [`Lab::new`], the data plane started from `c` (its tables, its listeners).
+    pub fn with_config(tag: &str, c: &Config) -> Self {
+        Self::build(tag, c, EBPF_OBJECT)
+    }
+
+    fn build(tag: &str, c: &Config, object: &[u8]) -> Self {
         let ns = Netns::create(&format!("xlb-fx-{}-{tag}", std::process::id())).unwrap();
         ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
         ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
@@ -354,10 +363,9 @@ impl Lab {
         let t = (1..=3)
             .map(|k| ns.ifindex(&format!("t{k}")).unwrap())
             .collect();
-        let c = cfg(web);
         let dp = AyaDataplane::load(object, &c.tables).expect("XDP program loads and verifies");
         let mut b = Reconciler::new(dp, c.tables);
-        b.apply(&Plan::from_config(&c)).unwrap();
+        b.apply(&Plan::from_config(c)).unwrap();
         let last_stats = b.snapshot().unwrap().stats;
         Self {
             b,
@@ -393,6 +401,9 @@ impl Lab {
 
     /// Run one packet arriving on interface `ingress`.
     pub fn run(&mut self, pkt: &[u8], ingress: u32) -> Run {
+        // Ingress interfaces and routes are looked up in the calling thread's namespace: this
+        // lab's (a test may hold several).
+        self._ns.enter_current_thread().unwrap();
         let prog = self.b.dataplane_mut().program().unwrap();
         let (retval, out, duration) = run_once(prog, pkt, ingress);
         let before = std::mem::take(&mut self.last_stats);

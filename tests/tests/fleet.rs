@@ -16,7 +16,9 @@ use std::{
 };
 
 use common::{backend_bin, xlb_bin};
-use xlb_rig::fleet_rig::{FLEET_VIP, FleetRig, HOLD_TIME_S, PORT, fleet_target};
+use xlb_rig::fleet_rig::{
+    FLEET_VIP, FleetRig, HOLD_TIME_S, NodeExtra, PORT, TARGETS, fleet_target,
+};
 
 const NODES: usize = 3;
 
@@ -32,13 +34,13 @@ static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Fleet {
     /// The rig, both targets, the router's BIRD and every node (with `extra` on node K's
     /// listener from `extra(k)`); returns once the router routes the VIP to all nodes.
-    fn start(tag: &str, extra: impl Fn(usize) -> String) -> Self {
+    fn start(tag: &str, extra: impl Fn(usize) -> NodeExtra) -> Self {
         let one = ONE_FLEET
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let prefix = format!("xlb-f{tag}-{}", std::process::id());
         let mut rig = FleetRig::up(&prefix, NODES).unwrap();
-        for k in 1..=2 {
+        for k in 1..=TARGETS {
             rig.start_target(&xlb_bin(), backend_bin(), k).unwrap();
         }
         rig.start_router_bird().unwrap();
@@ -237,7 +239,7 @@ impl Load {
 
 #[test]
 fn flows_spread_over_every_node_and_reach_both_targets() {
-    let f = Fleet::start("spread", |_| String::new());
+    let f = Fleet::start("spread", |_| NodeExtra::default());
     let before: Vec<u64> = (1..=NODES).map(|k| f.new_flows(k)).collect();
     let names = f.curls(60);
     let per_node: Vec<u64> = (1..=NODES)
@@ -272,7 +274,7 @@ fn load_through(f: &Fleet, k: usize) -> Load {
 
 #[test]
 fn a_crashed_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_others() {
-    let mut f = Fleet::start("crash", |_| String::new());
+    let mut f = Fleet::start("crash", |_| NodeExtra::default());
     let load = load_through(&f, 1);
     let misses_before: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
     // SIGKILL: the agent's XDP goes with its process, and so does its announcement device.
@@ -295,7 +297,7 @@ fn a_crashed_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_oth
 
 #[test]
 fn a_silent_node_is_withdrawn_after_the_hold_time_and_its_connections_go_on() {
-    let f = Fleet::start("silent", |_| String::new());
+    let f = Fleet::start("silent", |_| NodeExtra::default());
     let load = load_through(&f, 1);
     f.rig.silence_node(1).unwrap();
     let t = f
@@ -316,7 +318,7 @@ fn a_silent_node_is_withdrawn_after_the_hold_time_and_its_connections_go_on() {
 
 #[test]
 fn a_drained_node_is_withdrawn_its_connections_go_on_and_it_takes_no_new_ones() {
-    let f = Fleet::start("drain", |_| String::new());
+    let f = Fleet::start("drain", |_| NodeExtra::default());
     let load = load_through(&f, 2);
     let out = f.xlb(2, &["node", "drain"]);
     assert!(
@@ -356,10 +358,14 @@ fn a_drained_node_is_withdrawn_its_connections_go_on_and_it_takes_no_new_ones() 
 fn a_node_with_too_few_healthy_targets_withdraws_and_announces_again_when_they_recover() {
     // Node 3 wants both targets healthy; the others one.
     let mut f = Fleet::start("health", |k| {
-        if k == 3 {
+        let listener = if k == 3 {
             "min_healthy_targets = 2".into()
         } else {
             String::new()
+        };
+        NodeExtra {
+            listener,
+            ..NodeExtra::default()
         }
     });
     f.rig.children.stop("backend-2");
@@ -393,4 +399,61 @@ fn mid_flow_misses(f: &Fleet, k: usize) -> u64 {
         .find(|r| r["name"] == "ev_mid_flow_miss")
         .and_then(|r| r["packets"].as_u64())
         .unwrap_or(0)
+}
+
+/// Open connections on every node; target 3 registered on every node; then node 1 drained,
+/// so its connections reach nodes that never saw them. (broken, moved of 60 new flows).
+fn target_joins_then_a_node_drains(tag: &str, window: &str) -> (usize, usize) {
+    let f = Fleet::start(tag, |_| NodeExtra {
+        tables: window.to_owned(),
+        ..NodeExtra::default()
+    });
+    let load = load_through(&f, 1);
+    // The table has been in force a while (the previous table's window is at most as long).
+    std::thread::sleep(Duration::from_secs(3));
+    let t3 = fleet_target(3);
+    for k in 1..=NODES {
+        let out = f.xlb(k, &["targets", "register", "web", &t3]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for k in 1..=NODES {
+        f.wait_target_state(k, &t3, "healthy");
+    }
+    let names = f.curls(60);
+    let moved = names.iter().filter(|n| *n == "backend-3").count();
+    eprintln!("target 3 joined: {moved} of 60 new connections went to it");
+    assert!(f.xlb(1, &["node", "drain"]).status.success());
+    f.rig
+        .wait_next_hops(&[2, 3], Duration::from_secs(10))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (broken, requests) = load.finish();
+    eprintln!(
+        "node 1 drained after the change: {broken} of 18 connections broken, {requests} requests"
+    );
+    (broken, moved)
+}
+
+#[test]
+fn a_target_joining_moves_a_third_of_new_flows_and_no_open_connection_even_across_nodes() {
+    let (broken, moved) = target_joins_then_a_node_drains("join", "");
+    assert!(
+        (10..=32).contains(&moved),
+        "{moved} of 60 moved (about 20 expected)"
+    );
+    assert_eq!(broken, 0);
+}
+
+/// The same without the previous table (`previous_table_window = 0`): what breaks. A
+/// measurement for the notes, not a check (how many break depends on which connections land
+/// on node 1): `cargo test -p tests --test fleet -- --ignored`.
+#[test]
+#[ignore = "a measurement: run with --ignored"]
+fn measure_a_target_joining_without_the_previous_table() {
+    let (broken, _) = target_joins_then_a_node_drains("joinx", "previous_table_window = 0");
+    eprintln!("without the previous table: {broken} of 18 broken");
 }

@@ -143,6 +143,9 @@ struct Installed {
     members: Members,
     ring: Vec<u32>,
     value: ListenerValue,
+    /// When `ring` was installed (`monotonic_s`): how long a table was in force bounds how
+    /// long it is consulted as the previous one.
+    since_s: u32,
 }
 
 pub struct Reconciler<D> {
@@ -165,6 +168,7 @@ pub struct Reconciler<D> {
     last_rule_id: u32,
     /// `SETTINGS[0]` as last written (`None`: never).
     settings: Option<Settings>,
+    clock: fn() -> u32,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -183,7 +187,14 @@ impl<D: Dataplane> Reconciler<D> {
             rules: HashMap::new(),
             last_rule_id: 0,
             settings: None,
+            clock: monotonic_s,
         }
+    }
+
+    /// Read the time (seconds, the data plane's coarse monotonic clock) from `clock`: tests
+    /// move it by hand.
+    pub fn set_clock(&mut self, clock: fn() -> u32) {
+        self.clock = clock;
     }
 
     pub fn dataplane(&self) -> &D {
@@ -329,11 +340,49 @@ impl<D: Dataplane> Reconciler<D> {
                 }
                 Some((slot, generation, id, _)) => {
                     let generation = 1 - generation;
-                    let value = self.listener_value(l, slot, generation, id);
+                    let old = self.listeners[key].value;
+                    let moved = self.listeners[key]
+                        .ring
+                        .iter()
+                        .zip(&ring)
+                        .filter(|(a, b)| a != b)
+                        .count();
+                    // The idle ring about to be written may be the one a mid-flow packet is
+                    // sent to (the previous table): close that window first.
+                    if old.prev_until_s != 0 {
+                        self.dp.set_listener(
+                            *key,
+                            ListenerValue {
+                                prev_until_s: 0,
+                                ..old
+                            },
+                        )?;
+                        self.listeners
+                            .get_mut(key)
+                            .expect("present")
+                            .value
+                            .prev_until_s = 0;
+                    }
+                    let mut value = self.listener_value(l, slot, generation, id);
+                    // The table in use until now becomes the previous one, consulted for a
+                    // while if flows moved.
+                    value.prev_ring_base = old.ring_base;
+                    // The window is at most as long as the old table was in force: a flow met
+                    // mid-way more likely began under the old table than after the change only
+                    // while the old table had been there longer than the change has (a table
+                    // that lasted two seconds, as while targets turn healthy at start, is
+                    // hardly anyone's previous table).
+                    let now = (self.clock)();
+                    let lasted = now.saturating_sub(self.listeners[key].since_s);
+                    value.prev_until_s = match self.tables.previous_table_window_s.min(lasted) {
+                        _ if moved == 0 => old.prev_until_s,
+                        0 => 0,
+                        w => now.saturating_add(w),
+                    };
                     self.dp.write_ring(value.ring_base, &ring)?;
                     self.dp.set_listener(*key, value)?;
                     let inst = self.listeners.get_mut(key).expect("present");
-                    let moved = inst.ring.iter().zip(&ring).filter(|(a, b)| a != b).count();
+                    let since_s = if moved == 0 { inst.since_s } else { now };
                     *inst = Installed {
                         name: l.name.clone(),
                         slot,
@@ -341,6 +390,7 @@ impl<D: Dataplane> Reconciler<D> {
                         members,
                         ring,
                         value,
+                        since_s,
                     };
                     report.slots_moved.push((l.name.clone(), moved));
                     report.listeners_changed.push(l.name.clone());
@@ -359,6 +409,7 @@ impl<D: Dataplane> Reconciler<D> {
                             members,
                             ring,
                             value,
+                            since_s: (self.clock)(),
                         },
                     );
                     report.listeners_added.push(l.name.clone());
@@ -472,6 +523,8 @@ impl<D: Dataplane> Reconciler<D> {
             udp_idle_timeout_s: l.udp_idle_timeout_s,
             new_flow_rate: l.new_flows_per_second,
             source_flow_rate: l.new_flows_per_second_per_source,
+            prev_ring_base: 0,
+            prev_until_s: 0,
         }
     }
 
@@ -614,4 +667,12 @@ fn settings(v: &ListenerValue) -> (u32, u8, u8, u32, u32) {
         v.new_flow_rate,
         v.source_flow_rate,
     )
+}
+
+/// The data plane's coarse monotonic clock in seconds (`bpf_ktime_get_coarse_ns` reads the
+/// same clock), for the previous table's window.
+pub fn monotonic_s() -> u32 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| u32::try_from(t.tv_sec()).unwrap_or(u32::MAX))
+        .unwrap_or(0)
 }

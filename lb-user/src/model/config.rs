@@ -26,6 +26,9 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/xlb/state.json";
 /// Deregistration delay (seconds) of a group that names none, and its bounds (as AWS NLB).
 pub const DEFAULT_DEREGISTRATION_DELAY_S: u32 = 300;
 pub const MAX_DEREGISTRATION_DELAY_S: u32 = 3600;
+/// `tables.previous_table_window` unless the config says otherwise, and its bound (seconds).
+pub const DEFAULT_PREVIOUS_TABLE_WINDOW_S: u32 = 60;
+pub const MAX_PREVIOUS_TABLE_WINDOW_S: u32 = 3600;
 const MAX_IFNAME_LEN: usize = 15;
 
 /// One problem in a config file, located.
@@ -130,6 +133,7 @@ struct RawTables {
     maglev_size: Option<Spanned<u32>>,
     max_listeners: Option<Spanned<u32>>,
     max_connections: Option<Spanned<u32>>,
+    previous_table_window: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -249,6 +253,10 @@ pub struct Tables {
     pub maglev_size: u32,
     pub max_listeners: u32,
     pub max_connections: u32,
+    /// Seconds after a listener's Maglev table changes during which a TCP packet with no
+    /// connection entry (met mid-flow: another node's flow, an agent restart) goes where the
+    /// previous table sent it, if that target is still active (0: never).
+    pub previous_table_window_s: u32,
 }
 
 impl Default for Tables {
@@ -257,6 +265,7 @@ impl Default for Tables {
             maglev_size: DEFAULT_RING_SIZE,
             max_listeners: DEFAULT_MAX_LISTENERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            previous_table_window_s: DEFAULT_PREVIOUS_TABLE_WINDOW_S,
         }
     }
 }
@@ -782,10 +791,18 @@ impl Validator<'_> {
                 ring_bytes >> 20, MAX_RING_BYTES >> 20
             ));
         }
+        let previous_table_window_s = self.ranged(
+            &t.previous_table_window,
+            "tables.previous_table_window",
+            0,
+            MAX_PREVIOUS_TABLE_WINDOW_S.into(),
+            d.previous_table_window_s,
+        );
         Tables {
             maglev_size,
             max_listeners,
             max_connections,
+            previous_table_window_s,
         }
     }
 

@@ -570,3 +570,68 @@ fn exactly_max_source_rules_fit_the_data_plane_and_one_more_is_refused() {
     let err = b.apply(&Plan::from_config(&c)).unwrap_err();
     assert!(err.to_string().contains("more than 4096 rules"), "{err}");
 }
+
+/// The reconciler's clock in the previous-table test, moved by hand.
+static CLOCK_S: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1000);
+
+fn test_clock() -> u32 {
+    CLOCK_S.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn set_time(s: u32) {
+    CLOCK_S.store(s, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn a_table_change_keeps_the_previous_table_for_the_window_and_closes_it_before_rewriting() {
+    set_time(1000);
+    let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
+    let mut b = Reconciler::new(FakeDataplane::default(), c.tables);
+    b.set_clock(test_clock);
+    b.apply(&Plan::from_config(&c)).unwrap();
+    let web = key(&c, "web");
+    let first = b.dataplane().listeners[&web];
+    assert_eq!(
+        first.prev_until_s, 0,
+        "a new listener has no previous table"
+    );
+    // A target joins after the table has been in force for 500 s: the old ring becomes the
+    // previous one for the whole window (60 s by default).
+    set_time(1500);
+    let c2 = cfg(&["198.18.1.2", "198.18.2.2", "198.18.3.2"], "");
+    b.apply(&Plan::from_config(&c2)).unwrap();
+    let second = b.dataplane().listeners[&web];
+    assert_eq!(second.prev_ring_base, first.ring_base);
+    assert_ne!(second.ring_base, first.ring_base);
+    assert_eq!(second.prev_until_s, 1560);
+    // Another change 5 s later: the window is closed (the listener rewritten with no
+    // previous table) before the idle ring, the previous one, is overwritten; the new window
+    // lasts only as long as the table it replaces was in force.
+    set_time(1505);
+    b.dataplane_mut().log.clear();
+    b.apply(&Plan::from_config(&c)).unwrap();
+    let log = &b.dataplane().log;
+    let closed = log
+        .iter()
+        .position(|w| matches!(w, Write::Listener { key, ring_base } if *key == web && *ring_base == second.ring_base))
+        .expect("the window closed first");
+    let ring = log
+        .iter()
+        .position(|w| matches!(w, Write::Ring { base, .. } if *base == first.ring_base))
+        .expect("the idle ring rewritten");
+    assert!(closed < ring, "{log:#?}");
+    let third = b.dataplane().listeners[&web];
+    assert_eq!(third.prev_ring_base, second.ring_base);
+    assert_eq!(third.prev_until_s, 1510);
+    // With the window at 0, no previous table is ever consulted.
+    let mut c0 = c.clone();
+    c0.tables.previous_table_window_s = 0;
+    let mut b0 = Reconciler::new(FakeDataplane::default(), c0.tables);
+    b0.set_clock(test_clock);
+    b0.apply(&Plan::from_config(&c0)).unwrap();
+    set_time(2000);
+    let mut c3 = c2.clone();
+    c3.tables.previous_table_window_s = 0;
+    b0.apply(&Plan::from_config(&c3)).unwrap();
+    assert_eq!(b0.dataplane().listeners[&web].prev_until_s, 0);
+}

@@ -111,6 +111,7 @@ fn packet_rate_in_thread(args: &Args) -> Vec<Figure> {
         maglev_size: 1021,
         max_listeners: 8,
         max_connections: 65_536,
+        ..Default::default()
     };
     sink.enter_current_thread().unwrap();
     let mut sinkdp = object::load(&tables);
