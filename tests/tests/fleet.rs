@@ -376,7 +376,7 @@ fn a_node_with_too_few_healthy_targets_withdraws_and_announces_again_when_they_r
     eprintln!("backend-2 stopped: node 3 withdrew after {t:?}");
     let s = f.status(3);
     let reason = s["announcements"][0]["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("1 healthy of 2 needed"), "{reason}");
+    assert!(reason.contains("1 healthy, 2 needed"), "{reason}");
     // Nodes 1 and 2 still serve, from backend-1, once their own checks have seen backend-2 go.
     for k in 1..=2 {
         f.wait_target_state(k, &fleet_target(2), "unhealthy");

@@ -54,7 +54,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing, build, and run the demo rig (`-- --dsr`: the direct server
+    /// Install what is missing, build, and run the demo rig (`-- --fleet`: three nodes behind
+    /// ECMP with BGP; `-- --dsr`: the direct server
     /// return demo; `-- --config FILE`: the agent on this host).
     Run {
         #[arg(last = true)]
@@ -102,7 +103,7 @@ fn run() -> anyhow::Result<()> {
             need_root("run")?;
             build(&["--release"])?;
             let bin = root.join("target/release");
-            if args.is_empty() || args == ["--dsr"] {
+            if args.is_empty() || args == ["--dsr"] || args == ["--fleet"] {
                 step("starting the demo rig (Ctrl-C stops it)");
                 run_foreground(
                     Command::new(bin.join("xlb-rig"))

@@ -429,7 +429,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                     .count()
             });
             let line = format!(
-                "{}: {healthy} healthy of {} needed",
+                "{}: {healthy} healthy, {} needed",
                 l.name, l.min_healthy_targets
             );
             if healthy >= l.min_healthy_targets as usize {

@@ -560,7 +560,7 @@ fn a_vip_is_announced_while_enough_targets_are_healthy_and_not_while_drained() {
         [(
             vip.clone(),
             false,
-            "too few healthy targets (web: 0 healthy of 2 needed)".to_owned()
+            "too few healthy targets (web: 0 healthy, 2 needed)".to_owned()
         )]
     );
     probe(&mut a, ep(1), Probe::Ok, 1, now);
@@ -568,7 +568,7 @@ fn a_vip_is_announced_while_enough_targets_are_healthy_and_not_while_drained() {
     probe(&mut a, ep(2), Probe::Ok, 1, now);
     assert_eq!(
         announced(&a),
-        [(vip.clone(), true, "web: 2 healthy of 2 needed".to_owned())]
+        [(vip.clone(), true, "web: 2 healthy, 2 needed".to_owned())]
     );
     // A target turning unhealthy withdraws it; recovering announces it again.
     probe(&mut a, ep(2), Probe::Refused, 2, now);

@@ -11,6 +11,7 @@ use signal_hook::{
 use xlb_rig::{
     Rig, RigSpec, Setup,
     dsr_rig::{DSR_VIP, DsrRig, TUNNEL_VIP, dsr_target},
+    fleet_rig::{FLEET_VIP, FleetRig, NodeExtra, TARGETS as FLEET_TARGETS},
     rig::{VIP, VIP6},
     sh,
 };
@@ -39,6 +40,9 @@ enum Cmd {
         /// The direct-server-return rig instead: a router, `dsr` and `tunnel` listeners.
         #[arg(long)]
         dsr: bool,
+        /// The fleet rig instead: a router with BIRD spreading flows over three nodes by ECMP.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -67,7 +71,14 @@ fn main() -> anyhow::Result<()> {
             xlb,
             backend,
             dsr: true,
+            ..
         } => dsr_demo(&xlb, &backend, &mut signals),
+        Cmd::Demo {
+            xlb,
+            backend,
+            fleet: true,
+            ..
+        } => fleet_demo(&xlb, &backend, &mut signals),
         Cmd::Demo { xlb, backend, .. } => {
             let (mut rig, cfg) = bring_up(&backend)?;
             rig.start_agent(&xlb, &cfg).context("starting the agent")?;
@@ -179,6 +190,56 @@ Ctrl-C stops the agent and removes the rig.",
     Ok(())
 }
 
+/// Names of the fleet demo's namespaces.
+const FLEET_PREFIX: &str = "xlb-fleet";
+const FLEET_NODES: usize = 3;
+
+/// The fleet demo: a router with BIRD, three nodes (xlb + BIRD each, tunnel mode), three
+/// targets (the third not in the config), until Ctrl-C.
+fn fleet_demo(xlb: &Path, backend: &Path, signals: &mut Signals) -> anyhow::Result<()> {
+    down()?;
+    let mut rig = FleetRig::up(FLEET_PREFIX, FLEET_NODES)?;
+    for k in 1..=FLEET_TARGETS {
+        rig.start_target(xlb, backend, k)?;
+    }
+    rig.start_router_bird()?;
+    for k in 1..=FLEET_NODES {
+        rig.start_node(xlb, k, &NodeExtra::default())?;
+    }
+    let all: Vec<usize> = (1..=FLEET_NODES).collect();
+    rig.wait_next_hops(&all, std::time::Duration::from_secs(30))?;
+    let x = xlb.display();
+    let d = rig.dir.display();
+    println!(
+        "\n\
+Three xlb nodes announce VIP {FLEET_VIP} over BGP; the router spreads flows over them (ECMP).
+  client ns {p}-client 198.18.0.2 -> {p}-router (BIRD) -> {p}-n1..n3 (xlb + BIRD, tunnel mode)
+    -> targets {p}-t1 198.18.31.2, {p}-t2 198.18.32.2 (and {p}-t3 198.18.33.2, not in the config)
+  node K's config {d}/nK.toml, control socket {d}/nK.sock, BIRD config {d}/nK-bird.conf
+
+Try it from another shell:
+  for i in $(seq 12); do ip netns exec {p}-client curl -s http://{FLEET_VIP}/; done
+  ip netns exec {p}-router ip route show {FLEET_VIP}         # one next hop per node
+  birdc -s {d}/bird0.sock show route                          # the router's BGP view
+  {x} status --socket {d}/n1.sock                   # node 1: announced, and why
+  {x} node drain --socket {d}/n2.sock               # node 2 withdraws; resume to undo
+  for k in 1 2 3; do {x} targets register web 198.18.33.2 --socket {d}/n$k.sock; done
+
+Ctrl-C stops everything and removes the rig.",
+        p = FLEET_PREFIX,
+    );
+    loop {
+        if let Some(s) = signals.pending().next() {
+            println!("\nsignal {s}: stopping");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(rig);
+    println!("rig removed");
+    Ok(())
+}
+
 /// A fresh rig with its backends running, and its config written: (rig, config path).
 fn bring_up(backend: &std::path::Path) -> anyhow::Result<(Rig, PathBuf)> {
     down()?;
@@ -211,7 +272,8 @@ fn down() -> anyhow::Result<()> {
             || name
                 .strip_prefix("xlb-t")
                 .is_some_and(|n| n.parse::<u32>().is_ok())
-            || name.starts_with(&format!("{DSR_PREFIX}-"));
+            || name.starts_with(&format!("{DSR_PREFIX}-"))
+            || name.starts_with(&format!("{FLEET_PREFIX}-"));
         if !ours {
             continue;
         }
