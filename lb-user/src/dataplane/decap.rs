@@ -73,19 +73,33 @@ pub fn pin_dir(root: &Path, iface: &str) -> PathBuf {
 /// Make sure `root` is on a BPF filesystem, mounting one there if not.
 fn ensure_bpffs(root: &Path) -> Result<()> {
     let io = |e| DecapError::Io(root.to_owned(), e);
+    // Under the standard mount point, which a host may have as a bare directory of sysfs
+    // (where nothing can be created): mount the BPF filesystem there first, as systemd does.
+    let standard = Path::new(STANDARD_BPFFS);
+    if root.starts_with(standard) && standard.is_dir() && !is_bpffs(standard) {
+        mount_bpffs(standard)?;
+    }
     std::fs::create_dir_all(root).map_err(io)?;
     if is_bpffs(root) {
         return Ok(());
     }
     // The mount point is the root itself when it is not already inside a BPF filesystem.
+    mount_bpffs(root)
+}
+
+/// Where hosts mount the BPF filesystem.
+const STANDARD_BPFFS: &str = "/sys/fs/bpf";
+
+fn mount_bpffs(dir: &Path) -> Result<()> {
+    let io = |e| DecapError::Io(dir.to_owned(), e);
     let status = std::process::Command::new("mount")
         .args(["-t", "bpf", "bpf"])
-        .arg(root)
+        .arg(dir)
         .status()
         .map_err(io)?;
-    if !status.success() || !is_bpffs(root) {
+    if !status.success() || !is_bpffs(dir) {
         return Err(DecapError::Io(
-            root.to_owned(),
+            dir.to_owned(),
             std::io::Error::other("cannot mount a BPF filesystem here (mount -t bpf bpf DIR)"),
         ));
     }
