@@ -78,6 +78,12 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
     let standard = Path::new(STANDARD_BPFFS);
     if root.starts_with(standard) && standard.is_dir() && !is_bpffs(standard) {
         mount_bpffs(standard)?;
+        log::warn!(
+            "mounted a BPF filesystem on {STANDARD_BPFFS}, which had none; if this runs under \
+             `ip netns exec` (which gives each command its own /sys), that mount and the pins \
+             in it end with this command and the program is detached: pass --pin-dir on a BPF \
+             filesystem that outlives it (mount -t bpf bpf DIR)"
+        );
     }
     std::fs::create_dir_all(root).map_err(io)?;
     if is_bpffs(root) {
