@@ -16,6 +16,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod health;
 pub mod iproute;
+pub mod metrics;
 pub mod model;
 pub mod state;
 

@@ -16,6 +16,8 @@ const BENCH_APT: &[(&str, &str)] = &[
     ("command -v wrk", "wrk"),
     ("command -v haproxy", "haproxy"),
     ("command -v nft", "nftables"),
+    // The metrics test: a real Prometheus scraping the agent, and promtool's lint.
+    ("command -v prometheus", "prometheus"),
     ("command -v iperf3", "iperf3"),
 ];
 
@@ -313,7 +315,7 @@ fn apt_install(list: &[(&str, &str)]) -> anyhow::Result<()> {
         run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
         run_cmd(
             Command::new("apt-get")
-                .args(["install", "-y", "-q"])
+                .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;

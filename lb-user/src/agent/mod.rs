@@ -285,7 +285,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         let changed = self.cfg.restart_only_changes(&cfg);
         if !changed.is_empty() {
             return Err(rejected(format!(
-                "reload rejected, nothing changed: {} changed, but tables, interfaces, state_file and bgp's table and device take effect only on restart",
+                "reload rejected, nothing changed: {} changed, but tables, interfaces, state_file, metrics and bgp's table and device take effect only on restart",
                 changed.join(", ")
             )));
         }

@@ -85,6 +85,23 @@ pub async fn run(
     };
     let listener = server::bind(&socket).await?;
     let (tx, mut rx) = mpsc::channel::<Pending>(REQUEST_QUEUE);
+    let metrics = match agent.config().metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics: listening on {addr}"));
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    agent.shutdown();
+                    return Err(e);
+                }
+            };
+            log::info!("metrics on http://{addr}/metrics");
+            Some(tokio::spawn(server::serve_metrics(l, tx.clone())))
+        }
+        None => None,
+    };
     let api = tokio::spawn(server::serve(listener, tx));
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -122,6 +139,9 @@ pub async fn run(
         a.withdraw_all();
     }
     api.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     let n = agent.shutdown();
     log::info!("detached XDP from {n} interface(s); bye");

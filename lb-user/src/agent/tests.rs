@@ -386,7 +386,7 @@ fn a_reload_applies_a_changed_file_and_a_rejected_one_changes_nothing() {
     assert_eq!(f.kind, FailureKind::Rejected);
     assert!(
         f.message.contains(
-            "tables changed, but tables, interfaces, state_file and bgp's table and device take effect only on restart"
+            "tables changed, but tables, interfaces, state_file, metrics and bgp's table and device take effect only on restart"
         ),
         "{}",
         f.message
@@ -625,4 +625,37 @@ fn bgp_table_and_device_take_effect_only_on_restart() {
     let f = a.reload(now).unwrap_err();
     assert!(f.message.contains("bgp (table, device"), "{}", f.message);
     assert_eq!(a.config().bgp.as_ref().unwrap().table, 200);
+}
+
+#[test]
+fn metrics_carry_every_target_state_and_both_formats_name_counters_right() {
+    let dir = Dir::new("metrics");
+    let now = Instant::now();
+    let mut a = start(&dir, &[1, 2], now);
+    probe(&mut a, ep(1), Probe::Ok, 1, now);
+    let s = a.status(now).unwrap();
+    let om = crate::metrics::render(&s);
+    let one = |state: &str, k: u8| {
+        format!("xlb_target_state{{group=\"web\",target=\"198.18.{k}.2:8080\",state=\"{state}\"}}")
+    };
+    assert!(om.contains(&format!("{} 1", one("healthy", 1))), "{om}");
+    assert!(om.contains(&format!("{} 0", one("healthy", 2))), "{om}");
+    assert!(om.contains(&format!("{} 1", one("initial", 2))), "{om}");
+    for st in ["initial", "healthy", "unhealthy", "draining", "unused"] {
+        assert!(om.contains(&one(st, 2)), "{st} missing\n{om}");
+    }
+    assert!(om.contains("# TYPE xlb_listener_new_flows counter"));
+    assert!(om.contains("xlb_group_fail_open{group=\"web\"} 0"));
+    let text = crate::metrics::to_text_format(&om);
+    assert!(
+        text.contains("# TYPE xlb_listener_new_flows_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP xlb_listener_bytes_total "), "{text}");
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    // Gauges keep their names.
+    assert!(text.contains("# TYPE xlb_target_state gauge"), "{text}");
 }

@@ -288,6 +288,42 @@ pub fn router(agent: Agent) -> Router {
 }
 
 /// Serve the API until the task is dropped.
+/// `GET /metrics` (Prometheus) on the `metrics` address: the status, as metrics.
+pub fn metrics_router(agent: Agent) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(a): State<Agent>, headers: axum::http::HeaderMap| async move {
+                    match ask(&a, Request::Status).await {
+                        Reply::Status(s) => {
+                            let accept = headers
+                                .get(axum::http::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            let (kind, body) = crate::metrics::negotiate(accept, &s);
+                            (
+                                StatusCode::OK,
+                                [(axum::http::header::CONTENT_TYPE, kind)],
+                                body,
+                            )
+                                .into_response()
+                        }
+                        other => other.into_response(),
+                    }
+                },
+            ),
+        )
+        .with_state(agent)
+}
+
+/// Serve [`metrics_router`] on `listener` until the task is aborted.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Agent) {
+    if let Err(e) = axum::serve(listener, metrics_router(agent)).await {
+        log::error!("metrics endpoint stopped: {e}");
+    }
+}
+
 pub async fn serve(listener: UnixListener, agent: Agent) {
     if let Err(e) = axum::serve(listener, router(agent)).await {
         log::error!("control API stopped: {e}");

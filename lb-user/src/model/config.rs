@@ -78,6 +78,7 @@ struct RawConfig {
     #[serde(default)]
     tunnel: Option<Spanned<RawTunnel>>,
     icmp_echo: Option<bool>,
+    metrics: Option<Spanned<String>>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
@@ -216,6 +217,8 @@ pub struct Config {
     pub icmp_echo: bool,
     /// Announce VIPs over BGP (`[bgp]`); `None`: no announcements.
     pub bgp: Option<Bgp>,
+    /// Where to serve Prometheus metrics (`metrics = "127.0.0.1:9469"`); `None`: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Kernel routing table the announced VIPs are kept in unless `bgp.table` says otherwise.
@@ -335,6 +338,9 @@ impl Config {
         }
         if self.state_file != new.state_file {
             changed.push("state_file");
+        }
+        if self.metrics != new.metrics {
+            changed.push("metrics");
         }
         let routes = |c: &Config| c.bgp.as_ref().map(|b| (b.table, b.device.clone()));
         if routes(self) != routes(new) {
@@ -495,6 +501,22 @@ impl Validator<'_> {
             tunnel,
             icmp_echo: raw.icmp_echo.unwrap_or(true),
             bgp: raw.bgp.as_ref().map(|b| self.bgp(b)),
+            metrics: raw
+                .metrics
+                .as_ref()
+                .and_then(|m| match m.get_ref().parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        self.at(
+                            m,
+                            format!(
+                                "metrics {:?} is not an address and port (e.g. \"127.0.0.1:9469\")",
+                                m.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                }),
         }
     }
 

@@ -755,3 +755,19 @@ fn more_source_rules_than_the_data_plane_holds_is_an_error_at_the_listener() {
         "4097 source rules in all; at most 4096 fit",
     );
 }
+
+#[test]
+fn metrics_takes_an_address_and_port() {
+    let c = parse(
+        Path::new("xlb.toml"),
+        &format!("metrics = \"127.0.0.1:9469\"\n{GOOD}"),
+    )
+    .unwrap();
+    assert_eq!(c.metrics, Some("127.0.0.1:9469".parse().unwrap()));
+    assert_eq!(parse(Path::new("xlb.toml"), GOOD).unwrap().metrics, None);
+    one_error(
+        &format!("metrics = \"9469\"\n{GOOD}"),
+        1,
+        "metrics \"9469\" is not an address and port",
+    );
+}
