@@ -14,6 +14,7 @@ pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod dataplane;
+pub mod doctor;
 pub mod health;
 pub mod iproute;
 pub mod metrics;

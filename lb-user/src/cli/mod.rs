@@ -84,6 +84,18 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check this host for what makes a balancer silently fail (forwarding, rp_filter, XDP
+    /// modes, routes to targets, MTU for tunnels, BIRD sessions, bpffs) and say how to fix
+    /// each. Exits 1 when something fails.
+    Doctor {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// BIRD's control socket (with [bgp]).
+        #[arg(long, default_value = "/run/bird/bird.ctl")]
+        bird_socket: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Make the running agent re-read its config file (same as SIGHUP).
     Reload {
         #[command(flatten)]
@@ -326,6 +338,45 @@ pub async fn main() -> ExitCode {
                 },
             )
             .await
+        }
+        Cmd::Doctor {
+            config,
+            bird_socket,
+            remote: r,
+        } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            // The running agent's interfaces, when it answers.
+            let attached =
+                match client::call::<api::Status>(&r.socket, "GET", api::STATUS, NO_BODY).await {
+                    Ok((Answer::Ok(s), _)) => Some(
+                        s.interfaces
+                            .into_iter()
+                            .map(|i| (i.name, i.mode))
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ => None,
+                };
+            let host = crate::doctor::RealHost { bird_socket };
+            let findings = crate::doctor::diagnose(&cfg, &host, attached.as_deref());
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&findings).expect("JSON prints")
+                );
+            } else {
+                print!("{}", crate::doctor::render(&findings));
+            }
+            if findings
+                .iter()
+                .any(|f| f.level == crate::doctor::Level::Fail)
+            {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Cmd::Node { cmd } => match cmd {
             NodeCmd::Drain {
