@@ -298,7 +298,7 @@ pub fn diagnose(
 /// The findings for people: worst first, one per line, with the fix under it.
 pub fn render(findings: &[Finding]) -> String {
     let mut sorted = findings.to_vec();
-    sorted.sort_by(|a, b| b.level.cmp(&a.level));
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.level));
     let mut o = String::new();
     for f in &sorted {
         let tag = match f.level {
