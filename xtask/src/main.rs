@@ -18,6 +18,8 @@ const BENCH_APT: &[(&str, &str)] = &[
     ("command -v nft", "nftables"),
     // The metrics test: a real Prometheus scraping the agent, and promtool's lint.
     ("command -v prometheus", "prometheus"),
+    // The `xlb top` test's terminal.
+    ("command -v tmux", "tmux"),
     ("command -v iperf3", "iperf3"),
 ];
 

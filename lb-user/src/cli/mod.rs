@@ -2,6 +2,7 @@
 //! typed request to the running agent's control API ([`crate::api`]).
 pub mod render;
 pub mod target_setup;
+pub mod top;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -83,6 +84,15 @@ enum Cmd {
     BirdConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// A live view of the running agent: rates per listener and target, health, top drop
+    /// reasons; refreshed each second, `q` quits.
+    Top {
+        /// Milliseconds between refreshes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Check this host for what makes a balancer silently fail (forwarding, rp_filter, XDP
     /// modes, routes to targets, MTU for tunnels, BIRD sessions, bpffs) and say how to fix
@@ -339,6 +349,21 @@ pub async fn main() -> ExitCode {
             )
             .await
         }
+        Cmd::Top {
+            interval_ms,
+            remote: r,
+        } => match top::run(
+            &r.socket,
+            std::time::Duration::from_millis(interval_ms.max(100)),
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xlb: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Doctor {
             config,
             bird_socket,
