@@ -5,6 +5,7 @@
 //! so its logic runs in unit tests on the fake data plane with a fake prober and a hand-moved
 //! clock (`tests.rs`). [`run`] wires the real pieces: the XDP object, probe tasks, signals, the
 //! control socket and the wall clock.
+mod explain;
 mod probes;
 mod serve;
 #[cfg(test)]
@@ -380,6 +381,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
             Request::Resume => self
                 .resume()
                 .map(|message| Reply::Done(Message { message })),
+            Request::Explain(req) => self.explain(&req).map(|x| Reply::Explained(Box::new(x))),
             change @ (Request::Register { .. }
             | Request::Deregister { .. }
             | Request::AddRule { .. }

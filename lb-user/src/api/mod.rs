@@ -88,6 +88,53 @@ impl RuleRequest {
     }
 }
 
+/// `POST /v1/explain`: a flow to explain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// ADDRESS:PORT of the client.
+    pub source: String,
+    /// ADDRESS:PORT the client sends to.
+    pub destination: String,
+    /// "syn" or "ack" (TCP): the packet to run; default a SYN without an entry, else an ACK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    /// The interface it arrives on (default: the first of `interfaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
+}
+
+/// The answer to [`ExplainRequest`], one line per question.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub flow: String,
+    /// Which listener takes it.
+    pub listener: String,
+    /// What its source rules say.
+    #[serde(default)]
+    pub source_rules: String,
+    /// The connection entry, and its target.
+    pub connection: String,
+    /// Where the listener's Maglev table sends the flow now, and that target's state.
+    #[serde(default)]
+    pub maglev: String,
+    /// The route toward the target (`ip route get`).
+    #[serde(default)]
+    pub next_hop: String,
+    /// The packet run through the program.
+    pub packet: String,
+    /// The verdict the program counted, and the events.
+    pub verdict: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// What left the program.
+    pub output: String,
+    /// How the verdict was obtained.
+    pub method: String,
+}
+
 /// `POST /v1/node/drain`: withdraw this node's VIPs; with `stop_after_s`, stop the agent that
 /// many seconds later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +165,7 @@ pub const LISTENERS: &str = "/v1/listeners";
 pub const RELOAD: &str = "/v1/reload";
 pub const NODE_DRAIN: &str = "/v1/node/drain";
 pub const NODE_RESUME: &str = "/v1/node/resume";
+pub const EXPLAIN: &str = "/v1/explain";
 pub const TARGET_GROUPS: &str = "/v1/target-groups";
 
 pub fn group_path(group: &str) -> String {

@@ -56,6 +56,8 @@ pub enum Request {
     },
     /// `xlb node resume`: announce again what is healthy.
     Resume,
+    /// `xlb explain`.
+    Explain(super::ExplainRequest),
 }
 
 /// The agent's answer, before it becomes HTTP.
@@ -66,6 +68,7 @@ pub enum Reply {
     Health(Vec<GroupStatus>),
     Done(Message),
     Reloaded(ApplyReport),
+    Explained(Box<super::Explanation>),
     Error(Failure),
 }
 
@@ -104,6 +107,7 @@ impl IntoResponse for Reply {
             Reply::Health(h) => Json(h).into_response(),
             Reply::Done(m) => Json(m).into_response(),
             Reply::Reloaded(r) => Json(r).into_response(),
+            Reply::Explained(x) => Json(x).into_response(),
             Reply::Error(f) => {
                 let code = match f.kind {
                     FailureKind::BadRequest => StatusCode::BAD_REQUEST,
@@ -214,6 +218,15 @@ pub fn router(agent: Agent) -> Router {
             }),
         )
         .route(super::NODE_RESUME, post(|State(a): State<Agent>| async move { ask(&a, Request::Resume).await }))
+        .route(
+            super::EXPLAIN,
+            post(|State(a): State<Agent>, body: Result<Json<super::ExplainRequest>, axum::extract::rejection::JsonRejection>| async move {
+                match body {
+                    Err(e) => bad_body(&e),
+                    Ok(Json(b)) => ask(&a, Request::Explain(b)).await,
+                }
+            }),
+        )
         .route(
             super::TARGET_GROUPS,
             get(|State(a): State<Agent>| async move { ask(&a, Request::Health { group: None }).await }),

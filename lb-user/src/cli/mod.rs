@@ -85,6 +85,25 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Why a flow goes where it goes: its listener, source rules, connection entry, Maglev
+    /// pick and that target's state, the next hop, and the verdict of the real XDP program on
+    /// a packet of the flow (run once against the live maps, so it counts as one packet).
+    Explain {
+        /// tcp or udp.
+        protocol: String,
+        /// The client: ADDRESS:PORT.
+        source: String,
+        /// Where it sends: VIP:PORT.
+        destination: String,
+        /// The TCP packet to run: syn or ack (default: SYN without an entry, else ACK).
+        #[arg(long)]
+        flags: Option<String>,
+        /// The interface it arrives on (default: the config's first).
+        #[arg(long)]
+        ingress: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// A live view of the running agent: rates per listener and target, health, top drop
     /// reasons; refreshed each second, `q` quits.
     Top {
@@ -348,6 +367,23 @@ pub async fn main() -> ExitCode {
                 },
             )
             .await
+        }
+        Cmd::Explain {
+            protocol,
+            source,
+            destination,
+            flags,
+            ingress,
+            remote: r,
+        } => {
+            let body = api::ExplainRequest {
+                protocol,
+                source,
+                destination,
+                flags,
+                ingress,
+            };
+            remote(&r, "POST", api::EXPLAIN, Some(&body), render::explanation).await
         }
         Cmd::Top {
             interval_ms,

@@ -1,7 +1,7 @@
 //! Tables for people: what `xlb status`, `xlb listeners` and `xlb targets health` print.
 use std::fmt::Write as _;
 
-use crate::api::{ApplyReport, GroupStatus, ListenerStatus, Status};
+use crate::api::{ApplyReport, Explanation, GroupStatus, ListenerStatus, Status};
 
 /// Width of an address column: 22, or the longest entry (IPv6 addresses run long).
 fn width<'a>(cells: impl Iterator<Item = &'a String>) -> usize {
@@ -182,4 +182,31 @@ fn host_port(addr: &str, port: u16) -> String {
     } else {
         format!("{addr}:{port}")
     }
+}
+
+/// `xlb explain`: one line per question.
+pub fn explanation(x: &Explanation) -> String {
+    let mut o = String::new();
+    let events = if x.events.is_empty() {
+        String::new()
+    } else {
+        format!(" + {}", x.events.join(", "))
+    };
+    for (k, v) in [
+        ("flow", x.flow.clone()),
+        ("listener", x.listener.clone()),
+        ("source rules", x.source_rules.clone()),
+        ("connection", x.connection.clone()),
+        ("maglev now", x.maglev.clone()),
+        ("next hop", x.next_hop.clone()),
+        ("packet run", x.packet.clone()),
+        ("verdict", format!("{}{events}", x.verdict)),
+        ("out", x.output.clone()),
+    ] {
+        if !v.is_empty() {
+            let _ = writeln!(o, "{k:<13} {v}");
+        }
+    }
+    let _ = writeln!(o, "{:<13} {}", "how", x.method);
+    o
 }

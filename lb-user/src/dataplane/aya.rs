@@ -6,7 +6,8 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode, tc::SchedClassifierLinkId,
+        xdp::XdpLinkId,
     },
 };
 use lb_common::{
@@ -221,7 +222,58 @@ fn sum<T: aya::Pod + Default>(values: &aya::maps::PerCpuValues<T>, add: impl Fn(
     total
 }
 
+/// The target id in a connection table's entry for `key`, if there is one (read only).
+fn entry<K: aya::Pod>(ebpf: &Ebpf, map: &'static str, key: &K) -> Result<Option<u32>> {
+    let m = ebpf.map(map).ok_or(DataplaneError::MissingMap(map))?;
+    let table: BpfHashMap<&MapData, K, lb_common::FlowValue> =
+        BpfHashMap::try_from(m).map_err(|source| DataplaneError::Map { map, source })?;
+    match table.get(key, 0) {
+        Ok(v) => Ok(Some(v.target_id)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(DataplaneError::Map { map, source }),
+    }
+}
+
 impl Dataplane for AyaDataplane {
+    fn test_frame(&mut self, frame: &[u8], ingress: u32) -> Result<super::FrameRun> {
+        let before = self.reason_counters()?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self.program()?.test_run(aya::programs::TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        let after = self.reason_counters()?;
+        let rose = (0..STAT_SLOTS)
+            .filter(|&i| after[i as usize] > before[i as usize])
+            .collect();
+        Ok(super::FrameRun {
+            retval: r.return_value,
+            out,
+            rose,
+        })
+    }
+
+    fn connection(&self, key: &super::ConnKey) -> Result<Option<(u32, bool)>> {
+        let (flows, embryonic) = match key {
+            super::ConnKey::V4(k) => (
+                entry(&self.ebpf, maps::FLOWS, k)?,
+                entry(&self.ebpf, maps::EMBRYONIC, k)?,
+            ),
+            super::ConnKey::V6(k) => (
+                entry(&self.ebpf, maps::FLOWS6, k)?,
+                entry(&self.ebpf, maps::EMBRYONIC6, k)?,
+            ),
+        };
+        Ok(flows.map(|t| (t, false)).or(embryonic.map(|t| (t, true))))
+    }
+
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()> {
         self.targets
             .set(id, value, 0)

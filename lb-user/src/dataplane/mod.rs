@@ -43,6 +43,8 @@ pub enum DataplaneError {
         native: String,
         generic: String,
     },
+    #[error("this data plane cannot do that: {0}")]
+    Unsupported(&'static str),
     /// A failure the fake data plane was told to produce.
     #[cfg(test)]
     #[error("injected failure at write {0}")]
@@ -106,4 +108,31 @@ pub trait Dataplane {
     /// Run the probe encapsulation (TC egress) on exactly these interfaces: the ones `tunnel`
     /// health-check probes leave by.
     fn set_probe_encap(&mut self, ifaces: &[String]) -> Result<()>;
+    /// Run one frame through the real program (BPF_PROG_TEST_RUN) as if it arrived on
+    /// `ingress` (an ifindex): the return value, the frame as it leaves, and the counters (by
+    /// code) that rose. The run is a real one: it counts, and creates state as a packet does.
+    fn test_frame(&mut self, _frame: &[u8], _ingress: u32) -> Result<FrameRun> {
+        Err(DataplaneError::Unsupported("running a frame"))
+    }
+    /// The connection entry of `key`: the target id, and whether it is embryonic (a SYN seen
+    /// only). Read only.
+    fn connection(&self, _key: &ConnKey) -> Result<Option<(u32, bool)>> {
+        Ok(None)
+    }
+}
+
+/// A flow's key in the connection tables of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKey {
+    V4(lb_common::FlowKey),
+    V6(lb_common::FlowKey6),
+}
+
+/// What [`Dataplane::test_frame`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRun {
+    pub retval: u32,
+    pub out: Vec<u8>,
+    /// Counter codes that rose (verdict and events).
+    pub rose: Vec<u32>,
 }

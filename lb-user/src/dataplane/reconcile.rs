@@ -219,6 +219,22 @@ impl<D: Dataplane> Reconciler<D> {
         self.target_ids.get(e).copied()
     }
 
+    /// The endpoint that target id `id` stands for.
+    pub fn endpoint_of(&self, id: u32) -> Option<Endpoint> {
+        self.target_ids
+            .iter()
+            .find(|(_, i)| **i == id)
+            .map(|(e, _)| *e)
+    }
+
+    /// The target id the listener's installed Maglev table gives a flow of hash `hash` (as
+    /// the data plane reads it: slot `hash % M`; 0 for an empty slot).
+    pub fn maglev_pick(&self, l: &Listener, hash: u32) -> Option<u32> {
+        let inst = self.listeners.get(&keys::listener_key(l))?;
+        let m = inst.ring.len() as u32;
+        (m > 0).then(|| inst.ring[(hash % m) as usize])
+    }
+
     pub fn listener_id(&self, l: &Listener) -> Option<u32> {
         let key = keys::listener_key(l);
         self.listeners.get(&key).map(|i| i.value.id)
