@@ -85,6 +85,8 @@ enum Cmd {
         #[arg(value_parser = ["up", "down"])]
         action: String,
     },
+    /// Build the Debian package (target/debian/xlb_VERSION_ARCH.deb) with cargo-deb.
+    Package,
     /// Only install what is missing.
     Setup,
 }
@@ -102,6 +104,10 @@ fn run() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.cmd {
         Cmd::Setup => setup(),
+        Cmd::Package => {
+            setup()?;
+            package()
+        }
         Cmd::Run { args } => {
             setup()?;
             need_root("run")?;
@@ -125,6 +131,8 @@ fn run() -> anyhow::Result<()> {
             setup()?;
             need_root("test")?;
             build(&[])?;
+            // The package test installs what `cargo xtask package` builds.
+            package()?;
             step("cargo test (unit, fixtures, namespace tests)");
             run_cmd(
                 Command::new("cargo")
@@ -298,6 +306,28 @@ fn setup() -> anyhow::Result<()> {
     }
 
     apt_install(APT)
+}
+
+/// cargo-deb builds the package: the release binary, the systemd unit, the example config.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// `target/debian/xlb_*.deb`, cargo-deb installed first if missing.
+fn package() -> anyhow::Result<()> {
+    let have = Command::new("cargo").args(["deb", "--version"]).output();
+    if have.as_ref().is_ok_and(|o| o.status.success()) {
+        step("cargo-deb: present");
+    } else {
+        step(&format!(
+            "cargo-deb {CARGO_DEB_VERSION}: installing with cargo install (about a minute)"
+        ));
+        run_cmd(Command::new("cargo").args([
+            "install",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+    step("the Debian package: cargo deb -p lb-user (release build, stripped)");
+    run_cmd(Command::new("cargo").args(["deb", "-p", "lb-user", "--strip"]))
 }
 
 /// Install the packages whose check fails (root), or say which are missing.
