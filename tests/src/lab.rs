@@ -218,6 +218,7 @@ protocol = "tcp"
 target_group = "web"
 allow_sources = ["198.18.0.0/16"]
 deny_sources = ["198.18.0.0/24"]
+new_flows_per_second_per_source = 50
 [[listener]]
 name = "guarded6"
 vip = "2001:db8:100::15"
