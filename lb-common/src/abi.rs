@@ -92,6 +92,12 @@ pub const PROBE_ENCAP_PROGRAM_NAME: &str = "xlb_probe_encap";
 /// Name of the decapsulation program (its own object, run on targets).
 pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 
+/// The layout version of the maps a pinned data plane keeps across agent restarts (keys and
+/// values of the connection tables and `TARGETS`, and what their fields mean). Bump it with
+/// any change to them: a starting agent then leaves the old pins alone instead of adopting
+/// maps of another shape.
+pub const ABI_VERSION: u32 = 1;
+
 /// Name of the XDP entry point in the object.
 pub const PROGRAM_NAME: &str = "xlb";
 

@@ -313,6 +313,11 @@ health_check = {echo_hc}
         self.children.spawn_until(name, cmd, marker)
     }
 
+    /// Kill the named child with SIGKILL (a crash) and reap it.
+    pub fn kill(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.children.kill(name)
+    }
+
     /// Stop the named child with SIGTERM (then SIGKILL after 5 s) and return its exit status.
     pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         self.children.stop(name)

@@ -94,6 +94,13 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         let mut registry = Registry::default();
         registry.sync(&cfg, &overlay, now);
         let mut reconciler = Reconciler::new(dp, cfg.tables);
+        // A pinned data plane a previous agent left: keep its target ids (its flows name them).
+        let adopted = reconciler
+            .adopt_targets()
+            .context("reading the pinned targets")?;
+        if adopted > 0 {
+            log::info!("adopted the pinned data plane: {adopted} target(s), connections kept");
+        }
         let report = reconciler
             .apply(&registry.plan(&cfg))
             .context("filling the maps")?;
@@ -286,7 +293,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         let changed = self.cfg.restart_only_changes(&cfg);
         if !changed.is_empty() {
             return Err(rejected(format!(
-                "reload rejected, nothing changed: {} changed, but tables, interfaces, state_file, metrics and bgp's table and device take effect only on restart",
+                "reload rejected, nothing changed: {} changed, which takes effect only on restart (as tables, interfaces, state_file, metrics, pin_dir, keep_dataplane and bgp's table and device do)",
                 changed.join(", ")
             )));
         }
@@ -487,6 +494,11 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
     /// Stop probing and detach from every interface; returns how many were attached.
     pub fn shutdown(&mut self) -> usize {
         self.prober.set(Vec::new());
+        if self.cfg.keep_dataplane && self.cfg.pin_dir.is_some() {
+            log::info!("keep_dataplane: the pinned data plane keeps forwarding for the next agent");
+            self.reconciler.dataplane_mut().release();
+            return 0;
+        }
         self.reconciler.dataplane_mut().detach_all();
         self.attached.len()
     }

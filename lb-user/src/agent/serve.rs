@@ -62,7 +62,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     preflight(&cfg)?;
-    let dp = AyaDataplane::load(EBPF_OBJECT, &cfg.tables).context("loading the XDP program")?;
+    let pins = match &cfg.pin_dir {
+        Some(dir) => {
+            crate::dataplane::decap::ensure_bpffs(dir)
+                .with_context(|| format!("pin_dir {}", dir.display()))?;
+            Some(crate::dataplane::aya::pin_root(dir, &cfg.tables))
+        }
+        None => None,
+    };
+    let dp = AyaDataplane::load_pinned(EBPF_OBJECT, &cfg.tables, pins.as_deref())
+        .context("loading the XDP program")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(PROBE_QUEUE);
     let socket = cfg.control_socket.clone();
     let mut agent = Agent::start(

@@ -50,6 +50,15 @@ pub struct AyaDataplane {
     target_stats: PerCpuArray<MapData, Counters>,
     /// (interface, link, mode)
     links: Vec<(String, XdpLinkId, AttachMode)>,
+    /// With a pinned data plane: its folder, the links pinned there (interface, pin, the
+    /// link while this process holds it), and whether `TARGETS` was a previous agent's.
+    pins: Option<std::path::PathBuf>,
+    pinned_links: Vec<(
+        String,
+        std::path::PathBuf,
+        Option<aya::programs::links::PinnedLink>,
+    )>,
+    adopted: bool,
     /// Probe encapsulation on egress: (interface, link).
     encap_links: Vec<(String, SchedClassifierLinkId)>,
 }
@@ -68,12 +77,63 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
     move |source| DataplaneError::Map { map, source }
 }
 
+/// The maps that outlive the agent when the data plane is pinned: the connection tables (so
+/// established flows keep their target) and the targets (flow entries hold target ids).
+pub const PINNED_MAPS: [&str; 9] = [
+    maps::FLOWS,
+    maps::REVERSE,
+    maps::EMBRYONIC,
+    maps::EMBRYONIC_REVERSE,
+    maps::FLOWS6,
+    maps::REVERSE6,
+    maps::EMBRYONIC6,
+    maps::EMBRYONIC_REVERSE6,
+    maps::TARGETS,
+];
+
+/// Where a data plane of this ABI and these table sizes pins its maps and links, under the
+/// configured `pin_dir`: a layout or size change gets a folder of its own, never a map of the
+/// wrong shape.
+pub fn pin_root(pin_dir: &std::path::Path, tables: &Tables) -> std::path::PathBuf {
+    pin_dir.join(format!(
+        "abi{}-c{}",
+        lb_common::ABI_VERSION,
+        tables.max_connections
+    ))
+}
+
 impl AyaDataplane {
     /// Load the object with map sizes from `tables` and run the verifier. Attaches nothing.
     pub fn load(object: &[u8], tables: &Tables) -> Result<Self> {
+        Self::load_pinned(object, tables, None)
+    }
+
+    /// As [`AyaDataplane::load`]; with `pins`, the [`PINNED_MAPS`] are opened from that
+    /// folder when they are pinned there (a previous agent's) and pinned there when not, and
+    /// [`Dataplane::attach`] takes over links pinned there.
+    pub fn load_pinned(
+        object: &[u8],
+        tables: &Tables,
+        pins: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let rings = tables.max_listeners * RINGS_PER_LISTENER * tables.maglev_size;
         let embryonic = lb_common::limits::embryonic_entries(tables.max_connections);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, std::path::PathBuf)> = match pins {
+            Some(dir) => {
+                std::fs::create_dir_all(dir.join("links"))
+                    .map_err(|e| DataplaneError::Pin(format!("{}: {e}", dir.display())))?;
+                PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let adopted = paths
+            .iter()
+            .any(|(name, path)| *name == maps::TARGETS && path.exists());
+        let mut ebpf = loader
             .map_max_entries(maps::LISTENERS, tables.max_listeners)
             .map_max_entries(maps::VIPS, tables.max_listeners)
             .map_max_entries(maps::RINGS, rings)
@@ -102,7 +162,7 @@ impl AyaDataplane {
             let fd = prog
                 .fd()?
                 .try_clone()
-                .map_err(|e| DataplaneError::Program(e.into()))?;
+                .map_err(|e| DataplaneError::Pin(e.to_string()))?;
             tail_calls
                 .set(slot, &fd, 0)
                 .map_err(map_err(maps::TAIL_CALLS))?;
@@ -145,6 +205,9 @@ impl AyaDataplane {
             ebpf,
             links: Vec::new(),
             encap_links: Vec::new(),
+            pins: pins.map(std::path::Path::to_path_buf),
+            pinned_links: Vec::new(),
+            adopted,
         })
     }
 
@@ -411,9 +474,88 @@ impl Dataplane for AyaDataplane {
     }
 
     fn attach(&mut self, iface: &str) -> Result<AttachMode> {
-        let (id, mode) = attach_xdp(program_mut(&mut self.ebpf)?, iface)?;
-        self.links.push((iface.to_owned(), id, mode));
+        let Some(dir) = self.pins.clone() else {
+            let (id, mode) = attach_xdp(program_mut(&mut self.ebpf)?, iface)?;
+            self.links.push((iface.to_owned(), id, mode));
+            return Ok(mode);
+        };
+        let pin = dir.join("links").join(iface);
+        let mode_file = dir.join("links").join(format!("{iface}.mode"));
+        if pin.exists() {
+            // A previous agent's link, still forwarding: this program takes its place in
+            // one step (bpf_link_update), no packet without a program.
+            let adopted = aya::programs::links::PinnedLink::from_pin(&pin)
+                .map_err(|e| DataplaneError::Pin(e.to_string()))
+                .and_then(|p| {
+                    let fd: aya::programs::links::FdLink = p.into();
+                    let link = aya::programs::xdp::XdpLink::try_from(fd)
+                        .map_err(|e| DataplaneError::Pin(e.to_string()))?;
+                    Ok(program_mut(&mut self.ebpf)?.attach_to_link(link)?)
+                });
+            match adopted {
+                Ok(id) => {
+                    let mode = match std::fs::read_to_string(&mode_file).as_deref() {
+                        Ok("generic") => AttachMode::Generic,
+                        _ => AttachMode::Native,
+                    };
+                    log::info!(
+                        "{iface}: took over the pinned XDP link (program replaced in place)"
+                    );
+                    self.links.push((iface.to_owned(), id, mode));
+                    self.pinned_links.push((iface.to_owned(), pin, None));
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{iface}: the pinned link {} is unusable ({e}); attaching afresh",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let prog = program_mut(&mut self.ebpf)?;
+        let (id, mode) = attach_xdp(prog, iface)?;
+        let link = prog.take_link(id)?;
+        let fd = aya::programs::links::FdLink::try_from(link)
+            .map_err(|e| DataplaneError::Pin(e.to_string()))?;
+        let pinned = fd
+            .pin(&pin)
+            .map_err(|e| DataplaneError::Pin(e.to_string()))?;
+        let _ = std::fs::write(
+            &mode_file,
+            if mode == AttachMode::Generic {
+                "generic"
+            } else {
+                "native"
+            },
+        );
+        self.pinned_links
+            .push((iface.to_owned(), pin, Some(pinned)));
         Ok(mode)
+    }
+
+    fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
+        if !self.adopted {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for id in 1..MAX_TARGETS {
+            let v = self.targets.get(&id, 0).map_err(map_err(maps::TARGETS))?;
+            if v.port != [0, 0] {
+                out.push((id, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn release(&mut self) {
+        // Pinned links and maps stay in the kernel: dropping our handles detaches nothing.
+        if !self.encap_links.is_empty() {
+            let _ = self.set_probe_encap(&[]);
+        }
+        self.pinned_links.clear();
+        self.links.clear();
     }
 
     fn set_probe_encap(&mut self, ifaces: &[String]) -> Result<()> {
@@ -450,6 +592,17 @@ impl Dataplane for AyaDataplane {
     fn detach_all(&mut self) {
         if !self.encap_links.is_empty() {
             let _ = self.set_probe_encap(&[]);
+        }
+        // Unpinned first: the link (and the maps) then go with our last handle.
+        for (_, pin, held) in std::mem::take(&mut self.pinned_links) {
+            let _ = std::fs::remove_file(&pin);
+            let _ = std::fs::remove_file(pin.with_extension("mode"));
+            drop(held);
+        }
+        if let Some(dir) = &self.pins {
+            for m in PINNED_MAPS {
+                let _ = std::fs::remove_file(dir.join(m));
+            }
         }
         for (iface, id, _) in std::mem::take(&mut self.links) {
             match program_mut(&mut self.ebpf).map(|p| p.detach(id)) {

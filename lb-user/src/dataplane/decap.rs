@@ -71,7 +71,7 @@ pub fn pin_dir(root: &Path, iface: &str) -> PathBuf {
 }
 
 /// Make sure `root` is on a BPF filesystem, mounting one there if not.
-fn ensure_bpffs(root: &Path) -> Result<()> {
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
     let io = |e| DecapError::Io(root.to_owned(), e);
     // Under the standard mount point, which a host may have as a bare directory of sysfs
     // (where nothing can be created): mount the BPF filesystem there first, as systemd does.
@@ -81,8 +81,8 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
         log::warn!(
             "mounted a BPF filesystem on {STANDARD_BPFFS}, which had none; if this runs under \
              `ip netns exec` (which gives each command its own /sys), that mount and the pins \
-             in it end with this command and the program is detached: pass --pin-dir on a BPF \
-             filesystem that outlives it (mount -t bpf bpf DIR)"
+             in it end with this command and the program is detached: pass --pin-dir (the agent: \
+             pin_dir) on a BPF filesystem that outlives it (mount -t bpf bpf DIR)"
         );
     }
     std::fs::create_dir_all(root).map_err(io)?;

@@ -142,6 +142,13 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
+    /// What a previous agent left, when a test filled `targets` before the reconciler ran.
+    fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
+        let mut v: Vec<(u32, TargetValue)> = self.targets.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
+    }
+
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<()> {
         self.record(Write::Target {
             id,

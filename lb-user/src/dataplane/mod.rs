@@ -43,6 +43,8 @@ pub enum DataplaneError {
         native: String,
         generic: String,
     },
+    #[error("pinning: {0}")]
+    Pin(String),
     #[error("this data plane cannot do that: {0}")]
     Unsupported(&'static str),
     /// A failure the fake data plane was told to produce.
@@ -113,6 +115,15 @@ pub trait Dataplane {
     /// code) that rose. The run is a real one: it counts, and creates state as a packet does.
     fn test_frame(&mut self, _frame: &[u8], _ingress: u32) -> Result<FrameRun> {
         Err(DataplaneError::Unsupported("running a frame"))
+    }
+    /// The targets a previous agent left in a pinned `TARGETS` (id, value), for the
+    /// reconciler to keep their ids; empty when nothing was adopted.
+    fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
+        Ok(Vec::new())
+    }
+    /// Let go of the data plane without detaching it (a pinned one keeps forwarding).
+    fn release(&mut self) {
+        self.detach_all();
     }
     /// The connection entry of `key`: the target id, and whether it is embryonic (a SYN seen
     /// only). Read only.

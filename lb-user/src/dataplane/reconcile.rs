@@ -18,7 +18,10 @@
 //! The reconciler's record of the data plane is updated right after each write succeeds, so a
 //! failed write leaves the record equal to what the maps hold: applying the same plan again
 //! repairs the rest. The agent does exactly that (see `agent`).
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use lb_common::{
     ListenerValue, PORT_LISTENER, PORT_TARGET, Settings, TARGET_ACTIVE,
@@ -217,6 +220,25 @@ impl<D: Dataplane> Reconciler<D> {
 
     pub fn target_id(&self, e: &Endpoint) -> Option<u32> {
         self.target_ids.get(e).copied()
+    }
+
+    /// Take over the targets a previous agent left in a pinned data plane, with their ids (its
+    /// flow entries name them): the next apply keeps those the plan has and retires the
+    /// others. Returns how many.
+    pub fn adopt_targets(&mut self) -> Result<usize, DataplaneError> {
+        let existing = self.dp.existing_targets()?;
+        for (id, v) in &existing {
+            let addr = if v.family == lb_common::FAMILY_IPV6 {
+                IpAddr::from(v.addr)
+            } else {
+                IpAddr::from([v.addr[0], v.addr[1], v.addr[2], v.addr[3]])
+            };
+            let e = Endpoint::new(addr, u16::from_be_bytes(v.port));
+            self.target_ids.insert(e, *id);
+            self.target_flags.insert(*id, v.flags);
+            self.last_target_id = self.last_target_id.max(*id);
+        }
+        Ok(existing.len())
     }
 
     /// The endpoint that target id `id` stands for.

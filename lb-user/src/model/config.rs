@@ -79,6 +79,8 @@ struct RawConfig {
     tunnel: Option<Spanned<RawTunnel>>,
     icmp_echo: Option<bool>,
     metrics: Option<Spanned<String>>,
+    pin_dir: Option<PathBuf>,
+    keep_dataplane: Option<bool>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
@@ -219,7 +221,16 @@ pub struct Config {
     pub bgp: Option<Bgp>,
     /// Where to serve Prometheus metrics (`metrics = "127.0.0.1:9469"`); `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the data plane pins its links and connection tables (`pin_dir`, default
+    /// [`DEFAULT_PIN_DIR`]; `""`: nowhere, the data plane goes with the agent).
+    pub pin_dir: Option<PathBuf>,
+    /// On a clean stop (SIGTERM, SIGINT), leave the pinned data plane forwarding for the next
+    /// agent (`keep_dataplane`, default false: detach and unpin).
+    pub keep_dataplane: bool,
 }
+
+/// Where the data plane is pinned unless the config says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 
 /// Kernel routing table the announced VIPs are kept in unless `bgp.table` says otherwise.
 pub const DEFAULT_BGP_TABLE: u32 = 200;
@@ -341,6 +352,12 @@ impl Config {
         }
         if self.metrics != new.metrics {
             changed.push("metrics");
+        }
+        if self.pin_dir != new.pin_dir {
+            changed.push("pin_dir");
+        }
+        if self.keep_dataplane != new.keep_dataplane {
+            changed.push("keep_dataplane");
         }
         let routes = |c: &Config| c.bgp.as_ref().map(|b| (b.table, b.device.clone()));
         if routes(self) != routes(new) {
@@ -501,6 +518,12 @@ impl Validator<'_> {
             tunnel,
             icmp_echo: raw.icmp_echo.unwrap_or(true),
             bgp: raw.bgp.as_ref().map(|b| self.bgp(b)),
+            pin_dir: match raw.pin_dir {
+                None => Some(DEFAULT_PIN_DIR.into()),
+                Some(p) if p.as_os_str().is_empty() => None,
+                Some(p) => Some(p),
+            },
+            keep_dataplane: raw.keep_dataplane.unwrap_or(false),
             metrics: raw
                 .metrics
                 .as_ref()

@@ -635,3 +635,26 @@ fn a_table_change_keeps_the_previous_table_for_the_window_and_closes_it_before_r
     b0.apply(&Plan::from_config(&c3)).unwrap();
     assert_eq!(b0.dataplane().listeners[&web].prev_until_s, 0);
 }
+
+#[test]
+fn a_pinned_data_planes_targets_keep_their_ids_and_those_gone_are_retired() {
+    // A previous agent's TARGETS: ids 7 and 9, as flow entries in the pinned tables name them.
+    let c = cfg(&["198.18.1.2", "198.18.2.2"], "");
+    let mut dp = FakeDataplane::default();
+    dp.targets
+        .insert(7, keys::target_value(&ep("198.18.2.2"), TARGET_ACTIVE));
+    dp.targets
+        .insert(9, keys::target_value(&ep("198.18.5.5"), TARGET_ACTIVE));
+    let mut b = Reconciler::new(dp, c.tables);
+    assert_eq!(b.adopt_targets().unwrap(), 2);
+    b.apply(&Plan::from_config(&c)).unwrap();
+    // Kept: its flows still find it under id 7.
+    assert_eq!(b.target_id(&ep("198.18.2.2")), Some(7));
+    assert_eq!(b.dataplane().targets[&7].flags, TARGET_ACTIVE);
+    // Not in the plan: inactive, so its flows are balanced afresh, and its id is free.
+    assert_eq!(b.target_id(&ep("198.18.5.5")), None);
+    assert_eq!(b.dataplane().targets[&9].flags, 0);
+    // The new one got an id no one holds.
+    let new = b.target_id(&ep("198.18.1.2")).unwrap();
+    assert!(new != 7 && new != 9 && new != 0);
+}

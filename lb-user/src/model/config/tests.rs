@@ -771,3 +771,23 @@ fn metrics_takes_an_address_and_port() {
         "metrics \"9469\" is not an address and port",
     );
 }
+
+#[test]
+fn the_data_plane_is_pinned_by_default_and_pin_dir_empty_turns_it_off() {
+    let c = parse(Path::new("xlb.toml"), GOOD).unwrap();
+    assert_eq!(c.pin_dir.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
+    assert!(!c.keep_dataplane);
+    let c = parse(
+        Path::new("xlb.toml"),
+        &format!("pin_dir = \"\"\nkeep_dataplane = true\n{GOOD}"),
+    )
+    .unwrap();
+    assert_eq!(c.pin_dir, None);
+    assert!(c.keep_dataplane);
+    let c = parse(
+        Path::new("xlb.toml"),
+        &format!("pin_dir = \"/run/xlb-bpf\"\n{GOOD}"),
+    )
+    .unwrap();
+    assert_eq!(c.pin_dir.as_deref(), Some(Path::new("/run/xlb-bpf")));
+}

@@ -1,0 +1,177 @@
+//! Hitless agent restarts with a pinned data plane (`pin_dir`): `kill -9` of the agent leaves
+//! XDP forwarding (old and new connections alike), the next agent takes the pinned links and
+//! connection tables over, and keep-alive connections and a stream of new ones go on with
+//! no failure; a clean stop then detaches and removes the pins.
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Conn, Env};
+use xlb_rig::{BpfFs, Setup};
+
+fn setup() -> Setup {
+    Setup {
+        interval_s: 1,
+        ..Setup::demo(&[1, 2])
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_xdp_forwarding_and_the_next_takes_over_with_nothing_broken() {
+    let mut env = Env::start("restart", 2, &setup());
+    // The agent runs under `ip netns exec`, whose /sys is its own: pin on a BPF filesystem
+    // that outlives it.
+    let bpffs = BpfFs::mount(env.dir.0.join("bpffs")).unwrap();
+    assert!(env.rig.stop("xlb").unwrap().success());
+    let config = format!(
+        "pin_dir = \"{}\"\n{}",
+        bpffs.0.display(),
+        env.rig.config(&env.socket, &setup())
+    );
+    std::fs::write(&env.config, config).unwrap();
+    env.start_agent();
+    env.wait_state(
+        "web",
+        "198.18.1.2",
+        8080,
+        "healthy",
+        Duration::from_secs(10),
+    );
+    env.wait_state(
+        "web",
+        "198.18.2.2",
+        8080,
+        "healthy",
+        Duration::from_secs(10),
+    );
+
+    // Keep-alive connections, a request each every 50 ms, and new connections back to back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let broken = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..8 {
+        let (stop, broken, ok) = (stop.clone(), broken.clone(), ok.clone());
+        threads.push(env.in_client(move || {
+            let mut c = Conn::open().unwrap();
+            let first = c.get().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get() {
+                    Ok(b) if b == first => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("keep-alive connection on {first} broke: {other:?}");
+                        broken.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
+    let failed_new = Arc::new(AtomicUsize::new(0));
+    let made_new = Arc::new(AtomicUsize::new(0));
+    {
+        let (stop, failed, made) = (stop.clone(), failed_new.clone(), made_new.clone());
+        threads.push(env.in_client(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match Conn::open().and_then(|mut c| c.get()) {
+                    Ok(b) if b.starts_with("backend-") => made.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("a new connection failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The agent dies; XDP stays (pinned link) and forwards with what it had.
+    env.rig.kill("xlb");
+    let during = made_new.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        made_new.load(Ordering::Relaxed) > during + 5,
+        "no new connection went through while no agent ran"
+    );
+    let out = env.rig.lb.exec("ip link show lb-c").unwrap();
+    assert!(out.contains("xdp"), "XDP gone with the agent: {out}");
+    // The next agent takes over the pinned links and tables.
+    env.start_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (broken, ok) = (broken.load(Ordering::Relaxed), ok.load(Ordering::Relaxed));
+    let (failed, made) = (
+        failed_new.load(Ordering::Relaxed),
+        made_new.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "restart under load: 8 keep-alive connections, {broken} broken, {ok} requests; \
+         {made} new connections, {failed} failed"
+    );
+    assert_eq!(broken, 0);
+    assert_eq!(failed, 0);
+    // Still the same targets after the takeover.
+    let names = env.curls(6);
+    assert!(names.iter().all(|n| n.starts_with("backend-")), "{names:?}");
+    // With keep_dataplane, a clean stop leaves it forwarding too.
+    let base = env.rig.config(&env.socket, &setup());
+    let with_keep = |keep: bool| {
+        format!(
+            "pin_dir = \"{}\"\nkeep_dataplane = {keep}\n{base}",
+            bpffs.0.display()
+        )
+    };
+    std::fs::write(&env.config, with_keep(true)).unwrap();
+    assert!(
+        env.xlb(&["reload"]).status.code() == Some(64),
+        "keep_dataplane is read at start"
+    );
+    assert!(env.rig.stop("xlb").unwrap().success());
+    env.start_agent();
+    assert!(env.rig.stop("xlb").unwrap().success());
+    let out = env.rig.lb.exec("ip link show lb-c").unwrap();
+    assert!(
+        out.contains("xdp"),
+        "keep_dataplane: detached by a clean stop: {out}"
+    );
+    assert!(env.curls(4).iter().all(|n| n.starts_with("backend-")));
+    // Without it, a clean stop detaches and unpins.
+    std::fs::write(&env.config, with_keep(false)).unwrap();
+    env.start_agent();
+    assert!(env.rig.stop("xlb").unwrap().success());
+    let out = env.rig.lb.exec("ip link show lb-c").unwrap();
+    assert!(
+        !out.contains("xdp"),
+        "still attached after a clean stop: {out}"
+    );
+    let left: Vec<_> = walk(&bpffs.0);
+    assert!(left.is_empty(), "pins left after a clean stop: {left:?}");
+}
+
+/// Files under `dir` (pins), recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if !p.to_string_lossy().ends_with(".debug") {
+                // (maps.debug and progs.debug are the BPF filesystem's own.)
+                out.push(p);
+            }
+        }
+    }
+    out
+}
