@@ -6,7 +6,9 @@
 //! [`bird_config`]). The table is consulted by no forwarding decision: the routes exist to be
 //! announced. The device is a TUN device the agent's process holds open: when the agent exits
 //! or dies, the kernel removes the device and every route on it, and BIRD withdraws them — a
-//! node whose agent is gone announces nothing.
+//! node whose agent is gone announces nothing. When the data plane is pinned and outlives the
+//! agent, the device is a persistent one instead: a crashed agent's node keeps announcing
+//! what its data plane still serves, and the next agent takes the device over (no flap).
 use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
 
 use crate::{iproute, model::config::Bgp};
@@ -28,8 +30,30 @@ pub enum AnnounceError {
 pub struct Announcer {
     table: u32,
     device: String,
-    _tun: tun_rs::SyncDevice,
+    /// The TUN device this process holds (gone with it), or `None` for a persistent device
+    /// (the data plane is pinned and outlives the agent: so do its announcements).
+    _tun: Option<tun_rs::SyncDevice>,
     current: BTreeSet<IpAddr>,
+    /// Announcements a previous agent left (persistent device): not withdrawn before the
+    /// health checks have had their say.
+    adopted: BTreeSet<IpAddr>,
+}
+
+/// The VIPs routed on `device` in `table` now.
+fn routes_on(device: &str, table: u32) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    for fam in ["-4", "-6"] {
+        let text = iproute::ip_output(&format!("{fam} route show table {table} dev {device}"))
+            .unwrap_or_default();
+        for line in text.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            let addr = first.split('/').next().unwrap_or("");
+            if let Ok(a) = addr.parse() {
+                out.insert(a);
+            }
+        }
+    }
+    out
 }
 
 fn host_route(vip: IpAddr) -> String {
@@ -40,8 +64,37 @@ fn host_route(vip: IpAddr) -> String {
 }
 
 impl Announcer {
-    /// Create the device (up, no address); nothing is announced yet.
-    pub fn create(bgp: &Bgp) -> Result<Self, AnnounceError> {
+    /// Create the device (up, no address); nothing is announced yet. With `persistent` (the
+    /// data plane outlives the agent), the device is a persistent one: a previous agent's is
+    /// taken over with the announcements on it.
+    pub fn create(bgp: &Bgp, persistent: bool) -> Result<Self, AnnounceError> {
+        let dev_err = |e: String| AnnounceError::Device {
+            device: bgp.device.clone(),
+            source: std::io::Error::other(e),
+        };
+        if persistent {
+            let exists = std::path::Path::new("/sys/class/net")
+                .join(&bgp.device)
+                .exists();
+            if !exists {
+                iproute::ip(&format!("tuntap add dev {} mode tun", bgp.device)).map_err(dev_err)?;
+            }
+            iproute::ip(&format!("link set {} up", bgp.device)).map_err(dev_err)?;
+            let current = routes_on(&bgp.device, bgp.table);
+            if !current.is_empty() {
+                log::info!(
+                    "kept {} announcement(s) of the previous agent: {current:?}",
+                    current.len()
+                );
+            }
+            return Ok(Self {
+                table: bgp.table,
+                device: bgp.device.clone(),
+                _tun: None,
+                adopted: current.clone(),
+                current,
+            });
+        }
         let tun = tun_rs::DeviceBuilder::new()
             .name(&bgp.device)
             .enable(true)
@@ -53,9 +106,33 @@ impl Announcer {
         Ok(Self {
             table: bgp.table,
             device: bgp.device.clone(),
-            _tun: tun,
+            _tun: Some(tun),
             current: BTreeSet::new(),
+            adopted: BTreeSet::new(),
         })
+    }
+
+    /// [`Announcer::sync`], except that announcements taken over from a previous agent stay
+    /// until `settled` (every target has had a health verdict): a restart does not withdraw
+    /// what is about to be announced again.
+    pub fn sync_settling(
+        &mut self,
+        wanted: &BTreeSet<IpAddr>,
+        settled: bool,
+    ) -> Result<(), AnnounceError> {
+        if settled {
+            self.adopted.clear();
+        }
+        let mut want = wanted.clone();
+        want.extend(self.adopted.iter().copied());
+        self.sync(&want)
+    }
+
+    /// Remove a persistent device (a clean stop that takes the data plane down).
+    pub fn remove_device(&mut self) {
+        if self._tun.is_none() {
+            let _ = iproute::ip(&format!("link del {}", self.device));
+        }
     }
 
     /// Announce exactly `wanted`: add the routes missing, remove the others. Routes already in

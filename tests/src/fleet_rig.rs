@@ -197,7 +197,7 @@ impl FleetRig {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "interfaces = [\"eth0\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\n{tables}\
+            "interfaces = [\"eth0\"]\ncontrol_socket = \"{}\"\nstate_file = \"{}\"\npin_dir = \"{}\"\n{tables}\
 [tunnel]\nsource_prefix = \"{TUNNEL_PREFIX}\"\n\
 [bgp]\nlocal_as = {NODE_AS}\nrouter_id = \"{addr}\"\nhold_time = {HOLD_TIME_S}\n\
 [[bgp.peer]]\naddress = \"198.18.{net}.1\"\nas = {ROUTER_AS}\n\
@@ -206,6 +206,8 @@ impl FleetRig {
 [target_group.health_check]\ninterval = 1\ntimeout = 1\nhealthy_threshold = 2\nunhealthy_threshold = 2\n",
             self.socket(k).display(),
             self.dir.join(format!("n{k}-state.json")).display(),
+            // The rig's own BPF filesystem: the node's data plane outlives its agent.
+            self.bpffs.0.join(format!("n{k}")).display(),
             addr = node_addr(k),
             net = 200 + k,
         )

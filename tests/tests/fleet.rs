@@ -273,17 +273,50 @@ fn load_through(f: &Fleet, k: usize) -> Load {
 }
 
 #[test]
-fn a_crashed_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_others() {
+fn a_crashed_agent_leaves_its_node_announced_and_serving_and_the_next_takes_over_without_a_flap() {
     let mut f = Fleet::start("crash", |_| NodeExtra::default());
     let load = load_through(&f, 1);
-    let misses_before: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
-    // SIGKILL: the agent's XDP goes with its process, and so does its announcement device.
+    // SIGKILL: the pinned data plane keeps forwarding, and the node keeps announcing what
+    // it serves.
     f.rig.children.kill("xlb-n1");
+    let all = vec![
+        xlb_rig::fleet_rig::node_addr(1),
+        xlb_rig::fleet_rig::node_addr(2),
+        xlb_rig::fleet_rig::node_addr(3),
+    ];
+    let watch = |f: &Fleet, d: Duration| {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            let hops = f.rig.next_hops().unwrap();
+            assert_eq!(hops, all, "the router's next hops changed: a flap");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    watch(&f, Duration::from_secs(2));
+    // The next agent takes the data plane and the announcement over.
+    f.rig.start_agent(&xlb_bin(), 1).unwrap();
+    watch(&f, Duration::from_secs(3));
+    let (broken, requests) = load.finish();
+    eprintln!(
+        "node 1's agent killed and restarted: no flap; 18 connections: {broken} broken, {requests} requests"
+    );
+    assert_eq!(broken, 0);
+    let s = f.status(1);
+    assert_eq!(s["announcements"][0]["announced"], true, "{s}");
+}
+
+#[test]
+fn a_stopped_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_others() {
+    let mut f = Fleet::start("stop", |_| NodeExtra::default());
+    let load = load_through(&f, 1);
+    let misses_before: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
+    // A clean stop: VIPs withdrawn, XDP detached, pins removed.
+    assert!(f.rig.children.stop("xlb-n1").unwrap().success());
     let t = f
         .rig
         .wait_next_hops(&[2, 3], Duration::from_secs(10))
         .unwrap();
-    eprintln!("node 1 killed: withdrawn at the router after {t:?}");
+    eprintln!("node 1 stopped: withdrawn at the router after {t:?}");
     std::thread::sleep(Duration::from_secs(2));
     let (broken, requests) = load.finish();
     eprintln!("18 connections: {broken} broken, {requests} requests");
@@ -291,7 +324,6 @@ fn a_crashed_node_is_withdrawn_at_once_and_its_connections_go_on_through_the_oth
     // Its connections were picked up mid-flow by the other nodes (same target by Maglev).
     let misses: u64 = (2..=NODES).map(|k| mid_flow_misses(&f, k)).sum();
     assert!(misses > misses_before, "no mid-flow pick-up on nodes 2-3");
-    // New connections all go through the others.
     assert!(f.curls(12).iter().all(|n| n.starts_with("backend-")));
 }
 

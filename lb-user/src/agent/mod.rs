@@ -452,6 +452,17 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
         )
     }
 
+    /// Every target has had a health verdict (none is still `initial`): announcements
+    /// reflect the targets' health, not the start.
+    pub fn health_settled(&self) -> bool {
+        !self
+            .registry
+            .groups
+            .values()
+            .flat_map(|g| g.members.values())
+            .any(|m| m.tracker.state == crate::health::State::Initial)
+    }
+
     /// The VIPs to announce now (see [`Agent::announcements`]).
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
         self.announcements()

@@ -62,13 +62,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     preflight(&cfg)?;
-    let pins = match &cfg.pin_dir {
+    // The data plane outlives this process when its pins are on a BPF filesystem that was
+    // there before (one this process mounts may end with it, under `ip netns exec`).
+    let (pins, survives) = match &cfg.pin_dir {
         Some(dir) => {
-            crate::dataplane::decap::ensure_bpffs(dir)
+            let mounted = crate::dataplane::decap::ensure_bpffs_mounting(dir)
                 .with_context(|| format!("pin_dir {}", dir.display()))?;
-            Some(crate::dataplane::aya::pin_root(dir, &cfg.tables))
+            (
+                Some(crate::dataplane::aya::pin_root(dir, &cfg.tables)),
+                !mounted,
+            )
         }
-        None => None,
+        None => (None, false),
     };
     let dp = AyaDataplane::load_pinned(EBPF_OBJECT, &cfg.tables, pins.as_deref())
         .context("loading the XDP program")?;
@@ -83,7 +88,7 @@ pub async fn run(
     )?;
     // The announcement device exists only while this process does (see crate::announce).
     let mut announcer = match agent.config().bgp.as_ref() {
-        Some(b) => match Announcer::create(b) {
+        Some(b) => match Announcer::create(b, survives) {
             Ok(a) => Some(a),
             Err(e) => {
                 agent.shutdown();
@@ -134,7 +139,7 @@ pub async fn run(
             _ = tick.tick() => agent.on_tick(Instant::now()),
         }
         if let Some(a) = announcer.as_mut()
-            && let Err(e) = a.sync(&agent.announced_vips())
+            && let Err(e) = a.sync_settling(&agent.announced_vips(), agent.health_settled())
         {
             log::error!("announcing: {e}");
         }
@@ -143,9 +148,14 @@ pub async fn run(
             break;
         }
     }
-    // Withdraw first, so the routers stop sending before the data plane goes.
-    if let Some(a) = announcer.as_mut() {
+    // Withdraw first, so the routers stop sending before the data plane goes; a data plane
+    // kept for the next agent keeps its announcements too.
+    let keep = agent.config().keep_dataplane && survives;
+    if let Some(a) = announcer.as_mut()
+        && !keep
+    {
         a.withdraw_all();
+        a.remove_device();
     }
     api.abort();
     if let Some(m) = metrics {

@@ -72,6 +72,12 @@ pub fn pin_dir(root: &Path, iface: &str) -> PathBuf {
 
 /// Make sure `root` is on a BPF filesystem, mounting one there if not.
 pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    ensure_bpffs_mounting(root).map(drop)
+}
+
+/// As [`ensure_bpffs`]; true when this process had to mount the BPF filesystem (which may then
+/// end with it, under `ip netns exec`), false when one was there already.
+pub fn ensure_bpffs_mounting(root: &Path) -> Result<bool> {
     let io = |e| DecapError::Io(root.to_owned(), e);
     // Under the standard mount point, which a host may have as a bare directory of sysfs
     // (where nothing can be created): mount the BPF filesystem there first, as systemd does.
@@ -84,13 +90,15 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
              in it end with this command and the program is detached: pass --pin-dir (the agent: \
              pin_dir) on a BPF filesystem that outlives it (mount -t bpf bpf DIR)"
         );
+        std::fs::create_dir_all(root).map_err(io)?;
+        return Ok(true);
     }
     std::fs::create_dir_all(root).map_err(io)?;
     if is_bpffs(root) {
-        return Ok(());
+        return Ok(false);
     }
     // The mount point is the root itself when it is not already inside a BPF filesystem.
-    mount_bpffs(root)
+    mount_bpffs(root).map(|()| true)
 }
 
 /// Where hosts mount the BPF filesystem.
