@@ -50,6 +50,8 @@ pub trait Host {
     fn bird_protocols(&self) -> Option<String>;
     /// Routes in kernel table `table` (`ip route show table N`), one per line.
     fn table_routes(&self, table: u32) -> String;
+    /// The resolution of the coarse monotonic clock the data plane reads (ns), if readable.
+    fn coarse_clock_resolution_ns(&self) -> Option<u64>;
 }
 
 fn finding(level: Level, check: &str, detail: String, fix: &str) -> Finding {
@@ -284,6 +286,27 @@ pub fn diagnose(
             "",
         ));
     }
+    // UDP idle timeouts and the previous table's window are read on the coarse clock.
+    match host.coarse_clock_resolution_ns() {
+        Some(r) if r <= 10_000_000 => out.push(finding(
+            Level::Ok,
+            "clock",
+            format!("coarse monotonic clock: {} ms resolution", r as f64 / 1e6),
+            "",
+        )),
+        Some(r) => out.push(finding(
+            Level::Warn,
+            "clock",
+            format!("coarse monotonic clock resolution is {} ms: UDP idle timeouts and the previous table's window are that coarse", r / 1_000_000),
+            "a kernel with HZ >= 100",
+        )),
+        None => out.push(finding(
+            Level::Warn,
+            "clock",
+            "CLOCK_MONOTONIC_COARSE cannot be read".into(),
+            "the data plane's timeouts depend on it",
+        )),
+    }
     if !host.is_bpffs("/sys/fs/bpf") {
         out.push(finding(
             Level::Warn,
@@ -388,6 +411,11 @@ impl Host for RealHost {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    fn coarse_clock_resolution_ns(&self) -> Option<u64> {
+        let r = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).ok()?;
+        Some(u64::try_from(r.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(r.tv_nsec()).ok()?)
+    }
+
     fn table_routes(&self, table: u32) -> String {
         let v4 =
             crate::iproute::ip_output(&format!("-4 route show table {table}")).unwrap_or_default();
@@ -412,6 +440,7 @@ mod tests {
         routes: HashMap<IpAddr, Route>,
         bird: Option<String>,
         bpffs: bool,
+        clock_ns: Option<u64>,
     }
 
     impl Host for FakeHost {
@@ -448,6 +477,9 @@ mod tests {
         fn table_routes(&self, _: u32) -> String {
             String::new()
         }
+        fn coarse_clock_resolution_ns(&self) -> Option<u64> {
+            self.clock_ns
+        }
     }
 
     const CFG: &str = "interfaces = [\"eth0\"]\n[[listener]]\nname = \"web\"\nvip = \"198.18.100.10\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n[[target_group]]\nname = \"web\"\nport = 8080\ntargets = [{ address = \"198.18.1.2\" }, { address = \"198.18.2.2\" }]\n";
@@ -456,6 +488,7 @@ mod tests {
         let mut h = FakeHost {
             interfaces: vec![("eth0".into(), "mlx5_core".into(), 9000)],
             bpffs: true,
+            clock_ns: Some(4_000_000),
             ..FakeHost::default()
         };
         h.sysctls
@@ -488,6 +521,7 @@ mod tests {
         assert!(f.iter().all(|x| x.level != Level::Fail), "{f:#?}");
         assert_eq!(levels(&f, "xdp mode"), [Level::Ok]);
         assert_eq!(levels(&f, "route to target"), [Level::Ok, Level::Ok]);
+        assert_eq!(levels(&f, "clock"), [Level::Ok]);
 
         let mut h = healthy_host();
         h.sysctls
@@ -496,6 +530,7 @@ mod tests {
             .insert("net/ipv4/conf/all/rp_filter".into(), "1".into());
         h.routes.remove(&"198.18.2.2".parse().unwrap());
         h.interfaces[0].1 = "veth".into();
+        h.clock_ns = Some(40_000_000);
         let f = diagnose(&cfg, &h, Some(&[("eth0".into(), "skb".into())]));
         let fwd = f.iter().find(|x| x.check == "ip_forward").unwrap();
         assert_eq!(fwd.level, Level::Fail);
@@ -504,6 +539,7 @@ mod tests {
         assert_eq!(levels(&f, "route to target"), [Level::Ok, Level::Fail]);
         assert_eq!(levels(&f, "xdp mode"), [Level::Warn]);
         assert_eq!(levels(&f, "veth"), [Level::Warn]);
+        assert_eq!(levels(&f, "clock"), [Level::Warn]);
         let text = render(&f);
         assert!(text.starts_with("FAIL"), "worst first:\n{text}");
         assert!(text.contains("2 failure(s)"), "{text}");
