@@ -33,8 +33,8 @@ fn set(f: &Family<Labels, Gauge>, labels: Labels, v: i64) {
 /// States a target can be in, each a series of `xlb_target_state` (1 for the current one).
 const STATES: [&str; 5] = ["initial", "healthy", "unhealthy", "draining", "unused"];
 
-/// The text exposition of `s`.
-pub fn render(s: &Status) -> String {
+/// The text exposition of `s`, with the connection tables' (name, entries, capacity).
+pub fn render(s: &Status, tables: &[(String, u64, u32)]) -> String {
     let mut r = Registry::with_prefix("xlb");
     let packets = counters();
     let bytes = counters();
@@ -206,6 +206,27 @@ pub fn render(s: &Status) -> String {
     drained.set(s.drain.is_some().into());
     r.register("node_drained", "1 while the node is drained", drained);
 
+    let entries = gauges();
+    let capacity = gauges();
+    for (name, n, cap) in tables {
+        set(
+            &entries,
+            vec![("table", name.clone())],
+            i64::try_from(*n).unwrap_or(i64::MAX),
+        );
+        set(&capacity, vec![("table", name.clone())], (*cap).into());
+    }
+    r.register(
+        "connection_table_entries",
+        "Entries in a connection table (flows, flows6, embryonic, embryonic6) at the scrape",
+        entries,
+    );
+    r.register(
+        "connection_table_capacity",
+        "Entries a connection table holds before its least recently used one is evicted",
+        capacity,
+    );
+
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out
@@ -250,8 +271,12 @@ pub fn to_text_format(openmetrics: &str) -> String {
 
 /// The content type and body for a scrape whose `Accept` header is `accept`: OpenMetrics
 /// when asked for (Prometheus asks), the older text format otherwise.
-pub fn negotiate(accept: &str, s: &Status) -> (&'static str, String) {
-    let om = render(s);
+pub fn negotiate(
+    accept: &str,
+    s: &Status,
+    tables: &[(String, u64, u32)],
+) -> (&'static str, String) {
+    let om = render(s, tables);
     if accept.contains("application/openmetrics-text") {
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

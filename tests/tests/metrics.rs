@@ -58,6 +58,19 @@ fn a_real_prometheus_scrapes_the_agent_and_promtool_accepts_the_metrics() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in\n{text}");
     }
+    // The connection table holds the 12 flows (their entries outlive the connections).
+    let flows: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("xlb_connection_table_entries{table=\"flows\"} "))
+        .unwrap_or_else(|| panic!("no flows occupancy in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(flows >= 12, "{flows} entries for 12 connections");
+    assert!(
+        text.contains("xlb_connection_table_capacity{table=\"embryonic\"} "),
+        "{text}"
+    );
     // What Prometheus asks for: OpenMetrics, the crate's own output.
     let out = env
         .rig

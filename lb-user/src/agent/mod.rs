@@ -389,6 +389,26 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 .resume()
                 .map(|message| Reply::Done(Message { message })),
             Request::Explain(req) => self.explain(&req).map(|x| Reply::Explained(Box::new(x))),
+            Request::Metrics => self.status(now).map(|s| {
+                let conn = self.cfg.tables.max_connections;
+                let embryonic = lb_common::limits::embryonic_entries(conn);
+                let tables = self
+                    .reconciler
+                    .dataplane()
+                    .table_entries()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, n)| {
+                        let cap = if name.starts_with("EMBRYONIC") {
+                            embryonic
+                        } else {
+                            conn
+                        };
+                        (name.to_ascii_lowercase(), n, cap)
+                    })
+                    .collect();
+                Reply::Metrics(Box::new(s), tables)
+            }),
             change @ (Request::Register { .. }
             | Request::Deregister { .. }
             | Request::AddRule { .. }

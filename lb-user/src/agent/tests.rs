@@ -633,7 +633,7 @@ fn metrics_carry_every_target_state_and_both_formats_name_counters_right() {
     let mut a = start(&dir, &[1, 2], now);
     probe(&mut a, ep(1), Probe::Ok, 1, now);
     let s = a.status(now).unwrap();
-    let om = crate::metrics::render(&s);
+    let om = crate::metrics::render(&s, &[("flows".into(), 3, 1024)]);
     let one = |state: &str, k: u8| {
         format!("xlb_target_state{{group=\"web\",target=\"198.18.{k}.2:8080\",state=\"{state}\"}}")
     };

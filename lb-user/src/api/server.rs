@@ -58,6 +58,8 @@ pub enum Request {
     Resume,
     /// `xlb explain`.
     Explain(super::ExplainRequest),
+    /// A Prometheus scrape: the status, and the connection tables' occupancy.
+    Metrics,
 }
 
 /// The agent's answer, before it becomes HTTP.
@@ -69,6 +71,8 @@ pub enum Reply {
     Done(Message),
     Reloaded(ApplyReport),
     Explained(Box<super::Explanation>),
+    /// The status and (table, entries, capacity) of each connection table.
+    Metrics(Box<Status>, Vec<(String, u64, u32)>),
     Error(Failure),
 }
 
@@ -108,6 +112,7 @@ impl IntoResponse for Reply {
             Reply::Done(m) => Json(m).into_response(),
             Reply::Reloaded(r) => Json(r).into_response(),
             Reply::Explained(x) => Json(x).into_response(),
+            Reply::Metrics(s, _) => Json(s).into_response(),
             Reply::Error(f) => {
                 let code = match f.kind {
                     FailureKind::BadRequest => StatusCode::BAD_REQUEST,
@@ -308,13 +313,13 @@ pub fn metrics_router(agent: Agent) -> Router {
             "/metrics",
             get(
                 |State(a): State<Agent>, headers: axum::http::HeaderMap| async move {
-                    match ask(&a, Request::Status).await {
-                        Reply::Status(s) => {
+                    match ask(&a, Request::Metrics).await {
+                        Reply::Metrics(s, tables) => {
                             let accept = headers
                                 .get(axum::http::header::ACCEPT)
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("");
-                            let (kind, body) = crate::metrics::negotiate(accept, &s);
+                            let (kind, body) = crate::metrics::negotiate(accept, &s, &tables);
                             (
                                 StatusCode::OK,
                                 [(axum::http::header::CONTENT_TYPE, kind)],

@@ -535,6 +535,33 @@ impl Dataplane for AyaDataplane {
         Ok(mode)
     }
 
+    fn table_entries(&self) -> Result<Vec<(&'static str, u64)>> {
+        fn count<K: aya::Pod>(ebpf: &Ebpf, map: &'static str) -> Result<u64> {
+            let m = ebpf.map(map).ok_or(DataplaneError::MissingMap(map))?;
+            let t: BpfHashMap<&MapData, K, lb_common::FlowValue> =
+                BpfHashMap::try_from(m).map_err(|source| DataplaneError::Map { map, source })?;
+            Ok(t.keys().filter(|k| k.is_ok()).count() as u64)
+        }
+        Ok(vec![
+            (
+                maps::FLOWS,
+                count::<lb_common::FlowKey>(&self.ebpf, maps::FLOWS)?,
+            ),
+            (
+                maps::FLOWS6,
+                count::<lb_common::FlowKey6>(&self.ebpf, maps::FLOWS6)?,
+            ),
+            (
+                maps::EMBRYONIC,
+                count::<lb_common::FlowKey>(&self.ebpf, maps::EMBRYONIC)?,
+            ),
+            (
+                maps::EMBRYONIC6,
+                count::<lb_common::FlowKey6>(&self.ebpf, maps::EMBRYONIC6)?,
+            ),
+        ])
+    }
+
     fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
         if !self.adopted {
             return Ok(Vec::new());

@@ -121,6 +121,12 @@ pub trait Dataplane {
     fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
         Ok(Vec::new())
     }
+    /// Entries in each connection table now (name, entries), by walking its keys: a cost
+    /// that grows with the table (about a microsecond per entry), so for scrapes, not for
+    /// every status.
+    fn table_entries(&self) -> Result<Vec<(&'static str, u64)>> {
+        Ok(Vec::new())
+    }
     /// Let go of the data plane without detaching it (a pinned one keeps forwarding).
     fn release(&mut self) {
         self.detach_all();
