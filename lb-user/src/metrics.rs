@@ -77,6 +77,7 @@ pub fn render(s: &Status, tables: &[(String, u64, u32)]) -> String {
     let weight = gauges();
     let drain_left = gauges();
     let fail_open = gauges();
+    let check = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for g in &s.groups {
         set(
             &fail_open,
@@ -107,6 +108,9 @@ pub fn render(s: &Status, tables: &[(String, u64, u32)]) -> String {
                 set(&state, labels, (t.state == st).into());
             }
             set(&weight, who(), t.weight.into());
+            if let Some(ms) = t.check_ms {
+                check.get_or_create(&who()).set(ms / 1000.0);
+            }
             if let Some(left) = t.drain_remaining_s {
                 set(&drain_left, who(), i64::try_from(left).unwrap_or(i64::MAX));
             }
@@ -134,6 +138,12 @@ pub fn render(s: &Status, tables: &[(String, u64, u32)]) -> String {
         "Seconds left of a draining target's deregistration delay",
         Unit::Seconds,
         drain_left,
+    );
+    r.register_with_unit(
+        "target_check_duration",
+        "How long a target's last health check took",
+        Unit::Seconds,
+        check,
     );
     r.register(
         "group_fail_open",

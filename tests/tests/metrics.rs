@@ -58,6 +58,19 @@ fn a_real_prometheus_scrapes_the_agent_and_promtool_accepts_the_metrics() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in\n{text}");
     }
+    // The last health check of each target took a measured, short time.
+    let check: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "xlb_target_check_duration_seconds{group=\"web\",target=\"198.18.1.2:8080\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no check duration in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(check > 0.0 && check < 1.0, "check took {check} s");
     // The connection table holds the 12 flows (their entries outlive the connections).
     let flows: u64 = text
         .lines()

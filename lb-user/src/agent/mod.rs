@@ -48,6 +48,8 @@ pub struct Agent<D, P> {
     dataplane_error: Option<String>,
     /// Set by `xlb node drain`: since when, and when to stop (`--stop-after`).
     drain: Option<(Instant, Option<Instant>)>,
+    /// How long each target's last health check took.
+    check_latency: std::collections::HashMap<(String, crate::model::Endpoint), std::time::Duration>,
 }
 
 fn registry_failure(e: RegistryError) -> Failure {
@@ -133,6 +135,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
             failing_open: HashSet::new(),
             dataplane_error: None,
             drain: None,
+            check_latency: std::collections::HashMap::new(),
         };
         // Probes start, fail-open is logged; the maps are already in step.
         let _ = agent.sync_dataplane();
@@ -234,7 +237,8 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
             .collect()
     }
 
-    pub fn on_probe(&mut self, (group, endpoint, probe): ProbeResult, _now: Instant) {
+    pub fn on_probe(&mut self, (group, endpoint, probe, took): ProbeResult, _now: Instant) {
+        self.check_latency.insert((group.clone(), endpoint), took);
         let before = self
             .registry
             .groups
@@ -276,6 +280,7 @@ impl<D: Dataplane, P: Prober> Agent<D, P> {
                 interfaces: &self.attached,
                 dataplane_error: self.dataplane_error.as_deref(),
                 announcements: self.announcements(),
+                check_latency: &self.check_latency,
                 drain: self.drain.map(|(since, stop)| DrainStatus {
                     since_s: now.saturating_duration_since(since).as_secs(),
                     stops_in_s: stop.map(|t| t.saturating_duration_since(now).as_secs()),

@@ -48,7 +48,8 @@ pub struct ProbeSpec {
     pub path: Option<ProbePath>,
 }
 /// What one probe of a group's target found.
-pub type ProbeResult = (String, Endpoint, Probe);
+/// (group, target, result, how long the check took).
+pub type ProbeResult = (String, Endpoint, Probe, std::time::Duration);
 
 pub trait Prober {
     /// Probe exactly these targets from now on: start what is new or changed, stop the rest.
@@ -254,14 +255,16 @@ impl Prober for TaskProber {
                     ),
                 };
                 loop {
+                    let started = tokio::time::Instant::now();
                     let mut p = health::probe(&s.check, addr, mark).await;
+                    let took = started.elapsed();
                     if let (Probe::Timeout, Some(path)) = (&p, &s.path) {
                         p = Probe::PathSilent {
                             vip: path.vip,
                             mode: path.mode,
                         };
                     }
-                    if tx.send((s.group.clone(), e, p)).await.is_err() {
+                    if tx.send((s.group.clone(), e, p, took)).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(s.check.interval).await;

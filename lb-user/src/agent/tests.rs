@@ -145,7 +145,7 @@ fn probed(a: &TestAgent) -> BTreeSet<Endpoint> {
 
 fn probe(a: &mut TestAgent, e: Endpoint, p: Probe, times: usize, now: Instant) {
     for _ in 0..times {
-        a.on_probe(("web".into(), e, p.clone()), now);
+        a.on_probe(("web".into(), e, p.clone(), Duration::from_millis(3)), now);
     }
 }
 
@@ -644,6 +644,14 @@ fn metrics_carry_every_target_state_and_both_formats_name_counters_right() {
         assert!(om.contains(&one(st, 2)), "{st} missing\n{om}");
     }
     assert!(om.contains("# TYPE xlb_listener_new_flows counter"));
+    // The health check's duration, as the prober measured it (3 ms here).
+    assert_eq!(s.groups[0].targets[0].check_ms, Some(3.0));
+    assert!(
+        om.contains(
+            "xlb_target_check_duration_seconds{group=\"web\",target=\"198.18.1.2:8080\"} 0.003"
+        ),
+        "{om}"
+    );
     assert!(om.contains("xlb_group_fail_open{group=\"web\"} 0"));
     let text = crate::metrics::to_text_format(&om);
     assert!(

@@ -137,6 +137,9 @@ pub struct TargetStatus {
     pub drain_remaining_s: Option<u64>,
     /// All traffic of this target, over every listener that uses it.
     pub traffic: Traffic,
+    /// How long its last health check took (ms); absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -157,6 +160,8 @@ pub struct Sources<'a, D> {
     pub dataplane_error: Option<&'a str>,
     pub announcements: Vec<Announcement>,
     pub drain: Option<DrainStatus>,
+    pub check_latency:
+        &'a std::collections::HashMap<(String, crate::model::Endpoint), std::time::Duration>,
 }
 
 pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status, DataplaneError> {
@@ -169,6 +174,7 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
         dataplane_error,
         announcements,
         drain,
+        check_latency,
     } = src;
     let snap = b.snapshot()?;
     let traffic = |v: &Vec<Counters>, id: Option<u32>| -> Traffic {
@@ -287,6 +293,9 @@ pub fn collect<D: Dataplane>(src: Sources<'_, D>, now: Instant) -> Result<Status
                             .drain_until
                             .map(|t| t.saturating_duration_since(now).as_secs()),
                         traffic: traffic(&snap.targets, b.target_id(endpoint)),
+                        check_ms: check_latency
+                            .get(&(name.clone(), *endpoint))
+                            .map(|d| d.as_secs_f64() * 1000.0),
                     })
                     .collect(),
             }
