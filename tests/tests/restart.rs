@@ -1,6 +1,6 @@
 //! Hitless agent restarts with a pinned data plane (`pin_dir`): `kill -9` of the agent leaves
-//! XDP forwarding (old and new connections alike), the next agent takes the pinned links and
-//! connection tables over, and keep-alive connections and a stream of new ones go on with
+//! XDP forwarding (old and new connections alike), the next agent — another build of it —
+//! takes the pinned links and connection tables over, and keep-alive connections and a stream of new ones go on with
 //! no failure; a clean stop then detaches and removes the pins.
 mod common;
 
@@ -103,8 +103,22 @@ fn a_killed_agent_leaves_xdp_forwarding_and_the_next_takes_over_with_nothing_bro
     );
     let out = env.rig.lb.exec("ip link show lb-c").unwrap();
     assert!(out.contains("xdp"), "XDP gone with the agent: {out}");
-    // The next agent takes over the pinned links and tables.
-    env.start_agent();
+    // The next agent, another build of it (the release binary `cargo xtask test` built for
+    // the package, where the first was the debug one), takes the pinned links and tables over.
+    let rebuilt = common::xlb_bin()
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|t| t.join("release/xlb"))
+        .filter(|p| p.exists())
+        .expect(
+            "target/release/xlb (cargo xtask test builds it; or cargo build --release -p lb-user)",
+        );
+    assert_ne!(
+        std::fs::read(&rebuilt).unwrap(),
+        std::fs::read(common::xlb_bin()).unwrap(),
+        "the next agent must be another build"
+    );
+    env.rig.start_agent(&rebuilt, &env.config).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
