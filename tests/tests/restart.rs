@@ -138,6 +138,22 @@ fn a_killed_agent_leaves_xdp_forwarding_and_the_next_takes_over_with_nothing_bro
     // Still the same targets after the takeover.
     let names = env.curls(6);
     assert!(names.iter().all(|n| n.starts_with("backend-")), "{names:?}");
+    // Killed again, restarted with another connection-table size (pinned in a folder of its
+    // own): the new agent replaces the program in the link all the same, and serves.
+    env.rig.kill("xlb");
+    let resized = format!(
+        "pin_dir = \"{}\"\n{}",
+        bpffs.0.display(),
+        env.rig.config(&env.socket, &setup()).replacen(
+            "[tables]\n",
+            "[tables]\nmax_connections = 8192\n",
+            1
+        )
+    );
+    std::fs::write(&env.config, resized).unwrap();
+    env.start_agent();
+    let names = env.curls(6);
+    assert!(names.iter().all(|n| n.starts_with("backend-")), "{names:?}");
     // With keep_dataplane, a clean stop leaves it forwarding too.
     let base = env.rig.config(&env.socket, &setup());
     let with_keep = |keep: bool| {

@@ -481,6 +481,34 @@ impl Dataplane for AyaDataplane {
         };
         let pin = dir.join("links").join(iface);
         let mode_file = dir.join("links").join(format!("{iface}.mode"));
+        // A link pinned by an agent of another layout or table size (a sibling folder): its
+        // program is replaced all the same (the interface has one XDP link), its tables are
+        // not carried over; its folder goes.
+        if !pin.exists()
+            && let Some(parent) = dir.parent()
+            && let Ok(entries) = std::fs::read_dir(parent)
+        {
+            for other in entries.flatten().map(|e| e.path()) {
+                let old = other.join("links").join(iface);
+                if other != dir && old.exists() {
+                    log::warn!(
+                        "{iface}: taking over the XDP link of {} (another map layout or table size: its connections are not carried over)",
+                        other.display()
+                    );
+                    if std::fs::rename(&old, &pin).is_err() {
+                        continue;
+                    }
+                    let _ = std::fs::rename(
+                        other.join("links").join(format!("{iface}.mode")),
+                        &mode_file,
+                    );
+                    for m in PINNED_MAPS {
+                        let _ = std::fs::remove_file(other.join(m));
+                    }
+                    break;
+                }
+            }
+        }
         if pin.exists() {
             // A previous agent's link, still forwarding: this program takes its place in
             // one step (bpf_link_update), no packet without a program.
