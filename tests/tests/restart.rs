@@ -51,6 +51,26 @@ fn a_killed_agent_leaves_xdp_forwarding_and_the_next_takes_over_with_nothing_bro
         Duration::from_secs(10),
     );
 
+    // A second agent with the same config is refused at the control socket, before it could
+    // take the running one's pinned data plane; the running one is untouched.
+    let second = env
+        .rig
+        .lb
+        .command(&common::xlb_bin().display().to_string())
+        .args(["run", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another xlb agent is already serving"),
+        "{err}"
+    );
+    assert!(!err.contains("took over the pinned XDP link"), "{err}");
+    assert_eq!(env.status_json()["interfaces"][0]["mode"], "native");
+    assert!(env.curls(3).iter().all(|n| n.starts_with("backend-")));
+
     // Keep-alive connections, a request each every 50 ms, and new connections back to back.
     let stop = Arc::new(AtomicBool::new(false));
     let broken = Arc::new(AtomicUsize::new(0));

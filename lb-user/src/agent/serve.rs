@@ -62,6 +62,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     preflight(&cfg)?;
+    // The control socket first: a second agent on this host fails here, before it could take
+    // over the first one's pinned data plane.
+    let listener = server::bind(&cfg.control_socket).await?;
+    let _socket = RemoveOnDrop(cfg.control_socket.clone());
     // The data plane outlives this process when its pins are on a BPF filesystem that was
     // there before (one this process mounts may end with it, under `ip netns exec`).
     let (pins, survives) = match &cfg.pin_dir {
@@ -97,7 +101,6 @@ pub async fn run(
         },
         None => None,
     };
-    let listener = server::bind(&socket).await?;
     let (tx, mut rx) = mpsc::channel::<Pending>(REQUEST_QUEUE);
     let metrics = match agent.config().metrics {
         Some(addr) => {
@@ -161,8 +164,20 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
-    let _ = std::fs::remove_file(&socket);
     let n = agent.shutdown();
-    log::info!("detached XDP from {n} interface(s); bye");
+    if n == 0 && agent.config().keep_dataplane {
+        log::info!("XDP left attached for the next agent; bye");
+    } else {
+        log::info!("detached XDP from {n} interface(s); bye");
+    }
     Ok(())
+}
+
+/// The control socket's file, removed when `run` returns, however it returns.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
