@@ -397,8 +397,7 @@ impl Host for RealHost {
     }
 
     fn is_bpffs(&self, path: &str) -> bool {
-        const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-        nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        crate::dataplane::decap::is_bpffs(std::path::Path::new(path))
     }
 
     fn bird_protocols(&self) -> Option<String> {

@@ -5,8 +5,6 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     process::Output,
     sync::{
         Arc,
@@ -15,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{backend_bin, xlb_bin};
+use common::{Conn, backend_bin, xlb_bin};
 use xlb_rig::fleet_rig::{
     FLEET_VIP, FleetRig, HOLD_TIME_S, NodeExtra, PORT, TARGETS, fleet_target,
 };
@@ -121,58 +119,14 @@ impl Fleet {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let name = self.rig.client.name.clone();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
-            // SAFETY: setns on a valid namespace fd; affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            f()
-        })
+        common::in_netns(&self.rig.client, f)
     }
 }
 
 /// A keep-alive connection to the VIP; reads wait long enough to ride out a node's loss (the
 /// hold time, then TCP's retransmission back-off).
-struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn open() -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(
-            &format!("{FLEET_VIP}:{PORT}").parse().unwrap(),
-            Duration::from_secs(5),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Self { stream, reader })
-    }
-
-    fn get(&mut self) -> std::io::Result<String> {
-        self.stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().map_err(std::io::Error::other)?;
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body).trim().to_owned())
-    }
+fn open_conn() -> std::io::Result<Conn> {
+    Conn::open_to(&format!("{FLEET_VIP}:{PORT}"), Duration::from_secs(20))
 }
 
 /// Long-lived connections, each asking every 100 ms until told to stop; a connection breaks
@@ -193,7 +147,7 @@ impl Load {
             .map(|_| {
                 let (stop, broken, requests) = (stop.clone(), broken.clone(), requests.clone());
                 fleet.in_client(move || {
-                    let mut c = Conn::open().expect("connect to the VIP");
+                    let mut c = open_conn().expect("connect to the VIP");
                     let first = c.get().expect("first request");
                     while !stop.load(Ordering::Relaxed) {
                         match c.get() {

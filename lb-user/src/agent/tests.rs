@@ -97,6 +97,11 @@ type TestAgent = Agent<FakeDataplane, FakeProber>;
 
 fn start(dir: &Dir, web: &[u8], now: Instant) -> TestAgent {
     dir.write_config(web, TABLES);
+    start_as_written(dir, now)
+}
+
+/// The agent on the fake, started from the config file `dir` holds.
+fn start_as_written(dir: &Dir, now: Instant) -> TestAgent {
     let cfg = config::load(&dir.config()).unwrap();
     Agent::start(
         &dir.config(),
@@ -543,15 +548,7 @@ fn a_vip_is_announced_while_enough_targets_are_healthy_and_not_while_drained() {
         1,
     );
     std::fs::write(dir.config(), text).unwrap();
-    let cfg = config::load(&dir.config()).unwrap();
-    let mut a = Agent::start(
-        &dir.config(),
-        cfg,
-        FakeDataplane::default(),
-        FakeProber::default(),
-        now,
-    )
-    .unwrap();
+    let mut a = start_as_written(&dir, now);
     // Targets start initial (not healthy): nothing announced, though the group fails open.
     let vip = "198.18.100.10".to_owned();
     assert_eq!(
@@ -611,15 +608,7 @@ fn bgp_table_and_device_take_effect_only_on_restart() {
     let dir = Dir::new("announce-reload");
     let now = Instant::now();
     dir.write_config(&[1], &format!("{TABLES}\n[bgp]\ntable = 200"));
-    let cfg = config::load(&dir.config()).unwrap();
-    let mut a = Agent::start(
-        &dir.config(),
-        cfg,
-        FakeDataplane::default(),
-        FakeProber::default(),
-        now,
-    )
-    .unwrap();
+    let mut a = start_as_written(&dir, now);
     dir.write_config(&[1], &format!("{TABLES}\n[bgp]\ntable = 201"));
     let f = a.reload(now).unwrap_err();
     assert!(f.message.contains("bgp (table, device"), "{}", f.message);

@@ -121,7 +121,7 @@ fn mount_bpffs(dir: &Path) -> Result<()> {
 }
 
 /// Whether `p` is on a BPF filesystem (statfs magic 0xcafe4a11).
-fn is_bpffs(p: &Path) -> bool {
+pub fn is_bpffs(p: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }

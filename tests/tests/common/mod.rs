@@ -187,17 +187,7 @@ impl Env {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let name = self.rig.client.name.clone();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
-            // SAFETY: setns on a valid namespace fd; affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            f()
-        })
+        in_netns(&self.rig.client, f)
     }
 
     /// `n` new connections to the VIP from real sockets in the client: which backend answered.
@@ -215,6 +205,24 @@ impl Env {
     }
 }
 
+/// Run `f` on a thread that lives in namespace `ns` (its sockets are the namespace's).
+pub fn in_netns<T: Send + 'static>(
+    ns: &xlb_rig::Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+}
+
 /// A keep-alive HTTP connection to the VIP.
 pub struct Conn {
     stream: TcpStream,
@@ -223,11 +231,13 @@ pub struct Conn {
 
 impl Conn {
     pub fn open() -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(
-            &format!("{VIP}:80").parse().unwrap(),
-            Duration::from_secs(5),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Self::open_to(&format!("{VIP}:80"), Duration::from_secs(5))
+    }
+
+    /// A connection to `addr` (ADDRESS:PORT) whose reads wait `read_timeout`.
+    pub fn open_to(addr: &str, read_timeout: Duration) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(read_timeout))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader })
     }
