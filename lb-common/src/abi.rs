@@ -61,6 +61,10 @@ pub mod maps {
     pub const TARGETS: &str = "TARGETS";
     pub const FLOWS: &str = "FLOWS";
     pub const REVERSE: &str = "REVERSE";
+    /// Per NAT target and protocol, the one listener whose flows to it keep no `REVERSE`
+    /// entry: a reply finds its flow's own `FLOWS` entry through it (see [`OwnerKey`]).
+    pub const OWNERS: &str = "OWNERS";
+    pub const OWNERS6: &str = "OWNERS6";
     pub const PORT_FLAGS: &str = "PORT_FLAGS";
     pub const STATS: &str = "STATS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
@@ -96,7 +100,7 @@ pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 /// values of the connection tables and `TARGETS`, and what their fields mean). Bump it with
 /// any change to them: a starting agent then leaves the old pins alone instead of adopting
 /// maps of another shape.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the XDP entry point in the object.
 pub const PROGRAM_NAME: &str = "xlb";
@@ -291,6 +295,34 @@ pub struct ReverseValue {
     pub target_id: u32,
 }
 
+/// `OWNERS[target address, port, protocol]`: the listener that owns this NAT target's replies
+/// (value: a [`ReverseValue`] naming its VIP, port and ids). A flow of the owner keeps one entry,
+/// in `FLOWS` (or `EMBRYONIC`): a reply from the target rebuilds the flow's forward key from
+/// the owner's VIP and port and checks that entry names this target. Flows of any other
+/// listener sending to the same target (two VIPs sharing it) also get a `REVERSE` entry, which
+/// the reply path tries next. The agent never moves ownership while the owner still sends to
+/// the target, so a flow without a `REVERSE` entry always finds its way back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OwnerKey {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `OWNERS6` key: [`OwnerKey`] with an IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OwnerKey6 {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
 /// `SETTINGS[0]`: node-wide settings the agent writes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -376,6 +408,8 @@ const _: () = assert!(size_of::<Settings>() == 32);
 const _: () = assert!(size_of::<ListenerKey6>() == 20);
 const _: () = assert!(size_of::<VipKey6>() == 16);
 const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<OwnerKey>() == 8);
+const _: () = assert!(size_of::<OwnerKey6>() == 20);
 
 #[cfg(feature = "user")]
 #[expect(
@@ -409,4 +443,8 @@ mod pod {
     unsafe impl aya::Pod for VipKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OwnerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OwnerKey6 {}
 }

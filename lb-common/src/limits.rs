@@ -19,6 +19,8 @@ pub const MAX_LISTENERS: u32 = 1024;
 
 /// Size of the target array. Target id 0 is never used ("unset"), so 4095 targets fit.
 pub const MAX_TARGETS: u32 = 4096;
+/// Entries of `OWNERS` (and of `OWNERS6`): one per target and protocol.
+pub const OWNER_ENTRIES: u32 = 2 * MAX_TARGETS;
 
 /// Connection-table entries when the config names no number.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 262_144;

@@ -8,7 +8,7 @@ use lb_common::{
 use crate::{
     family::{Family, V4},
     hdr::{TCP_ACK, TCP_SYN},
-    maps::{LISTENER_RATE, PORT_FLAGS, REVERSE, RINGS, SOURCE_RATE, TARGETS},
+    maps::{LISTENER_RATE, PORT_FLAGS, RINGS, SOURCE_RATE, TARGETS},
     parse::{FlowOf, Verdict},
     stats, sys,
 };
@@ -253,9 +253,11 @@ fn insert<F: Family>(
         (F::flows(), F::reverse())
     };
     // Reverse first: once the forward entry exists, replies must find their way back. DSR
-    // and tunnel replies go from the target straight to the client: no reverse entry.
-    let nat = l.mode == MODE_NAT;
-    if (nat && reverses.insert(reply_key, reverse, 0).is_err())
+    // and tunnel replies go from the target straight to the client: no reverse entry. Nor
+    // does a flow of the target's owner need one: its reply finds the forward entry. So a
+    // new flow costs one insert, unless two VIPs share the target and this is not the owner.
+    let reverse_entry = l.mode == MODE_NAT && !owns_replies(f, target);
+    if (reverse_entry && reverses.insert(reply_key, reverse, 0).is_err())
         || flows.insert(*key, value, 0).is_err()
     {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
@@ -266,10 +268,36 @@ fn insert<F: Family>(
 /// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
 #[inline(always)]
 pub fn reply<F: Family>(f: &FlowOf<F>) -> Option<&'static ReverseValue> {
-    let key = forward_key(f);
-    // A SYN-ACK answers a flow still embryonic.
+    reply_to::<F>(&f.src, f.sport, &f.dst, f.dport, f.proto)
+}
+
+/// The return path of the reply `src:sport -> dst:dport` (target -> client). A flow of the
+/// target's owner (`OWNERS`) is found by its own forward entry, rebuilt from the owner's VIP
+/// and port: it must exist and name this target, so a packet of a connection the balancer did
+/// not make (a health check, a client reaching the target directly) is never rewritten. Any
+/// other listener's flow to the target (two VIPs sharing it) has a `REVERSE` entry.
+#[inline(always)]
+pub fn reply_to<F: Family>(
+    src: &F::Addr,
+    sport: [u8; 2],
+    dst: &F::Addr,
+    dport: [u8; 2],
+    proto: u8,
+) -> Option<&'static ReverseValue> {
+    if let Some(o) = F::owner(src, sport, proto) {
+        let key = F::flow_key(*dst, *F::of_slot(&o.vip), dport, o.vport, proto);
+        let names_target = |e: &mut FlowValue| e.target_id == o.target_id;
+        // A SYN-ACK answers a flow still embryonic.
+        if sys::with_value_mut(F::flows(), &key, names_target) == Some(true)
+            || (proto == PROTO_TCP
+                && sys::with_value_mut(F::embryonic(), &key, names_target) == Some(true))
+        {
+            return Some(o);
+        }
+    }
+    let key = F::flow_key(*src, *dst, sport, dport, proto);
     sys::lru_value(F::reverse(), &key).or_else(|| {
-        if f.proto == PROTO_TCP {
+        if proto == PROTO_TCP {
             sys::lru_value(F::embryonic_reverse(), &key)
         } else {
             None
@@ -277,14 +305,10 @@ pub fn reply<F: Family>(f: &FlowOf<F>) -> Option<&'static ReverseValue> {
     })
 }
 
-/// The return-path entry of the reply 5-tuple `src:sport -> dst:dport`.
+/// Does `l` own the replies of `target` for `f`'s protocol (`OWNERS`)? Then its flow needs
+/// no `REVERSE` entry.
 #[inline(always)]
-pub fn reply_of(
-    src: [u8; 4],
-    sport: [u8; 2],
-    dst: [u8; 4],
-    dport: [u8; 2],
-    proto: u8,
-) -> Option<&'static ReverseValue> {
-    sys::lru_value(&REVERSE, &V4::flow_key(src, dst, sport, dport, proto))
+fn owns_replies<F: Family>(f: &FlowOf<F>, target: &TargetValue) -> bool {
+    F::owner(F::of_slot(&target.addr), target.port, f.proto)
+        .is_some_and(|o| *F::of_slot(&o.vip) == f.dst && o.vport == f.dport)
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6,
-    ListenerValue, PROTO_ICMP, ReverseValue, Stat, TargetValue, VipKey, VipKey6, addr_from_ipv4,
-    csum,
+    ListenerValue, OwnerKey, OwnerKey6, PROTO_ICMP, ReverseValue, Stat, TargetValue, VipKey,
+    VipKey6, addr_from_ipv4, csum,
     hash::{flow_hash_v4, flow_hash_v6},
 };
 
@@ -20,7 +20,8 @@ use crate::{
     hdr::{ETH_LEN, IPV6_LEN, Ipv4, Ipv6},
     maps::{
         ALLOW4, ALLOW6, DENY4, DENY6, EMBRYONIC, EMBRYONIC_REVERSE, EMBRYONIC_REVERSE6, EMBRYONIC6,
-        FLOWS, FLOWS6, LISTENERS, LISTENERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS, VIPS6,
+        FLOWS, FLOWS6, LISTENERS, LISTENERS6, OWNERS, OWNERS6, REVERSE, REVERSE6, VIP_HINTS, VIPS,
+        VIPS6,
     },
     parse::{FlowOf, IcmpErrorOf, Verdict},
     sys::{self, header_mut},
@@ -59,6 +60,9 @@ pub trait Family: Sized {
     /// The embryonic tables: TCP flows seen only as a SYN (see `maps::EMBRYONIC`).
     fn embryonic() -> &'static LruHashMap<Self::FlowKey, FlowValue>;
     fn embryonic_reverse() -> &'static LruHashMap<Self::FlowKey, ReverseValue>;
+    /// The listener owning the replies of NAT target `addr:port` for `proto`, if one does
+    /// (`maps::OWNERS`).
+    fn owner(addr: &Self::Addr, port: [u8; 2], proto: u8) -> Option<&'static ReverseValue>;
     fn hash(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32;
     /// The address in a map value's 16-byte slot, by reference: copying a 16-byte address
     /// out of map memory makes LLVM hold it byte by byte in spilled registers (128 bytes of
@@ -183,6 +187,17 @@ impl Family for V4 {
     #[inline(always)]
     fn embryonic_reverse() -> &'static LruHashMap<FlowKey, ReverseValue> {
         &EMBRYONIC_REVERSE
+    }
+
+    #[inline(always)]
+    fn owner(addr: &[u8; 4], port: [u8; 2], proto: u8) -> Option<&'static ReverseValue> {
+        let key = OwnerKey {
+            addr: *addr,
+            port,
+            proto,
+            family: FAMILY_IPV4,
+        };
+        sys::value(&OWNERS, &key)
     }
 
     #[inline(always)]
@@ -376,6 +391,17 @@ impl Family for V6 {
     #[inline(always)]
     fn embryonic_reverse() -> &'static LruHashMap<FlowKey6, ReverseValue> {
         &EMBRYONIC_REVERSE6
+    }
+
+    #[inline(always)]
+    fn owner(addr: &[u8; 16], port: [u8; 2], proto: u8) -> Option<&'static ReverseValue> {
+        let key = OwnerKey6 {
+            addr: *addr,
+            port,
+            proto,
+            family: FAMILY_IPV6,
+        };
+        sys::value(&OWNERS6, &key)
     }
 
     #[inline(always)]

@@ -81,16 +81,13 @@ fn from_target<F: Family>(ctx: &XdpContext, e: &IcmpErrorOf<F>) -> Verdict {
         return Verdict::pass(Stat::PassNotListener);
     };
     // The reply direction of the quoted request: target:port -> client:port.
-    let key = F::flow_key(
-        *inner_dst,
-        *inner_src,
+    let Some(r) = balance::reply_to::<F>(
+        inner_dst,
         e.inner_dport,
+        inner_src,
         e.inner_sport,
         e.inner_proto,
-    );
-    let Some(r) =
-        sys::lru_value(F::reverse(), &key).or_else(|| sys::lru_value(F::embryonic_reverse(), &key))
-    else {
+    ) else {
         return Verdict::pass(Stat::PassNotListener);
     };
     if e.ttl <= 1 {

@@ -5,12 +5,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, RateKey,
-    ReverseValue, RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue, VipKey, VipKey6,
+    Counters, FlowKey, FlowKey6, FlowValue, ListenerKey, ListenerKey6, ListenerValue, OwnerKey,
+    OwnerKey6, RateKey, ReverseValue, RuleKey4, RuleKey6, Settings, TAIL_SLOTS, TargetValue,
+    VipKey, VipKey6,
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_LISTENERS,
-        MAX_SOURCE_RULES, MAX_TARGETS, MIN_EMBRYONIC, PORT_FLAG_ENTRIES, RATE_SOURCES,
-        RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS, VIP_HINT_ENTRIES,
+        MAX_SOURCE_RULES, MAX_TARGETS, MIN_EMBRYONIC, OWNER_ENTRIES, PORT_FLAG_ENTRIES,
+        RATE_SOURCES, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS, VIP_HINT_ENTRIES,
     },
 };
 
@@ -60,6 +61,13 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static REVERSE: LruHashMap<FlowKey, ReverseValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// The listener owning each NAT target's replies, per protocol (see `lb_common::OwnerKey`):
+/// its flows need no `REVERSE` entry, so a new flow costs one insert.
+#[map]
+pub static OWNERS: HashMap<OwnerKey, ReverseValue> = HashMap::with_max_entries(OWNER_ENTRIES, 0);
+#[map]
+pub static OWNERS6: HashMap<OwnerKey6, ReverseValue> = HashMap::with_max_entries(OWNER_ENTRIES, 0);
 
 /// Pre-filter indexed by port: `PORT_LISTENER` / `PORT_TARGET` bits.
 #[map]

@@ -228,7 +228,7 @@ pub fn render(s: &Status, tables: &[(String, u64, u32)]) -> String {
     }
     r.register(
         "connection_table_entries",
-        "Entries in a connection table (flows, flows6, embryonic, embryonic6) at the scrape",
+        "Entries in a connection table (flows, reverse, embryonic, embryonic_reverse; 6: IPv6) at the scrape",
         entries,
     );
     r.register(

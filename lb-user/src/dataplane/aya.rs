@@ -11,15 +11,16 @@ use aya::{
     },
 };
 use lb_common::{
-    Counters, ListenerKey, ListenerKey6, ListenerValue, RuleKey4, RuleKey6, Settings, TargetValue,
-    VipKey, VipKey6,
+    Counters, ListenerKey, ListenerKey6, ListenerValue, OwnerKey, OwnerKey6, ReverseValue,
+    RuleKey4, RuleKey6, Settings, TargetValue, VipKey, VipKey6,
     limits::{MAX_TARGETS, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS},
     maps,
 };
 use lb_sys::SharedSlots;
 
 use super::{
-    AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, RuleMapKey, Snapshot, VipMapKey,
+    AttachMode, Dataplane, DataplaneError, ListenerMapKey, OwnerMapKey, Result, RuleMapKey,
+    Snapshot, VipMapKey,
 };
 use crate::model::config::Tables;
 
@@ -30,6 +31,8 @@ pub struct AyaDataplane {
     vips: BpfHashMap<MapData, VipKey, u32>,
     listeners6: BpfHashMap<MapData, ListenerKey6, ListenerValue>,
     vips6: BpfHashMap<MapData, VipKey6, u32>,
+    owners: BpfHashMap<MapData, OwnerKey, ReverseValue>,
+    owners6: BpfHashMap<MapData, OwnerKey6, ReverseValue>,
     /// Holds `xlb6` and `xlb6_icmp` in their slots for as long as the object is loaded.
     _tail_calls: ProgramArray<MapData>,
     ring_memory: SharedSlots,
@@ -78,8 +81,9 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
 }
 
 /// The maps that outlive the agent when the data plane is pinned: the connection tables (so
-/// established flows keep their target) and the targets (flow entries hold target ids).
-pub const PINNED_MAPS: [&str; 9] = [
+/// established flows keep their target), the targets (flow entries hold target ids) and the
+/// reply owners (a flow of an owner has no `REVERSE` entry).
+pub const PINNED_MAPS: [&str; 11] = [
     maps::FLOWS,
     maps::REVERSE,
     maps::EMBRYONIC,
@@ -89,6 +93,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     maps::EMBRYONIC6,
     maps::EMBRYONIC_REVERSE6,
     maps::TARGETS,
+    maps::OWNERS,
+    maps::OWNERS6,
 ];
 
 /// Where a data plane of this ABI and these table sizes pins its maps and links, under the
@@ -187,6 +193,8 @@ impl AyaDataplane {
             vips: take(&mut ebpf, maps::VIPS)?,
             listeners6: take(&mut ebpf, maps::LISTENERS6)?,
             vips6: take(&mut ebpf, maps::VIPS6)?,
+            owners: take(&mut ebpf, maps::OWNERS)?,
+            owners6: take(&mut ebpf, maps::OWNERS6)?,
             _tail_calls: tail_calls,
             ring_memory,
             _ring_map: ring_map,
@@ -440,6 +448,26 @@ impl Dataplane for AyaDataplane {
         r.map_err(map_err(map))
     }
 
+    fn set_owner(&mut self, key: OwnerMapKey, value: ReverseValue) -> Result<()> {
+        match key {
+            OwnerMapKey::V4(k) => self
+                .owners
+                .insert(k, value, 0)
+                .map_err(map_err(maps::OWNERS)),
+            OwnerMapKey::V6(k) => self
+                .owners6
+                .insert(k, value, 0)
+                .map_err(map_err(maps::OWNERS6)),
+        }
+    }
+
+    fn remove_owner(&mut self, key: &OwnerMapKey) -> Result<()> {
+        match key {
+            OwnerMapKey::V4(k) => self.owners.remove(k).map_err(map_err(maps::OWNERS)),
+            OwnerMapKey::V6(k) => self.owners6.remove(k).map_err(map_err(maps::OWNERS6)),
+        }
+    }
+
     fn set_settings(&mut self, s: Settings) -> Result<()> {
         self.settings.set(0, s, 0).map_err(map_err(maps::SETTINGS))
     }
@@ -564,28 +592,40 @@ impl Dataplane for AyaDataplane {
     }
 
     fn table_entries(&self) -> Result<Vec<(&'static str, u64)>> {
-        fn count<K: aya::Pod>(ebpf: &Ebpf, map: &'static str) -> Result<u64> {
+        fn count<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, map: &'static str) -> Result<u64> {
             let m = ebpf.map(map).ok_or(DataplaneError::MissingMap(map))?;
-            let t: BpfHashMap<&MapData, K, lb_common::FlowValue> =
+            let t: BpfHashMap<&MapData, K, V> =
                 BpfHashMap::try_from(m).map_err(|source| DataplaneError::Map { map, source })?;
             Ok(t.keys().filter(|k| k.is_ok()).count() as u64)
         }
+        use lb_common::{FlowKey, FlowKey6, FlowValue};
+        let e = &self.ebpf;
         Ok(vec![
+            (maps::FLOWS, count::<FlowKey, FlowValue>(e, maps::FLOWS)?),
+            (maps::FLOWS6, count::<FlowKey6, FlowValue>(e, maps::FLOWS6)?),
             (
-                maps::FLOWS,
-                count::<lb_common::FlowKey>(&self.ebpf, maps::FLOWS)?,
+                maps::REVERSE,
+                count::<FlowKey, ReverseValue>(e, maps::REVERSE)?,
             ),
             (
-                maps::FLOWS6,
-                count::<lb_common::FlowKey6>(&self.ebpf, maps::FLOWS6)?,
+                maps::REVERSE6,
+                count::<FlowKey6, ReverseValue>(e, maps::REVERSE6)?,
             ),
             (
                 maps::EMBRYONIC,
-                count::<lb_common::FlowKey>(&self.ebpf, maps::EMBRYONIC)?,
+                count::<FlowKey, FlowValue>(e, maps::EMBRYONIC)?,
             ),
             (
                 maps::EMBRYONIC6,
-                count::<lb_common::FlowKey6>(&self.ebpf, maps::EMBRYONIC6)?,
+                count::<FlowKey6, FlowValue>(e, maps::EMBRYONIC6)?,
+            ),
+            (
+                maps::EMBRYONIC_REVERSE,
+                count::<FlowKey, ReverseValue>(e, maps::EMBRYONIC_REVERSE)?,
+            ),
+            (
+                maps::EMBRYONIC_REVERSE6,
+                count::<FlowKey6, ReverseValue>(e, maps::EMBRYONIC_REVERSE6)?,
             ),
         ])
     }
@@ -600,6 +640,22 @@ impl Dataplane for AyaDataplane {
             if v.port != [0, 0] {
                 out.push((id, v));
             }
+        }
+        Ok(out)
+    }
+
+    fn existing_owners(&self) -> Result<Vec<(OwnerMapKey, ReverseValue)>> {
+        if !self.adopted {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self.owners.iter() {
+            let (k, v) = kv.map_err(map_err(maps::OWNERS))?;
+            out.push((OwnerMapKey::V4(k), v));
+        }
+        for kv in self.owners6.iter() {
+            let (k, v) = kv.map_err(map_err(maps::OWNERS6))?;
+            out.push((OwnerMapKey::V6(k), v));
         }
         Ok(out)
     }

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Counters, ListenerValue, Settings, TargetValue,
+    Counters, ListenerValue, ReverseValue, Settings, TargetValue,
     limits::{MAX_TARGETS, STAT_SLOTS},
 };
 
 use super::{
-    AttachMode, Dataplane, DataplaneError, ListenerMapKey, Result, RuleMapKey, Snapshot, VipMapKey,
+    AttachMode, Dataplane, DataplaneError, ListenerMapKey, OwnerMapKey, Result, RuleMapKey,
+    Snapshot, VipMapKey,
 };
 
 /// One write, in the order it reached the data plane.
@@ -20,6 +21,8 @@ pub enum Write {
     Listener { key: ListenerMapKey, ring_base: u32 },
     Rule { key: RuleMapKey, id: u32 },
     RemoveRule { key: RuleMapKey },
+    Owner { key: OwnerMapKey, listener_id: u32 },
+    RemoveOwner { key: OwnerMapKey },
     RemoveListener { key: ListenerMapKey },
     Vip { key: VipMapKey, listeners: u32 },
     RemoveVip { key: VipMapKey },
@@ -48,6 +51,8 @@ pub struct Contents {
     pub settings: Settings,
     /// Source-rule entries present (their ids are allocation details).
     pub rules: BTreeSet<String>,
+    /// Reply owners: per target and protocol, the owning listener's VIP and port.
+    pub owners: BTreeMap<String, ([u8; 16], [u8; 2])>,
 }
 
 #[derive(Default, Debug)]
@@ -57,6 +62,7 @@ pub struct FakeDataplane {
     pub listeners: HashMap<ListenerMapKey, ListenerValue>,
     pub vips: HashMap<VipMapKey, u32>,
     pub rules: HashMap<RuleMapKey, u32>,
+    pub owners: HashMap<OwnerMapKey, ReverseValue>,
     pub port_flags: HashMap<u16, u8>,
     pub vip_hints: HashMap<u32, bool>,
     pub settings: Settings,
@@ -127,6 +133,11 @@ impl FakeDataplane {
                 .collect(),
             settings: self.settings,
             rules: self.rules.keys().map(|k| format!("{k:?}")).collect(),
+            owners: self
+                .owners
+                .iter()
+                .map(|(k, v)| (format!("{k:?}"), (v.vip, v.vport)))
+                .collect(),
         }
     }
 
@@ -209,6 +220,22 @@ impl Dataplane for FakeDataplane {
         self.record(Write::RemoveRule { key: *key })?;
         self.rules.remove(key);
         Ok(())
+    }
+    fn set_owner(&mut self, key: OwnerMapKey, value: ReverseValue) -> Result<()> {
+        self.record(Write::Owner {
+            key,
+            listener_id: value.listener_id,
+        })?;
+        self.owners.insert(key, value);
+        Ok(())
+    }
+    fn remove_owner(&mut self, key: &OwnerMapKey) -> Result<()> {
+        self.record(Write::RemoveOwner { key: *key })?;
+        self.owners.remove(key);
+        Ok(())
+    }
+    fn existing_owners(&self) -> Result<Vec<(OwnerMapKey, ReverseValue)>> {
+        Ok(self.owners.iter().map(|(k, v)| (*k, *v)).collect())
     }
     fn set_settings(&mut self, s: Settings) -> Result<()> {
         self.record(Write::Settings(s))?;

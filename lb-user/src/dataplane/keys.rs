@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, LISTENER_HAS_ALLOW, LISTENER_HAS_DENY, ListenerKey, ListenerKey6,
-    RuleKey4, RuleKey6, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO, Settings, TargetValue, VipKey,
-    VipKey6, addr_from_ipv4, rule_key as rule_key_data,
+    OwnerKey, OwnerKey6, ReverseValue, RuleKey4, RuleKey6, SETTING_FRAG_NEEDED, SETTING_ICMP_ECHO,
+    Settings, TargetValue, VipKey, VipKey6, addr_from_ipv4, rule_key as rule_key_data,
 };
 
 use crate::model::{
@@ -54,6 +54,82 @@ pub fn vip_key(a: IpAddr) -> VipMapKey {
             _pad: [0; 3],
         }),
         IpAddr::V6(a) => VipMapKey::V6(VipKey6 { addr: a.octets() }),
+    }
+}
+
+/// The reply owner of a NAT target and protocol, in `OWNERS` or `OWNERS6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OwnerMapKey {
+    V4(OwnerKey),
+    V6(OwnerKey6),
+}
+
+/// The `OWNERS` key of target `e` for protocol `proto`.
+pub fn owner_key(e: &Endpoint, proto: u8) -> OwnerMapKey {
+    let port = e.port.to_be_bytes();
+    match e.addr {
+        IpAddr::V4(a) => OwnerMapKey::V4(OwnerKey {
+            addr: a.octets(),
+            port,
+            proto,
+            family: FAMILY_IPV4,
+        }),
+        IpAddr::V6(a) => OwnerMapKey::V6(OwnerKey6 {
+            addr: a.octets(),
+            port,
+            proto,
+            family: FAMILY_IPV6,
+        }),
+    }
+}
+
+/// The target and protocol an `OWNERS` key stands for.
+pub fn owner_key_parts(k: &OwnerMapKey) -> (Endpoint, u8) {
+    match k {
+        OwnerMapKey::V4(k) => (
+            Endpoint::new(IpAddr::from(k.addr), u16::from_be_bytes(k.port)),
+            k.proto,
+        ),
+        OwnerMapKey::V6(k) => (
+            Endpoint::new(IpAddr::from(k.addr), u16::from_be_bytes(k.port)),
+            k.proto,
+        ),
+    }
+}
+
+/// The `OWNERS` value naming listener `l` (id `listener_id`) as the owner of target
+/// `target_id`'s replies.
+pub fn owner_value(l: &Listener, listener_id: u32, target_id: u32) -> ReverseValue {
+    let (vip, family) = match l.vip {
+        IpAddr::V4(a) => (addr_from_ipv4(a.octets()), FAMILY_IPV4),
+        IpAddr::V6(a) => (a.octets(), FAMILY_IPV6),
+    };
+    ReverseValue {
+        vip,
+        vport: l.port.to_be_bytes(),
+        family,
+        _pad: 0,
+        listener_id,
+        target_id,
+    }
+}
+
+/// The listener key (VIP, port, protocol) an `OWNERS` value names.
+pub fn owner_listener(v: &ReverseValue, proto: u8) -> ListenerMapKey {
+    if v.family == FAMILY_IPV6 {
+        ListenerMapKey::V6(ListenerKey6 {
+            addr: v.vip,
+            port: v.vport,
+            proto,
+            family: FAMILY_IPV6,
+        })
+    } else {
+        ListenerMapKey::V4(ListenerKey {
+            addr: [v.vip[0], v.vip[1], v.vip[2], v.vip[3]],
+            port: v.vport,
+            proto,
+            family: FAMILY_IPV4,
+        })
     }
 }
 

@@ -12,9 +12,9 @@ pub mod keys;
 pub mod maglev;
 pub mod reconcile;
 
-use lb_common::{Counters, ListenerValue, Settings, TargetValue};
+use lb_common::{Counters, ListenerValue, ReverseValue, Settings, TargetValue};
 
-pub use self::keys::{ListenerMapKey, RuleMapKey, VipMapKey};
+pub use self::keys::{ListenerMapKey, OwnerMapKey, RuleMapKey, VipMapKey};
 
 pub use self::aya::AyaDataplane;
 
@@ -100,6 +100,9 @@ pub trait Dataplane {
     /// A source rule's trie entry, its value the rule id (`RULE_STATS` slot).
     fn set_rule(&mut self, key: RuleMapKey, id: u32) -> Result<()>;
     fn remove_rule(&mut self, key: &RuleMapKey) -> Result<()>;
+    /// `OWNERS[key]`: the listener whose flows to this NAT target keep no `REVERSE` entry.
+    fn set_owner(&mut self, key: OwnerMapKey, value: ReverseValue) -> Result<()>;
+    fn remove_owner(&mut self, key: &OwnerMapKey) -> Result<()>;
     /// `SETTINGS[0]`: node-wide settings (the tunnel source prefix, ICMP answers).
     fn set_settings(&mut self, s: Settings) -> Result<()>;
     fn snapshot(&self) -> Result<Snapshot>;
@@ -119,6 +122,11 @@ pub trait Dataplane {
     /// The targets a previous agent left in a pinned `TARGETS` (id, value), for the
     /// reconciler to keep their ids; empty when nothing was adopted.
     fn existing_targets(&self) -> Result<Vec<(u32, TargetValue)>> {
+        Ok(Vec::new())
+    }
+    /// The reply owners a previous agent left in a pinned data plane (its flows without a
+    /// `REVERSE` entry depend on them); empty when nothing was adopted.
+    fn existing_owners(&self) -> Result<Vec<(OwnerMapKey, ReverseValue)>> {
         Ok(Vec::new())
     }
     /// Entries in each connection table now (name, entries), by walking its keys: a cost

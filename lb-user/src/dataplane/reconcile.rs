@@ -7,11 +7,13 @@
 //! 3. [`install_listeners`](Reconciler::install_listeners): each new or changed listener's
 //!    table goes into its idle copy, then one map update flips the listener to it;
 //! 4. [`remove_listeners`](Reconciler::remove_listeners): listeners the plan no longer has;
-//! 5. [`install_vips`](Reconciler::install_vips): VIP hints and VIPs (hints on before, off
+//! 5. [`install_owners`](Reconciler::install_owners): per NAT target and protocol, the
+//!    listener whose flows need no `REVERSE` entry (kept while it still sends there);
+//! 6. [`install_vips`](Reconciler::install_vips): VIP hints and VIPs (hints on before, off
 //!    after);
-//! 6. [`narrow_port_flags`](Reconciler::narrow_port_flags): the port pre-filter as the plan
+//! 7. [`narrow_port_flags`](Reconciler::narrow_port_flags): the port pre-filter as the plan
 //!    says;
-//! 7. [`retire_targets`](Reconciler::retire_targets): targets no table points at any more are
+//! 8. [`retire_targets`](Reconciler::retire_targets): targets no table points at any more are
 //!    marked inactive (their flows are balanced afresh), and forgotten if the plan no longer
 //!    names them.
 //!
@@ -24,13 +26,16 @@ use std::{
 };
 
 use lb_common::{
-    ListenerValue, PORT_LISTENER, PORT_TARGET, Settings, TARGET_ACTIVE,
+    ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, ReverseValue, Settings, TARGET_ACTIVE,
     limits::{MAX_TARGETS, PORT_FLAG_ENTRIES, RINGS_PER_LISTENER},
 };
 
 use super::{
     Dataplane, DataplaneError, ListenerMapKey, RuleMapKey, Snapshot, VipMapKey, keys, maglev,
 };
+
+/// A NAT target and protocol (`OWNERS` key, in model terms).
+type OwnerOf = (Endpoint, u8);
 use crate::model::{
     Endpoint, Target,
     config::{Config, Listener, Tables, Tunnel},
@@ -169,6 +174,8 @@ pub struct Reconciler<D> {
     rules: HashMap<RuleMapKey, u32>,
     /// Last rule id handed out (ids are not reused until the space wraps).
     last_rule_id: u32,
+    /// `OWNERS` as written: the owning listener's key and the value.
+    owners: BTreeMap<OwnerOf, (ListenerMapKey, ReverseValue)>,
     /// `SETTINGS[0]` as last written (`None`: never).
     settings: Option<Settings>,
     clock: fn() -> u32,
@@ -189,6 +196,7 @@ impl<D: Dataplane> Reconciler<D> {
             vip_hints: HashSet::new(),
             rules: HashMap::new(),
             last_rule_id: 0,
+            owners: BTreeMap::new(),
             settings: None,
             clock: monotonic_s,
         }
@@ -238,6 +246,13 @@ impl<D: Dataplane> Reconciler<D> {
             self.target_flags.insert(*id, v.flags);
             self.last_target_id = self.last_target_id.max(*id);
         }
+        // Its reply owners: their flows have no return-path entry, so they stay owners while
+        // their listeners still send to the target.
+        for (k, v) in self.dp.existing_owners()? {
+            let (e, proto) = keys::owner_key_parts(&k);
+            self.owners
+                .insert((e, proto), (keys::owner_listener(&v, proto), v));
+        }
         Ok(existing.len())
     }
 
@@ -281,6 +296,7 @@ impl<D: Dataplane> Reconciler<D> {
         self.install_listeners(plan, &listener_keys, &mut report)?;
         self.remove_listeners(&listener_keys, &mut report)?;
         self.retire_rules(plan)?;
+        self.install_owners(plan, &wanted)?;
         self.install_vips(plan)?;
         self.narrow_port_flags(new_port_flags)?;
         self.retire_targets(&wanted, &mut report)?;
@@ -479,7 +495,76 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
-    /// Phase 5: VIP hints on, VIP counts, removed VIPs, hints off.
+    /// Phase 5: the reply owner of each NAT target and protocol. A flow of the owner keeps
+    /// one entry (no `REVERSE`): its reply finds it through the owner's VIP and port, so the
+    /// owner stays while its listener is in the plan and the target is still wanted (its
+    /// established flows may still go there). Otherwise the first NAT listener of the plan
+    /// sending to the target becomes the owner; its flows made before that have `REVERSE`
+    /// entries, which the reply path still finds. Runs after the listeners are installed (a
+    /// new listener's id is known; until then its flows get `REVERSE` entries) and removed.
+    fn install_owners(
+        &mut self,
+        plan: &Plan,
+        wanted_targets: &BTreeMap<Endpoint, u8>,
+    ) -> Result<(), DataplaneError> {
+        let nat: Vec<&Listener> = plan
+            .listeners
+            .iter()
+            .filter(|l| l.mode.code() == MODE_NAT)
+            .collect();
+        let mut wanted: BTreeMap<OwnerOf, (ListenerMapKey, ReverseValue)> = BTreeMap::new();
+        let value_of = |this: &Self, l: &Listener, e: &Endpoint| {
+            let lk = keys::listener_key(l);
+            let id = this.listeners.get(&lk).map(|i| i.value.id)?;
+            let target = this.target_ids.get(e).copied()?;
+            Some((lk, keys::owner_value(l, id, target)))
+        };
+        // Owners kept: still in the plan, their target still wanted.
+        for ((e, proto), (lk, _)) in &self.owners {
+            let still = nat.iter().find(|l| keys::listener_key(l) == *lk);
+            if let Some(l) = still
+                && wanted_targets.contains_key(e)
+                && let Some(v) = value_of(self, l, e)
+            {
+                wanted.insert((*e, *proto), v);
+            }
+        }
+        // New owners: the first NAT listener sending to a target that has none.
+        for l in &nat {
+            let Some(targets) = plan.groups.get(&l.target_group) else {
+                continue;
+            };
+            for t in targets {
+                let e = t.target.endpoint;
+                let key = (e, l.protocol.number());
+                if e.addr.is_ipv4() != l.vip.is_ipv4() || wanted.contains_key(&key) {
+                    continue;
+                }
+                if let Some(v) = value_of(self, l, &e) {
+                    wanted.insert(key, v);
+                }
+            }
+        }
+        for (k, v) in &wanted {
+            if self.owners.get(k).map(|(_, old)| old) != Some(&v.1) {
+                self.dp.set_owner(keys::owner_key(&k.0, k.1), v.1)?;
+                self.owners.insert(*k, *v);
+            }
+        }
+        let gone: Vec<OwnerOf> = self
+            .owners
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.dp.remove_owner(&keys::owner_key(&k.0, k.1))?;
+            self.owners.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Phase 6: VIP hints on, VIP counts, removed VIPs, hints off.
     fn install_vips(&mut self, plan: &Plan) -> Result<(), ApplyError> {
         let mut vips: HashMap<VipMapKey, u32> = HashMap::new();
         for l in &plan.listeners {
@@ -513,12 +598,12 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
-    /// Phase 6: the port pre-filter exactly as the plan says.
+    /// Phase 7: the port pre-filter exactly as the plan says.
     fn narrow_port_flags(&mut self, new: Vec<u8>) -> Result<(), DataplaneError> {
         self.write_port_flags(&new)
     }
 
-    /// Phase 7: targets that may no longer carry flows, now that no table points at them, are
+    /// Phase 8: targets that may no longer carry flows, now that no table points at them, are
     /// inactive, so their flows are balanced afresh on the next packet. Targets the plan no
     /// longer names also give up their id.
     fn retire_targets(

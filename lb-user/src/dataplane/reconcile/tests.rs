@@ -658,3 +658,103 @@ fn a_pinned_data_planes_targets_keep_their_ids_and_those_gone_are_retired() {
     let new = b.target_id(&ep("198.18.1.2")).unwrap();
     assert!(new != 7 && new != 9 && new != 0);
 }
+
+/// The VIP and port `OWNERS` names for target `a:8080` over TCP, if any.
+fn owner_of(b: &Reconciler<FakeDataplane>, a: &str) -> Option<(String, u16)> {
+    let v = b
+        .dataplane()
+        .owners
+        .get(&keys::owner_key(&ep(a), lb_common::PROTO_TCP))?;
+    let vip = std::net::Ipv4Addr::new(v.vip[0], v.vip[1], v.vip[2], v.vip[3]);
+    Some((vip.to_string(), u16::from_be_bytes(v.vport)))
+}
+
+/// A second NAT listener "web2" on `vip`, sharing the group "web".
+fn web2_at(vip: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"web2\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n"
+    )
+}
+
+#[test]
+fn each_nat_target_gets_the_first_listener_sending_to_it_as_its_reply_owner() {
+    let c = cfg(&["198.18.1.2", "198.18.2.2"], &web2_at("198.18.100.20"));
+    let b = reconciler(&c);
+    for t in ["198.18.1.2", "198.18.2.2"] {
+        assert_eq!(owner_of(&b, t), Some(("198.18.100.10".into(), 80)));
+    }
+    // The UDP listener owns its own target; DSR and tunnel listeners own nothing.
+    let dns = keys::owner_key(
+        &Endpoint::new("198.18.9.9".parse().unwrap(), 53),
+        lb_common::PROTO_UDP,
+    );
+    assert_eq!(b.dataplane().owners[&dns].vport, 53u16.to_be_bytes());
+    assert_eq!(b.dataplane().owners.len(), 3);
+    let dsr = "[[listener]]\nname = \"d\"\nvip = \"198.18.100.30\"\nport = 8080\nprotocol = \"tcp\"\ntarget_group = \"dsr\"\nmode = \"dsr\"\n[[target_group]]\nname = \"dsr\"\nport = 8080\ntargets = [{ address = \"198.18.3.2\" }]\n";
+    let b = reconciler(&cfg(&["198.18.1.2"], dsr));
+    assert_eq!(owner_of(&b, "198.18.3.2"), None);
+    // The owner's value is written after the listener it names.
+    let w = pos(&b, |w| matches!(w, Write::Owner { .. }));
+    assert!(w > last(&b, |w| matches!(w, Write::Listener { .. })));
+}
+
+#[test]
+fn a_reply_owner_stays_while_it_sends_to_the_target_and_moves_when_it_goes() {
+    // web owns; web2 is added *before* it in the config: web stays the owner (its flows have
+    // no return-path entries).
+    let c0 = cfg(&["198.18.1.2", "198.18.2.2"], "");
+    let mut b = reconciler(&c0);
+    assert_eq!(
+        owner_of(&b, "198.18.1.2"),
+        Some(("198.18.100.10".into(), 80))
+    );
+    let mut c1 = cfg(&["198.18.1.2", "198.18.2.2"], &web2_at("198.18.100.20"));
+    c1.listeners.rotate_right(1);
+    assert_eq!(c1.listeners[0].name, "web2");
+    b.apply(&Plan::from_config(&c1)).unwrap();
+    assert_eq!(
+        owner_of(&b, "198.18.1.2"),
+        Some(("198.18.100.10".into(), 80))
+    );
+    // web goes: web2 takes over.
+    let mut c2 = c1.clone();
+    c2.listeners.retain(|l| l.name != "web");
+    b.apply(&Plan::from_config(&c2)).unwrap();
+    assert_eq!(
+        owner_of(&b, "198.18.1.2"),
+        Some(("198.18.100.20".into(), 80))
+    );
+    // A target no group names any more has no owner.
+    let mut c3 = cfg(&["198.18.1.2"], &web2_at("198.18.100.20"));
+    c3.listeners.retain(|l| l.name != "web");
+    b.apply(&Plan::from_config(&c3)).unwrap();
+    assert_eq!(owner_of(&b, "198.18.2.2"), None);
+    assert!(owner_of(&b, "198.18.1.2").is_some());
+    // Applying the same plan again writes nothing.
+    let n = b.dataplane().log.len();
+    b.apply(&Plan::from_config(&c3)).unwrap();
+    assert_eq!(b.dataplane().log.len(), n);
+}
+
+#[test]
+fn a_pinned_data_planes_reply_owners_are_kept_by_the_next_agent() {
+    // The previous agent's owner is web2; the next agent's plan lists web first. web2 stays
+    // the owner: its flows (no return-path entries) must keep finding their way back.
+    let c0 = cfg(&["198.18.1.2"], &web2_at("198.18.100.20"));
+    let mut first = cfg(&["198.18.1.2"], &web2_at("198.18.100.20"));
+    first.listeners.rotate_right(1);
+    let dp = reconciler(&first).into_dataplane();
+    let mut b = Reconciler::new(dp, c0.tables);
+    b.adopt_targets().unwrap();
+    b.apply(&Plan::from_config(&c0)).unwrap();
+    assert_eq!(
+        owner_of(&b, "198.18.1.2"),
+        Some(("198.18.100.20".into(), 80))
+    );
+    // ...with the id the new agent gave web2.
+    let v = b.dataplane().owners[&keys::owner_key(&ep("198.18.1.2"), lb_common::PROTO_TCP)];
+    assert_eq!(
+        Some(v.listener_id),
+        b.listener_id(c0.listeners.iter().find(|l| l.name == "web2").unwrap())
+    );
+}
