@@ -13,20 +13,27 @@ pub const RESTORE_WORDS: usize = 10;
 
 /// Modes of [`BenchPacket`]: the same flow every time.
 pub const SAME_FLOW: u32 = 0;
-/// Each repetition gets a new TCP source port: a new flow every time.
+/// Each repetition is a tuple never seen before (the next of 50,000 source ports x 65,536
+/// source addresses: 3.2 billion repetitions before the first repeats).
 pub const NEW_FLOW: u32 = 1;
-/// Source ports cycle through [`FLOWS`] values: many flows, each seen again and again.
+/// Repetitions cycle through [`BenchPacket::flows`] tuples: many flows, each seen again and
+/// again.
 pub const MANY_FLOWS: u32 = 2;
-/// Flows of [`MANY_FLOWS`].
-pub const FLOWS: u16 = 1000;
+/// Flow `i` of a mode that varies the tuple has source port `FIRST_PORT + i % PORTS` and the
+/// template's source address plus `i / PORTS` in its last 16 bits.
+pub const FIRST_PORT: u16 = 1024;
+pub const PORTS: u32 = 50_000;
 
 /// `BENCH[0]`: the packet the measuring wrapper restores.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchPacket {
     pub mode: u32,
+    /// Tuples [`MANY_FLOWS`] cycles through.
+    pub flows: u32,
     /// Words of `words` restored: as many as the packet holds, at most [`RESTORE_WORDS`].
     pub words_used: u32,
+    pub _pad: u32,
     /// The packet's first bytes, as native-endian words.
     pub words: [u64; RESTORE_WORDS],
 }
@@ -35,13 +42,15 @@ impl Default for BenchPacket {
     fn default() -> Self {
         Self {
             mode: SAME_FLOW,
+            flows: 1,
             words_used: 0,
+            _pad: 0,
             words: [0; RESTORE_WORDS],
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<BenchPacket>() == 88);
+const _: () = assert!(core::mem::size_of::<BenchPacket>() == 96);
 
 // SAFETY: repr(C), Copy, no padding (asserted above), integers only: every bit pattern valid.
 #[cfg(feature = "user")]

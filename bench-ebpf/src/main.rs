@@ -22,7 +22,7 @@ use lb_ebpf::{
     hdr::{ETH_LEN, ETHERTYPE_IPV6, Eth, IPV4_MIN_LEN, IPV6_LEN, Ipv4, Ipv6, Tcp, Udp},
     sys::{self, header_mut},
 };
-use xlb_bench_abi::{BenchPacket, FLOWS, MANY_FLOWS, NEW_FLOW};
+use xlb_bench_abi::{BenchPacket, FIRST_PORT, MANY_FLOWS, NEW_FLOW, PORTS};
 
 /// The balancer, exactly as the product's object has it.
 #[xdp]
@@ -34,57 +34,71 @@ pub fn xlb(mut ctx: XdpContext) -> u32 {
 static BENCH: Array<BenchPacket> = Array::with_max_entries(1, 0);
 
 #[map]
-static BENCH_SEQ: PerCpuArray<u16> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Frames counted by the packet-rate sink (and by the XDP_DROP baseline).
 #[map]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Put the template back; in new-flow mode give it the next TCP source port first.
+/// Put the template back; in the modes that vary the flow, give it the next tuple.
 #[inline(always)]
 fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
     write_words(ctx, &t.words, t.words_used)?;
     if t.mode == NEW_FLOW || t.mode == MANY_FLOWS {
-        let n = sys::with_slot(&BENCH_SEQ, 0, |seq| {
-            *seq = seq.wrapping_add(1);
-            *seq
-        })?;
-        // Ports 1024..65535 in turn (new flows), or 1024..1024+FLOWS (many flows).
-        let span = if t.mode == NEW_FLOW {
-            u16::MAX - 1024
+        vary(ctx, t)?;
+    }
+    Some(())
+}
+
+/// The next tuple: source port and the last 16 bits of the source address (see
+/// `xlb_bench_abi::PORTS`), with every checksum kept valid (conntrack drops a bad one). The
+/// template's port is `FIRST_PORT`.
+#[inline(always)]
+fn vary(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
+    let n = sys::with_slot(&BENCH_SEQ, 0, |seq| {
+        *seq = seq.wrapping_add(1);
+        *seq
+    })?;
+    let i = if t.mode == MANY_FLOWS {
+        n % t.flows.max(1)
+    } else {
+        n
+    };
+    let port = FIRST_PORT + (i % PORTS) as u16;
+    let step = (i / PORTS) as u16;
+    let ipv6 = header_mut::<Eth>(ctx, 0)?.ethertype == ETHERTYPE_IPV6;
+    // The source address's last 16 bits: (old, new).
+    let (l4, proto, old_host, new_host) = if ipv6 {
+        let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
+        let old = u16::from_be_bytes([ip.src[14], ip.src[15]]);
+        let new = old.wrapping_add(step);
+        [ip.src[14], ip.src[15]] = new.to_be_bytes();
+        (ETH_LEN + IPV6_LEN, ip.next, old, new)
+    } else {
+        let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
+        let old = u16::from_be_bytes([ip.src[2], ip.src[3]]);
+        let new = old.wrapping_add(step);
+        [ip.src[2], ip.src[3]] = new.to_be_bytes();
+        ip.check = csum::replace16(u16::from_be_bytes(ip.check), old, new).to_be_bytes();
+        (ETH_LEN + IPV4_MIN_LEN, ip.proto, old, new)
+    };
+    if proto == PROTO_UDP {
+        let udp = header_mut::<Udp>(ctx, l4)?;
+        let c = u16::from_be_bytes(udp.check);
+        let n = csum::replace16(csum::replace16(c, old_host, new_host), FIRST_PORT, port);
+        let n = if ipv6 {
+            csum::udp6_fixup(n)
         } else {
-            FLOWS
+            csum::udp_fixup(c, n)
         };
-        let port = 1024 + n % span;
-        // Keep the L4 checksum valid (conntrack drops a bad one): the template's port was
-        // 1024 (TCP and UDP both start with the source port).
-        let ipv6 = header_mut::<Eth>(ctx, 0)?.ethertype == ETHERTYPE_IPV6;
-        let (l4, proto) = if ipv6 {
-            (ETH_LEN + IPV6_LEN, header_mut::<Ipv6>(ctx, ETH_LEN)?.next)
-        } else {
-            (
-                ETH_LEN + IPV4_MIN_LEN,
-                header_mut::<Ipv4>(ctx, ETH_LEN)?.proto,
-            )
-        };
-        if proto == PROTO_UDP {
-            let udp = header_mut::<Udp>(ctx, l4)?;
-            let old = u16::from_be_bytes(udp.src);
-            let c = u16::from_be_bytes(udp.check);
-            let n = csum::replace16(c, old, port);
-            let n = if ipv6 {
-                csum::udp6_fixup(n)
-            } else {
-                csum::udp_fixup(c, n)
-            };
-            udp.check = n.to_be_bytes();
-            udp.src = port.to_be_bytes();
-        } else {
-            let tcp = header_mut::<Tcp>(ctx, l4)?;
-            let old = u16::from_be_bytes(tcp.src);
-            tcp.check = csum::replace16(u16::from_be_bytes(tcp.check), old, port).to_be_bytes();
-            tcp.src = port.to_be_bytes();
-        }
+        udp.check = n.to_be_bytes();
+        udp.src = port.to_be_bytes();
+    } else {
+        let tcp = header_mut::<Tcp>(ctx, l4)?;
+        let c = u16::from_be_bytes(tcp.check);
+        let n = csum::replace16(csum::replace16(c, old_host, new_host), FIRST_PORT, port);
+        tcp.check = n.to_be_bytes();
+        tcp.src = port.to_be_bytes();
     }
     Some(())
 }
@@ -219,6 +233,14 @@ pub fn xlb_bench_drop(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
     forward::forward::<V4>(&ctx, None, None).action
+}
+
+/// The true floor of this path: xlb's own forwarding stage with its next-hop cache (the hop
+/// of "target" 1, looked up in the FIB once a second, as xlb does per target): a MAC rewrite
+/// and a redirect, nothing else.
+#[xdp]
+pub fn xlb_bench_fwd_cached(ctx: XdpContext) -> u32 {
+    forward::forward::<V4>(&ctx, Some(1), None).action
 }
 
 /// Overwrite the packet's first `used * 8` bytes (at most `N * 8`) with `words`; `None` if the

@@ -23,11 +23,11 @@ fn port_flags(port: [u8; 2]) -> u8 {
         .unwrap_or(0)
 }
 
-/// Could this packet be for a listener? Only if its destination may be a VIP and its port is
-/// some listener's: array reads only, before any hash lookup.
+/// Could this packet be for a listener, its destination possibly a VIP (`Family::may_be_vip`)?
+/// Only if its port is some listener's: an array read, before any hash lookup.
 #[inline(always)]
-pub fn maybe_listener<F: Family>(f: &FlowOf<F>) -> bool {
-    F::may_be_vip(f.dst) && port_flags(f.dport) & PORT_LISTENER != 0
+pub fn maybe_listener_port<F: Family>(f: &FlowOf<F>) -> bool {
+    port_flags(f.dport) & PORT_LISTENER != 0
 }
 
 /// Could this packet be a reply from a target? Only if its source port is some target's.

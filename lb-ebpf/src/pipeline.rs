@@ -89,7 +89,11 @@ fn defect<F: Family>(dst: F::Addr, if_vip: Stat, otherwise: Stat) -> Verdict {
 
 #[inline(always)]
 fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
-    if balance::maybe_listener(f)
+    // One pre-filter read for both questions below: a destination that cannot be a VIP needs
+    // neither the listener lookup nor the VIP lookup of the verdict.
+    let may_be_vip = F::may_be_vip(f.dst);
+    if may_be_vip
+        && balance::maybe_listener_port(f)
         && let Some(l) = balance::listener(f)
     {
         return to_target(ctx, f, l);
@@ -106,6 +110,9 @@ fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
         return forward::forward::<F>(ctx, None, None);
+    }
+    if !may_be_vip {
+        return Verdict::pass(Stat::PassNotListener);
     }
     defect::<F>(f.dst, Stat::DropVipNoListener, Stat::PassNotListener)
 }

@@ -319,6 +319,11 @@ impl Lab {
         Self::build(tag, c, EBPF_OBJECT)
     }
 
+    /// As [`Lab::with_config`], with another build of the balancer.
+    pub fn with_config_object(tag: &str, c: &Config, object: &[u8]) -> Self {
+        Self::build(tag, c, object)
+    }
+
     fn build(tag: &str, c: &Config, object: &[u8]) -> Self {
         let ns = Netns::create(&format!("xlb-fx-{}-{tag}", std::process::id())).unwrap();
         ns.sysctl("net.ipv4.ip_forward", "1").unwrap();

@@ -21,7 +21,7 @@ use crate::{
 };
 
 pub fn maglev_builds(reps: usize) -> Vec<Figure> {
-    [10u32, 100, 1000]
+    [2u32, 10, 100, 1000, 4000]
         .iter()
         .map(|&n| {
             let entries: Vec<maglev::Entry> = (1..=n)
@@ -48,7 +48,8 @@ pub fn maglev_builds(reps: usize) -> Vec<Figure> {
                 &format!("Maglev table, {n} targets, M = 65,537"),
                 "ms",
                 v,
-            );
+            )
+            .at("Maglev build time", f64::from(n));
             if n == 1000 {
                 let met = f.median < 20.0;
                 f.goal("< 20 ms", met)

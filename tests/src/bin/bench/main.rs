@@ -14,6 +14,7 @@ mod packet_rate;
 mod program_cost;
 mod real_clients;
 mod report;
+mod sweep;
 
 use std::{
     path::PathBuf,
@@ -28,6 +29,7 @@ use xlb_rig::lab::{CLIENT, Flags, Lab, VIP, XDP_REDIRECT, run_once, tcp};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Section {
     ProgramCost,
+    Sweeps,
     ControlPlane,
     PacketRate,
     Health,
@@ -57,15 +59,21 @@ pub struct Args {
     /// The plot that the report shows.
     #[arg(long, default_value = "docs/bench.png")]
     pub plot: PathBuf,
+    /// The sweeps' plot.
+    #[arg(long, default_value = "docs/sweep.png")]
+    pub sweep_plot: PathBuf,
+    /// The CPU the benchmark (and so BPF_PROG_TEST_RUN and the packet generator) runs on.
+    #[arg(long, default_value_t = 1)]
+    pub cpu: usize,
     /// Frames per packet-rate run.
     #[arg(long, default_value_t = 1_000_000)]
     pub frames: u32,
-    /// Sections to run (comma-separated): program-cost, control-plane, packet-rate, health,
-    /// real-clients. BENCHMARKS.md and the plot are written only when all of them run.
+    /// Sections to run (comma-separated): program-cost, sweeps, control-plane, packet-rate,
+    /// health, real-clients. BENCHMARKS.md and the plots are written only when all of them run.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "program-cost,control-plane,packet-rate,health,real-clients"
+        default_value = "program-cost,sweeps,control-plane,packet-rate,health,real-clients"
     )]
     pub sections: Vec<Section>,
     /// Only loop the established-flow case for SECONDS (to sample with `perf record`).
@@ -76,6 +84,11 @@ pub struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
+    // One named CPU: BPF_PROG_TEST_RUN runs on the calling thread's, per-CPU counters and LRU
+    // lists stay on one, and the packet generator's frames are forwarded and sunk there too.
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(args.cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
     let on = |s: Section| args.sections.contains(&s);
     let mut figs: Vec<Figure> = Vec::new();
     if on(Section::ProgramCost) || args.profile.is_some() {
@@ -83,7 +96,11 @@ fn main() -> anyhow::Result<()> {
             "1/5 program cost: repeat {} x {} repetitions per figure",
             args.repeat, args.reps
         );
-        let mut lab = Lab::with_object("bench", &[1, 2], object::BENCH_OBJECT);
+        // The default table sizes (262,144 connections, 65,536 embryonic): a new flow's insert
+        // evicts from a table of the size users run, not from one that fits in the cache.
+        let mut c = xlb_rig::lab::cfg(&[1, 2]);
+        c.tables.max_connections = lb_common::limits::DEFAULT_MAX_CONNECTIONS;
+        let mut lab = Lab::with_config_object("bench", &c, object::BENCH_OBJECT);
         if let Some(secs) = args.profile {
             let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
             run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
@@ -95,6 +112,10 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         figs.extend(program_cost::program_cost(&args, &mut lab));
+    }
+    if on(Section::Sweeps) {
+        eprintln!("1b/5 sweeps: live flows, listeners, targets");
+        figs.extend(sweep::sweeps(&args));
     }
     if on(Section::ControlPlane) {
         eprintln!("2/5 control plane: Maglev builds, 1,000 listeners");
@@ -132,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     report::plot(&args.plot, &figs)?;
+    report::plot_sweeps(&args.sweep_plot, &figs)?;
     let when = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -142,8 +164,9 @@ fn main() -> anyhow::Result<()> {
         "Last run: {when}, on {machine}, `repeat` = {repeat}, {frames} frames per packet-rate run. \
 Every figure is min/median/max over {reps} repetitions; ratios compare medians with a baseline measured in \
 the same run. The machine is shared and noisy: compare ratios, not absolute figures across runs.\n\n\
-![cost per packet]({plot})\n\n{t}",
+![cost per packet]({plot})\n\n![cost against the work]({sweep})\n\n{t}",
         plot = args.plot.display(),
+        sweep = args.sweep_plot.display(),
         machine = report::machine(),
         reps = args.reps,
         repeat = args.repeat,

@@ -42,9 +42,15 @@ pub fn attach(dp: &mut AyaDataplane, name: &str, iface: &str) -> Result<(), Data
 
 /// The template packet the measuring wrapper restores, and how it varies the flow.
 pub fn set_template(dp: &mut AyaDataplane, pkt: &[u8], mode: u32) {
+    set_template_flows(dp, pkt, mode, 1);
+}
+
+/// As [`set_template`], [`xlb_bench_abi::MANY_FLOWS`] cycling through `flows` tuples.
+pub fn set_template_flows(dp: &mut AyaDataplane, pkt: &[u8], mode: u32, flows: u32) {
     let used = (pkt.len() / 8).min(RESTORE_WORDS);
     let mut t = BenchPacket {
         mode,
+        flows,
         words_used: used as u32,
         ..BenchPacket::default()
     };

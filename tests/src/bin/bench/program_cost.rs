@@ -10,7 +10,7 @@ use lb_common::Stat;
 use xlb_bench_abi::{NEW_FLOW, SAME_FLOW};
 use xlb_rig::lab::{
     CLIENT, CLIENT6, Flags, Lab, VIP, VIP_DSR, VIP_TUN, VIP6, VIP6_DSR, XDP_PASS, XDP_REDIRECT,
-    run_once, run_repeated, target, target_mac, target6, tcp, tcp6, v6,
+    run_once, run_repeated, target, target_mac, target6, tcp, tcp6, udp, v6,
 };
 
 use crate::{
@@ -43,7 +43,24 @@ struct Case {
     mode: u32,
     verdict: u32,
     stat: Stat,
+    goal: Goal,
 }
+
+/// Issue 13's targets. Katran's figures on this machine (the issue's anchor, its own XDP
+/// program in the same kind of harness): established 128 ns, new flow 342 ns.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// At most this many ns per packet.
+    Ns(f64, &'static str),
+    /// At most this multiple of the bare `XDP_PASS` program.
+    PassRatio(f64),
+    None,
+}
+
+const NAT_NEW: Goal = Goal::Ns(250.0, "<= 250 ns (0.75x Katran)");
+const NAT_EST: Goal = Goal::Ns(80.0, "<= 80 ns (0.6x Katran)");
+const KATRAN_NEW: Goal = Goal::Ns(256.5, "<= 0.75x Katran's 342 ns");
+const KATRAN_EST: Goal = Goal::Ns(76.8, "<= 0.6x Katran's 128 ns");
 
 pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
     let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
@@ -55,14 +72,25 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: NAT_EST,
         },
         Case {
-            name: "xlb: new TCP flow (SYN)",
+            name: "xlb: new TCP flow (SYN; a new tuple every packet, embryonic table full: each insert evicts)",
             wrapper: "xlb_bench",
             packet: tcp(CLIENT, 1024, VIP, 80, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: NAT_NEW,
+        },
+        Case {
+            name: "xlb: new UDP flow (first datagram; a new tuple every packet, table full)",
+            wrapper: "xlb_bench",
+            packet: udp(CLIENT, 1024, VIP, 9000),
+            mode: NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+            goal: NAT_NEW,
         },
         Case {
             name: "xlb: non-listener packet",
@@ -71,6 +99,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_PASS,
             stat: Stat::PassNotListener,
+            goal: Goal::PassRatio(1.3),
         },
         Case {
             name: "xlb dsr: established TCP flow",
@@ -79,6 +108,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: KATRAN_EST,
         },
         Case {
             name: "xlb dsr: new TCP flow (SYN)",
@@ -87,6 +117,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: KATRAN_NEW,
         },
         Case {
             name: "xlb tunnel: established TCP flow (+ undoing the encapsulation)",
@@ -95,6 +126,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: KATRAN_EST,
         },
         Case {
             name: "xlb tunnel: new TCP flow (SYN) (+ undoing the encapsulation)",
@@ -103,6 +135,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: KATRAN_NEW,
         },
         Case {
             name: "xlb6: established TCP flow (NAT66; xlb6 entered directly)",
@@ -111,6 +144,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: Goal::None,
         },
         Case {
             name: "xlb6: new TCP flow (SYN) (NAT66; xlb6 entered directly)",
@@ -119,6 +153,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: Goal::None,
         },
         Case {
             name: "xlb6 dsr: established TCP flow (xlb6 entered directly)",
@@ -127,6 +162,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
+            goal: Goal::None,
         },
         Case {
             name: "xlb: non-listener IPv4 packet, unwrapped",
@@ -135,6 +171,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_PASS,
             stat: Stat::PassNotListener,
+            goal: Goal::PassRatio(1.3),
         },
         Case {
             name: "xlb: non-listener IPv6 packet, unwrapped (xlb, tail call, xlb6)",
@@ -150,6 +187,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             mode: SAME_FLOW,
             verdict: XDP_PASS,
             stat: Stat::PassNotListener,
+            goal: Goal::None,
         },
     ];
     // The real program, once per case: verdict and the rewritten packet.
@@ -173,6 +211,11 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             assert_eq!(out, c.packet, "{}: passed untouched", c.name);
         }
     }
+    // Fill the tables first: from the first timed repetition on, every new flow evicts.
+    for c in cases.iter().filter(|c| c.mode == NEW_FLOW) {
+        object::set_template(lab.b.dataplane_mut(), &c.packet, c.mode);
+        timed(lab, c.wrapper, &c.packet, WARM_UP, c.verdict);
+    }
     let mut pass = Vec::new();
     let mut floor = Vec::new();
     let mut wrapper = Vec::new();
@@ -181,10 +224,12 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
         pass.push(timed(lab, "xlb_bench_pass", &est, args.repeat, XDP_PASS));
         floor.push(timed(lab, "xlb_bench_floor", &est, args.repeat, 3));
         object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
-        let w = timed(lab, "xlb_bench_restore", &est, args.repeat, XDP_PASS);
-        wrapper.push(w);
+        wrapper.push(timed(lab, "xlb_bench_restore", &est, args.repeat, XDP_PASS));
         for (i, c) in cases.iter().enumerate() {
             object::set_template(lab.b.dataplane_mut(), &c.packet, c.mode);
+            // The wrapper's own cost with this template and mode (a mode that varies the
+            // tuple costs the wrapper more).
+            let w = timed(lab, "xlb_bench_restore", &c.packet, args.repeat, XDP_PASS);
             let before = lab.stats();
             let t = timed(lab, c.wrapper, &c.packet, args.repeat, c.verdict);
             let after = lab.stats();
@@ -196,6 +241,16 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
                 c.name,
                 c.stat
             );
+            if c.mode == NEW_FLOW {
+                // Each repetition a new flow: balanced by the table, never found.
+                let missed = |s: &[u64]| s[Stat::EvMidFlowMiss as usize];
+                assert_eq!(
+                    missed(&after),
+                    missed(&before),
+                    "{}: a SYN is no miss",
+                    c.name
+                );
+            }
             if c.wrapper == UNWRAPPED {
                 per_case[i].push(t);
             } else {
@@ -225,21 +280,27 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
     let mut out = vec![pass.clone(), floor.clone(), wrapper];
     for (c, v) in cases.iter().zip(per_case) {
         let f = figure("program", c.name, "ns/packet", v);
-        let f = match c.mode {
-            NEW_FLOW => {
-                let met = f.median <= 210.0;
-                f.vs(&floor).goal("<= 210 ns", met)
+        let f = if c.verdict == XDP_PASS {
+            f.vs(&pass)
+        } else {
+            f.vs(&floor)
+        };
+        let f = match c.goal {
+            Goal::Ns(limit, text) => {
+                let met = f.median <= limit;
+                f.goal(text, met)
             }
-            _ if c.verdict == XDP_PASS => {
-                let met = f.median <= 1.5 * pass.median;
-                f.vs(&pass).goal("<= 1.5x XDP_PASS", met)
+            Goal::PassRatio(r) => {
+                let met = f.median <= r * pass.median;
+                f.goal(&format!("<= {r}x XDP_PASS"), met)
             }
-            _ => {
-                let met = f.median <= 100.0;
-                f.vs(&floor).goal("<= 100 ns", met)
-            }
+            Goal::None => f,
         };
         out.push(f);
     }
     out
 }
+
+/// Repetitions that fill the tables before new flows are timed: the default connection table
+/// (262,144 entries; 131,072 on one CPU's LRU list of two) and embryonic table (65,536).
+const WARM_UP: u32 = 400_000;

@@ -1,6 +1,9 @@
 //! Section 5: real clients. wrk (keep-alive and `Connection: close`) and iperf3 from the client
 //! namespace of a rig like the demo's, through xlb, nftables DNAT, HAProxy `mode tcp` and
-//! plain routing, interleaved per repetition. Peer configs are files in `tests/bench/`.
+//! plain routing, interleaved per repetition. Every path reaches target 1 only, as the routed
+//! baseline does. The clients run on CPU 0, the servers (and HAProxy) on CPU 1. xlb's own cost
+//! comes from the kernel's run-time statistics of its program (BPF_ENABLE_STATS), HAProxy's
+//! from its process. Peer configs are files in `tests/bench/`.
 use std::time::Duration;
 
 use xlb_rig::{Rig, RigSpec, Setup, lab::VIP};
@@ -47,6 +50,71 @@ fn cpu_busy() -> u64 {
     v.iter().sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
 }
 
+/// CPU the clients (wrk, iperf3's client) run on; the servers and HAProxy run on the other.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+/// Run time and runs of the balancer's XDP programs (`xlb`, `xlb6`) as the kernel counts
+/// them while BPF_ENABLE_STATS is on: (ns, runs).
+fn xlb_program_stats() -> (u64, u64) {
+    let mut t = (0, 0);
+    for p in aya::programs::loaded_programs().flatten() {
+        if matches!(p.name_as_str(), Some("xlb" | "xlb6")) {
+            t.0 += p.run_time().as_nanos() as u64;
+            t.1 += p.run_count();
+        }
+    }
+    t
+}
+
+/// CPU time (user + system, ns) process `pid` used so far.
+fn process_cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    ticks * 1_000_000_000 / 100
+}
+
+/// What the balancer itself cost during a run, where it can be attributed.
+#[derive(Clone, Copy, Default)]
+struct Own {
+    /// xlb: the program's ns per packet, in situ.
+    ns_per_packet: Option<f64>,
+    /// Share of one CPU the balancer used (xlb: its program; HAProxy: its process).
+    cpu_share: Option<f64>,
+}
+
+/// Measure what `f` costs the balancer of `path` (`haproxy`: its PID).
+fn own_cost<T>(path: Path4, haproxy: Option<u32>, f: impl FnOnce() -> T) -> (T, Own) {
+    let t0 = std::time::Instant::now();
+    let (x0, h0) = (xlb_program_stats(), haproxy.map(process_cpu_ns));
+    let r = f();
+    let wall = t0.elapsed().as_nanos() as f64;
+    let own = match path {
+        Path4::Xlb => {
+            let (t1, n1) = xlb_program_stats();
+            let (dt, dn) = (t1 - x0.0, n1 - x0.1);
+            Own {
+                ns_per_packet: (dn > 0).then(|| dt as f64 / dn as f64),
+                cpu_share: Some(dt as f64 / wall),
+            }
+        }
+        Path4::Haproxy => Own {
+            ns_per_packet: None,
+            cpu_share: haproxy.map(|pid| (process_cpu_ns(pid) - h0.unwrap_or(0)) as f64 / wall),
+        },
+        _ => Own::default(),
+    };
+    (r, own)
+}
+
 /// What one bounded wrk run found.
 #[derive(Clone, Copy)]
 struct WrkResult {
@@ -55,11 +123,25 @@ struct WrkResult {
     p99_ms: f64,
     /// Busy CPU of the whole machine per request.
     cpu_us: f64,
+    own: Own,
+}
+
+/// A count wrk prints after `prefix` (`Socket errors: connect 0, read 0, ...` or
+/// `Non-2xx or 3xx responses: 12`), summed.
+fn wrk_errors(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(prefix))
+        .flat_map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
     let busy = cpu_busy();
-    let mut c = rig.client.command("wrk");
+    let mut c = rig.client.command("taskset");
+    c.args(["-c", CLIENT_CPU, "wrk"]);
     c.args(["-t1", "-c32", "-d3s", "--timeout", "2s", "--latency"]);
     if close {
         c.args(["-H", "Connection: close"]);
@@ -84,13 +166,23 @@ fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
         num.parse::<f64>().ok().map(|x| x * scale)
     };
     let rps = field("Requests/sec:").unwrap_or_else(|| panic!("wrk printed no rate: {text}"));
+    // A run with errors measures something else than serving: it does not count.
+    let socket = wrk_errors(&text, "Socket errors:");
+    let non2xx = wrk_errors(&text, "Non-2xx or 3xx responses:");
+    assert!(
+        socket == 0 && non2xx == 0,
+        "wrk {url}: {socket} socket errors, {non2xx} non-2xx responses:\n{text}"
+    );
     let requests = rps * 3.0;
     let cpu_us = jiffies as f64 * 10_000.0 / requests.max(1.0);
+    let latency =
+        |p: &str| field(p).unwrap_or_else(|| panic!("wrk printed no {p} latency: {text}"));
     WrkResult {
         rps,
-        p50_ms: field("50%").unwrap_or(f64::NAN),
-        p99_ms: field("99%").unwrap_or(f64::NAN),
+        p50_ms: latency("50%"),
+        p99_ms: latency("99%"),
         cpu_us,
+        own: Own::default(),
     }
 }
 
@@ -98,8 +190,10 @@ fn wrk(rig: &Rig, url: &str, close: bool) -> WrkResult {
 fn iperf(rig: &Rig, host: &str) -> f64 {
     let out = rig
         .client
-        .command("iperf3")
-        .args(["-c", host, "-p", "5201", "-t", "3", "-J"])
+        .command("taskset")
+        .args([
+            "-c", CLIENT_CPU, "iperf3", "-c", host, "-p", "5201", "-t", "3", "-J",
+        ])
         .output()
         .expect("iperf3 runs");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -114,16 +208,30 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
         targets: 2,
     })
     .unwrap();
-    rig.start_backends(&args.backend).unwrap();
+    // The servers on their CPU (the benchmark itself was pinned for the earlier sections).
+    let mut all = nix::sched::CpuSet::new();
+    for c in 0..2 {
+        let _ = all.set(c);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+    for k in 1..=2 {
+        let mut cmd = rig.targets[k - 1].command("taskset");
+        cmd.args(["-c", SERVER_CPU]).arg(&args.backend);
+        rig.start_server(cmd, &format!("backend-{k}"), "[::]:8080", "[::]:9000")
+            .unwrap();
+    }
+    // The kernel counts each program's run time while this is held.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let dir = std::env::temp_dir().join("xlb-bench-clients");
     std::fs::create_dir_all(&dir).unwrap();
     let paths = [Path4::Routed, Path4::Xlb, Path4::Nftables, Path4::Haproxy];
     // (path, close) -> per-repetition results
     let mut results: Vec<((Path4, bool), Vec<WrkResult>)> = Vec::new();
     let mut throughput: Vec<(Path4, Vec<f64>)> = paths.iter().map(|p| (*p, Vec::new())).collect();
+    let mut iperf_own: Vec<(Path4, Own)> = Vec::new();
     let mut iperf_server = rig.targets[0]
-        .command("iperf3")
-        .args(["-s", "-p", "5201"])
+        .command("taskset")
+        .args(["-c", SERVER_CPU, "iperf3", "-s", "-p", "5201"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -145,7 +253,8 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                 Path4::Routed => {}
                 Path4::Xlb => {
                     let (config, socket) = (dir.join("xlb.toml"), dir.join("xlb.sock"));
-                    let text = rig.config(&socket, &Setup::demo(&[1, 2]))
+                    // Target 1 only, as every other path.
+                    let text = rig.config(&socket, &Setup::demo(&[1]))
                         + "\n"
                         + include_str!("../../../bench/iperf-listener.toml");
                     std::fs::write(&config, text).unwrap();
@@ -170,8 +279,8 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                     .unwrap();
                     let child = rig
                         .lb
-                        .command("haproxy")
-                        .args(["-db", "-f"])
+                        .command("taskset")
+                        .args(["-c", SERVER_CPU, "haproxy", "-db", "-f"])
                         .arg(dir.join("haproxy.cfg"))
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
@@ -193,8 +302,17 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                 "{}: curl {url} failed",
                 path.name()
             );
+            let haproxy_pid = haproxy.as_ref().and_then(|c: &std::process::Child| {
+                // `ip netns exec` may fork: HAProxy is the child's child then.
+                let pid = c.id();
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                    .or(Some(pid))
+            });
             for close in [false, true] {
-                let r = wrk(&rig, &url, close);
+                let (mut r, own) = own_cost(path, haproxy_pid, || wrk(&rig, &url, close));
+                r.own = own;
                 match results
                     .iter_mut()
                     .find(|((p, c), _)| *p == path && *c == close)
@@ -208,10 +326,11 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
             } else {
                 "198.18.100.10"
             };
-            let gbps = iperf(&rig, host);
+            let (gbps, own) = own_cost(path, haproxy_pid, || iperf(&rig, host));
             if let Some((_, v)) = throughput.iter_mut().find(|(p, _)| *p == path) {
                 v.push(gbps);
             }
+            iperf_own.push((path, own));
             match path {
                 Path4::Xlb => {
                     rig.stop("xlb");
@@ -253,6 +372,14 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
         } else {
             f.vs(&routed_gbps)
         });
+        figs.extend(own_figures(
+            &format!("iperf3 TCP, 3 s: {}", p.name()),
+            iperf_own
+                .iter()
+                .filter(|(q, _)| q == p)
+                .map(|(_, o)| *o)
+                .collect(),
+        ));
     }
     for close in [false, true] {
         let conn = if close {
@@ -308,7 +435,38 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                 "us",
                 r.iter().map(|x| x.cpu_us).collect(),
             ));
+            figs.extend(own_figures(
+                &format!("wrk {conn}: {}", p.name()),
+                r.iter().map(|x| x.own).collect(),
+            ));
         }
     }
     figs
+}
+
+/// The balancer's own cost figures of runs named `what`, where the runs have them.
+fn own_figures(what: &str, runs: Vec<Own>) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let ns: Vec<f64> = runs.iter().filter_map(|o| o.ns_per_packet).collect();
+    if !ns.is_empty() {
+        out.push(figure(
+            "clients",
+            &format!("{what}: its XDP program in situ (kernel run-time stats)"),
+            "ns/packet",
+            ns,
+        ));
+    }
+    let cpu: Vec<f64> = runs
+        .iter()
+        .filter_map(|o| o.cpu_share.map(|c| c * 100.0))
+        .collect();
+    if !cpu.is_empty() {
+        out.push(figure(
+            "clients",
+            &format!("{what}: the balancer's own CPU"),
+            "% of 1 CPU",
+            cpu,
+        ));
+    }
+    out
 }

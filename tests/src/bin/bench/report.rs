@@ -18,6 +18,9 @@ pub struct Figure {
     /// The goal from the issue, if any, and whether this run met it.
     pub goal: Option<String>,
     pub met: Option<bool>,
+    /// A sweep's point: its curve and its x (flows, listeners, targets).
+    pub series: Option<String>,
+    pub x: Option<f64>,
 }
 
 fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -38,6 +41,8 @@ pub fn figure(section: &'static str, name: &str, unit: &'static str, v: Vec<f64>
         ratio: None,
         goal: None,
         met: None,
+        series: None,
+        x: None,
     }
 }
 
@@ -45,6 +50,11 @@ impl Figure {
     pub fn vs(mut self, base: &Figure) -> Self {
         self.baseline = Some(base.name.clone());
         self.ratio = Some(self.median / base.median);
+        self
+    }
+    pub fn at(mut self, series: &str, x: f64) -> Self {
+        self.series = Some(series.into());
+        self.x = Some(x);
         self
     }
     pub fn goal(mut self, text: &str, met: bool) -> Self {
@@ -149,6 +159,80 @@ pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
             ],
             BLACK.stroke_width(2),
         )))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The sweeps: one panel per swept quantity (live flows, listeners, targets; log x axis), a
+/// curve per case, and Maglev build time against targets.
+pub fn plot_sweeps(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = BitMapBackend::new(path, (1000, 760)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((2, 2));
+    let groups: [(&str, &str, &str); 4] = [
+        ("live flows", "live flows in the table", "ns per packet"),
+        ("listeners", "listeners", "ns per packet"),
+        (
+            "targets per listener",
+            "targets per listener",
+            "ns per packet",
+        ),
+        ("Maglev", "targets", "ms per table (M = 65,537)"),
+    ];
+    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+    for (panel, (prefix, xdesc, ydesc)) in panels.iter().zip(groups) {
+        let mut series: Vec<(String, Vec<&Figure>)> = Vec::new();
+        for f in figs {
+            let s = match (&f.series, f.x) {
+                (Some(s), Some(_)) if s.starts_with(prefix) => s.clone(),
+                _ => continue,
+            };
+            match series.iter_mut().find(|(n, _)| *n == s) {
+                Some((_, v)) => v.push(f),
+                None => series.push((s, vec![f])),
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let all = series.iter().flat_map(|(_, v)| v.iter());
+        let (x0, x1) = all.clone().fold((f64::MAX, 0f64), |(a, b), f| {
+            let x = f.x.unwrap_or(1.0);
+            (a.min(x), b.max(x))
+        });
+        let ymax = all.map(|f| f.max).fold(0.0, f64::max) * 1.2;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("cost against {xdesc}"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0f64..ymax)?;
+        chart.configure_mesh().x_desc(xdesc).y_desc(ydesc).draw()?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let line: Vec<(f64, f64)> =
+                pts.iter().map(|f| (f.x.unwrap_or(1.0), f.median)).collect();
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            chart.draw_series(line.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+            for f in pts {
+                let x = f.x.unwrap_or(1.0);
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, f.min), (x, f.max)],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
     }
     root.present()?;
     Ok(())

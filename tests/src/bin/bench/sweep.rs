@@ -1,0 +1,174 @@
+//! Section 1b: how the cost per packet grows with the work (BPF_PROG_TEST_RUN, the same
+//! measuring wrapper as section 1): against the live flows in the connection table, the
+//! listeners, and the targets per listener. Each point is a data plane of its own, filled
+//! before timing and checked after it.
+use lb_common::Stat;
+use xlb::model::config::{self, Config};
+use xlb_bench_abi::{FIRST_PORT, MANY_FLOWS, NEW_FLOW, SAME_FLOW};
+use xlb_rig::lab::{CLIENT, Flags, Lab, XDP_PASS, XDP_REDIRECT, tcp};
+
+use crate::{
+    Args, object,
+    program_cost::timed,
+    report::{Figure, figure},
+};
+
+/// Entries of the connection table for the flow sweep: an LRU table with per-CPU lists gives
+/// each of the 2 possible CPUs half, and the benchmark runs on one, so 1M flows need 2M.
+const SWEEP_CONNECTIONS: u32 = 2_200_000;
+
+/// A data plane's config: `listeners` NAT listeners on port 80 (VIPs 198.18.100.10 on), all
+/// sending to one group of `targets` targets at 198.18.64.1 on (reached through t1).
+fn config(listeners: u32, targets: u32, connections: u32, maglev: u32) -> Config {
+    // Rings take listeners x 2 x M x 4 bytes (at most 512 MiB): the big table, few listeners.
+    let max_listeners = if listeners > 16 { 1024 } else { 16 };
+    let mut t = format!(
+        "interfaces = [\"in0\"]\n[tables]\nmaglev_size = {maglev}\nmax_listeners = {max_listeners}\nmax_connections = {connections}\n"
+    );
+    for i in 0..listeners {
+        let [a, b] = vip_octets(i);
+        t += &format!(
+            "[[listener]]\nname = \"l{i}\"\nvip = \"198.18.{a}.{b}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"g\"\n"
+        );
+    }
+    let list: Vec<String> = (0..targets)
+        .map(|i| {
+            let [c, d] = target_octets(i);
+            format!("{{ address = \"198.18.{c}.{d}\" }}")
+        })
+        .collect();
+    t += &format!(
+        "[[target_group]]\nname = \"g\"\nport = 8080\ntargets = [{}]\nhealth_check = {{ enabled = false }}\n",
+        list.join(", ")
+    );
+    config::parse(std::path::Path::new("sweep.toml"), &t).expect("sweep config is valid")
+}
+
+/// Third and fourth octets of listener `i`'s VIP: 198.18.100.10 and on, 200 per /24.
+fn vip_octets(i: u32) -> [u8; 2] {
+    [(100 + i / 200) as u8, (10 + i % 200) as u8]
+}
+
+/// Third and fourth octets of target `i`: 198.18.64.1 and on.
+fn target_octets(i: u32) -> [u8; 2] {
+    let n = i + 1;
+    [(64 + n / 256) as u8, (n % 256) as u8]
+}
+
+fn lab(tag: &str, c: &Config) -> Lab {
+    let lab = Lab::with_config_object(tag, c, object::BENCH_OBJECT);
+    lab.exec("ip route add 198.18.64.0/18 via 198.18.1.2 dev t1");
+    lab
+}
+
+/// ns per packet of `pkt` through `xlb_bench` in `mode` (cycling `flows` tuples), the
+/// wrapper's own cost with the same template subtracted and the harness's added back, as in
+/// section 1; checks every repetition was forwarded and, if `all_found`, none missed the table.
+fn cost(lab: &mut Lab, pkt: &[u8], mode: u32, flows: u32, repeat: u32, all_found: bool) -> f64 {
+    let pass = timed(lab, "xlb_bench_pass", pkt, repeat, XDP_PASS);
+    object::set_template_flows(lab.b.dataplane_mut(), pkt, mode, flows);
+    let w = timed(lab, "xlb_bench_restore", pkt, repeat, XDP_PASS);
+    let before = lab.stats();
+    let t = timed(lab, "xlb_bench", pkt, repeat, XDP_REDIRECT);
+    let after = lab.stats();
+    let d = |s: Stat| after[s as usize] - before[s as usize];
+    assert_eq!(
+        d(Stat::FwdRedirect),
+        u64::from(repeat),
+        "every packet forwarded"
+    );
+    if all_found {
+        assert_eq!(d(Stat::EvMidFlowMiss), 0, "every packet found its flow");
+    }
+    t - w + pass
+}
+
+fn point(series: &'static str, name: String, x: f64, v: Vec<f64>) -> Figure {
+    figure("sweep", &name, "ns/packet", v).at(series, x)
+}
+
+pub fn sweeps(args: &Args) -> Vec<Figure> {
+    let mut out = Vec::new();
+    // Live flows: an established flow's cost when the table holds 1k, 100k, 1M flows, each
+    // timed packet another of them (round robin: the cache holds fewer and fewer).
+    for n in [1_000u32, 100_000, 1_000_000] {
+        let c = config(1, 2, SWEEP_CONNECTIONS, 1021);
+        let mut lab = lab(&format!("sf{n}"), &c);
+        let ack = tcp(CLIENT, FIRST_PORT, [198, 18, 100, 10], 80, Flags::Ack, 64);
+        // Every tuple once: a TCP packet met mid-flow is balanced and inserted.
+        object::set_template_flows(lab.b.dataplane_mut(), &ack, MANY_FLOWS, n);
+        let before = lab.stats();
+        timed(&mut lab, "xlb_bench", &ack, n, XDP_REDIRECT);
+        let inserted =
+            lab.stats()[Stat::EvMidFlowMiss as usize] - before[Stat::EvMidFlowMiss as usize];
+        assert_eq!(inserted, u64::from(n), "{n} flows inserted");
+        let repeat = args.repeat.max(n);
+        let v = (0..args.reps)
+            .map(|_| cost(&mut lab, &ack, MANY_FLOWS, n, repeat, true))
+            .collect();
+        out.push(point(
+            "live flows (established flow, round robin over them)",
+            format!("sweep: established flow, {n} live flows"),
+            f64::from(n),
+            v,
+        ));
+    }
+    // Listeners: established and new flows of the last listener among 1, 100, 1,000.
+    for l in [1u32, 100, 1000] {
+        let c = config(l, 2, 65_536, 1021);
+        let mut lab = lab(&format!("sl{l}"), &c);
+        let [a, b] = vip_octets(l - 1);
+        let vip = [198, 18, a, b];
+        let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
+        object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
+        timed(&mut lab, "xlb_bench", &est, 1, XDP_REDIRECT);
+        let v = (0..args.reps)
+            .map(|_| cost(&mut lab, &est, SAME_FLOW, 1, args.repeat, true))
+            .collect();
+        out.push(point(
+            "listeners (established flow)",
+            format!("sweep: established flow, {l} listeners"),
+            f64::from(l),
+            v,
+        ));
+        let syn = tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64);
+        let v = (0..args.reps)
+            .map(|_| cost(&mut lab, &syn, NEW_FLOW, 1, args.repeat, true))
+            .collect();
+        out.push(point(
+            "listeners (new flow)",
+            format!("sweep: new TCP flow, {l} listeners"),
+            f64::from(l),
+            v,
+        ));
+    }
+    // Targets per listener: 2, 100, 4,000 (Maglev table M = 65,537).
+    for n in [2u32, 100, 4000] {
+        let c = config(1, n, 65_536, 65_537);
+        let mut lab = lab(&format!("st{n}"), &c);
+        let vip = [198, 18, 100, 10];
+        let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
+        object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
+        timed(&mut lab, "xlb_bench", &est, 1, XDP_REDIRECT);
+        let v = (0..args.reps)
+            .map(|_| cost(&mut lab, &est, SAME_FLOW, 1, args.repeat, true))
+            .collect();
+        out.push(point(
+            "targets per listener (established flow)",
+            format!("sweep: established flow, {n} targets"),
+            f64::from(n),
+            v,
+        ));
+        let syn = tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64);
+        let v = (0..args.reps)
+            .map(|_| cost(&mut lab, &syn, NEW_FLOW, 1, args.repeat, true))
+            .collect();
+        out.push(point(
+            "targets per listener (new flow)",
+            format!("sweep: new TCP flow, {n} targets"),
+            f64::from(n),
+            v,
+        ));
+    }
+    out
+}
