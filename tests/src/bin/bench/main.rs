@@ -76,9 +76,13 @@ pub struct Args {
         default_value = "program-cost,sweeps,control-plane,packet-rate,health,real-clients"
     )]
     pub sections: Vec<Section>,
-    /// Only loop the established-flow case for SECONDS (to sample with `perf record`).
+    /// Only loop one case for SECONDS (to sample with `perf record`): see `--profile-case`.
     #[arg(long)]
     pub profile: Option<u64>,
+    /// The case `--profile` loops: `established`, `new-flow` (TCP SYN, a new tuple every
+    /// packet) or `non-listener`.
+    #[arg(long, default_value = "established")]
+    pub profile_case: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,12 +106,28 @@ fn main() -> anyhow::Result<()> {
         c.tables.max_connections = lb_common::limits::DEFAULT_MAX_CONNECTIONS;
         let mut lab = Lab::with_config_object("bench", &c, object::BENCH_OBJECT);
         if let Some(secs) = args.profile {
-            let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
-            run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
-            object::set_template(lab.b.dataplane_mut(), &est, xlb_bench_abi::SAME_FLOW);
+            let (pkt, mode, verdict) = match args.profile_case.as_str() {
+                "new-flow" => (
+                    tcp(CLIENT, 1024, VIP, 80, Flags::Syn, 64),
+                    xlb_bench_abi::NEW_FLOW,
+                    XDP_REDIRECT,
+                ),
+                "non-listener" => (
+                    tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
+                    xlb_bench_abi::SAME_FLOW,
+                    xlb_rig::lab::XDP_PASS,
+                ),
+                _ => (
+                    tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64),
+                    xlb_bench_abi::SAME_FLOW,
+                    XDP_REDIRECT,
+                ),
+            };
+            run_once(lab.b.dataplane_mut().program().unwrap(), &pkt, lab.in0);
+            object::set_template(lab.b.dataplane_mut(), &pkt, mode);
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(secs) {
-                program_cost::timed(&mut lab, "xlb_bench", &est, args.repeat, XDP_REDIRECT);
+                program_cost::timed(&mut lab, "xlb_bench", &pkt, args.repeat, verdict);
             }
             return Ok(());
         }

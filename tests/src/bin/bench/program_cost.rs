@@ -9,8 +9,8 @@ use etherparse::SlicedPacket;
 use lb_common::Stat;
 use xlb_bench_abi::{NEW_FLOW, SAME_FLOW};
 use xlb_rig::lab::{
-    CLIENT, CLIENT6, Flags, Lab, VIP, VIP_DSR, VIP_TUN, VIP6, VIP6_DSR, XDP_PASS, XDP_REDIRECT,
-    run_once, run_repeated, target, target_mac, target6, tcp, tcp6, udp, v6,
+    CLIENT, CLIENT6, Flags, Lab, VIP, VIP_DSR, VIP_TUN, VIP2, VIP6, VIP6_DSR, XDP_PASS,
+    XDP_REDIRECT, run_once, run_repeated, target, target_mac, target6, tcp, tcp6, udp, v6,
 };
 
 use crate::{
@@ -82,6 +82,15 @@ pub fn program_cost(args: &Args, lab: &mut Lab) -> Vec<Figure> {
             verdict: XDP_REDIRECT,
             stat: Stat::FwdRedirect,
             goal: NAT_NEW,
+        },
+        Case {
+            name: "xlb: new TCP flow (SYN) of a listener not owning its targets' replies (2 inserts)",
+            wrapper: "xlb_bench",
+            packet: tcp(CLIENT, 1024, VIP2, 80, Flags::Syn, 64),
+            mode: NEW_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+            goal: Goal::None,
         },
         Case {
             name: "xlb: new UDP flow (first datagram; a new tuple every packet, table full)",

@@ -240,9 +240,23 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
     rig.client
         .exec("ip route add 198.18.1.0/24 via 198.18.0.1")
         .unwrap();
+    // Each path its own client address: every path reaches the same target port, and a
+    // connection it closed (TIME_WAIT on the target) must not meet another path's new one on
+    // the same tuple, with sequence numbers and timestamps drawn for another destination.
+    for i in 0..paths.len() {
+        rig.client
+            .exec(&format!("ip addr add 198.18.0.{}/24 dev eth0", 10 + i))
+            .unwrap();
+    }
     // Repetitions outside, paths inside: drift in the machine's load hits every path alike.
     for _ in 0..args.reps {
-        for &path in &paths {
+        for (i, &path) in paths.iter().enumerate() {
+            let src = format!("198.18.0.{}", 10 + i);
+            for net in ["198.18.1.0/24", "198.18.100.0/24"] {
+                rig.client
+                    .exec(&format!("ip route replace {net} via 198.18.0.1 src {src}"))
+                    .unwrap();
+            }
             let url = if path == Path4::Routed {
                 "http://198.18.1.2:8080/".to_owned()
             } else {
@@ -313,6 +327,13 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
             for close in [false, true] {
                 let (mut r, own) = own_cost(path, haproxy_pid, || wrk(&rig, &url, close));
                 r.own = own;
+                eprintln!(
+                    "  wrk {}{}: {:.0} req/s, p99 {:.1} ms",
+                    path.name(),
+                    if close { ", Connection: close" } else { "" },
+                    r.rps,
+                    r.p99_ms
+                );
                 match results
                     .iter_mut()
                     .find(|((p, c), _)| *p == path && *c == close)

@@ -168,11 +168,12 @@ pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
 /// curve per case, and Maglev build time against targets.
 pub fn plot_sweeps(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let root = BitMapBackend::new(path, (1000, 760)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1000, 1080)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((2, 2));
-    let groups: [(&str, &str, &str); 4] = [
+    let panels = root.split_evenly((3, 2));
+    let groups: [(&str, &str, &str); 5] = [
         ("live flows", "live flows in the table", "ns per packet"),
+        ("table size", "max_connections", "ns per packet"),
         ("listeners", "listeners", "ns per packet"),
         (
             "targets per listener",

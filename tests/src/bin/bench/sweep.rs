@@ -5,7 +5,7 @@
 use lb_common::Stat;
 use xlb::model::config::{self, Config};
 use xlb_bench_abi::{FIRST_PORT, MANY_FLOWS, NEW_FLOW, SAME_FLOW};
-use xlb_rig::lab::{CLIENT, Flags, Lab, XDP_PASS, XDP_REDIRECT, tcp};
+use xlb_rig::lab::{CLIENT, Flags, Lab, XDP_PASS, XDP_REDIRECT, tcp, udp};
 
 use crate::{
     Args, object,
@@ -20,8 +20,10 @@ const SWEEP_CONNECTIONS: u32 = 2_200_000;
 /// A data plane's config: `listeners` NAT listeners on port 80 (VIPs 198.18.100.10 on), all
 /// sending to one group of `targets` targets at 198.18.64.1 on (reached through t1).
 fn config(listeners: u32, targets: u32, connections: u32, maglev: u32) -> Config {
-    // Rings take listeners x 2 x M x 4 bytes (at most 512 MiB): the big table, few listeners.
-    let max_listeners = if listeners > 16 { 1024 } else { 16 };
+    // Rings take max_listeners x 2 x M x 4 bytes (at most 512 MiB): room for 1,024 listeners
+    // with the small Maglev table (every point of the listener sweep the same), 16 with the
+    // big one.
+    let max_listeners = if maglev <= 1021 { 1024 } else { 16 };
     let mut t = format!(
         "interfaces = [\"in0\"]\n[tables]\nmaglev_size = {maglev}\nmax_listeners = {max_listeners}\nmax_connections = {connections}\n"
     );
@@ -31,6 +33,7 @@ fn config(listeners: u32, targets: u32, connections: u32, maglev: u32) -> Config
             "[[listener]]\nname = \"l{i}\"\nvip = \"198.18.{a}.{b}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"g\"\n"
         );
     }
+    t += "[[listener]]\nname = \"u\"\nvip = \"198.18.100.10\"\nport = 9000\nprotocol = \"udp\"\ntarget_group = \"g\"\n";
     let list: Vec<String> = (0..targets)
         .map(|i| {
             let [c, d] = target_octets(i);
@@ -113,11 +116,47 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
             v,
         ));
     }
-    // Listeners: established and new flows of the last listener among 1, 100, 1,000.
+    // Table size: a new flow's insert evicts from a table that fits in the cache, or not.
+    // `max_connections` 4,096 .. 1,048,576 (the embryonic table a sixteenth of it; 262,144 is
+    // the default); each table filled before timing.
+    for conns in [4_096u32, 65_536, 262_144, 1_048_576] {
+        let c = config(1, 2, conns, 1021);
+        let mut lab = lab(&format!("sc{conns}"), &c);
+        let vip = [198, 18, 100, 10];
+        let cases = [
+            (udp(CLIENT, FIRST_PORT, vip, 9000), "UDP first datagram"),
+            (tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64), "TCP SYN"),
+        ];
+        // Full tables first, as in service: the connection table (UDP flows) and the
+        // embryonic one (SYNs); each CPU's LRU list holds half.
+        for (pkt, _) in &cases {
+            object::set_template(lab.b.dataplane_mut(), pkt, NEW_FLOW);
+            timed(&mut lab, "xlb_bench", pkt, conns.max(100_000), XDP_REDIRECT);
+        }
+        for (pkt, what) in cases {
+            let v = (0..args.reps)
+                .map(|_| cost(&mut lab, &pkt, NEW_FLOW, 1, args.repeat, true))
+                .collect();
+            let series = if what == "TCP SYN" {
+                "table size (new TCP flow)"
+            } else {
+                "table size (new UDP flow)"
+            };
+            out.push(point(
+                series,
+                format!("sweep: new flow ({what}), max_connections {conns}"),
+                f64::from(conns),
+                v,
+            ));
+        }
+    }
+    // Listeners: established and new flows of one listener among 1, 100, 1,000. All send to
+    // the same targets, so only the first owns their replies (the others' flows keep a
+    // return-path entry too): the one measured is the first.
     for l in [1u32, 100, 1000] {
         let c = config(l, 2, 65_536, 1021);
         let mut lab = lab(&format!("sl{l}"), &c);
-        let [a, b] = vip_octets(l - 1);
+        let [a, b] = vip_octets(0);
         let vip = [198, 18, a, b];
         let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
         object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
