@@ -108,7 +108,15 @@ pub fn pick<F: Family>(f: &FlowOf<F>, l: &ListenerValue) -> Result<Pick, Verdict
     // so they cannot evict established flows from the connection table.
     let syn = f.proto == PROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match hit {
-        Some(Some(pick)) => return Ok(pick),
+        Some(Some(pick)) => {
+            // A SYN on a tuple with an entry: the client reuses its port. A NAT flow of a
+            // listener not owning the target's replies takes them back from the owner's
+            // earlier flow on the same client port, as a new flow would.
+            if syn && l.mode == MODE_NAT {
+                claim_replies(f, pick.target_id, &pick.target);
+            }
+            return Ok(pick);
+        }
         Some(None) => stats::count(Stat::EvFlowRebalanced),
         None if f.proto == PROTO_TCP && !syn => {
             // The flow's first packet after the SYN: it moves to the connection table (or,
@@ -256,13 +264,43 @@ fn insert<F: Family>(
     // and tunnel replies go from the target straight to the client: no reverse entry. Nor
     // does a flow of the target's owner need one: its reply finds the forward entry. So a
     // new flow costs one insert, unless two VIPs share the target and this is not the owner.
-    let reverse_entry = l.mode == MODE_NAT && !owns_replies(f, target);
-    if (reverse_entry && reverses.insert(reply_key, reverse, 0).is_err())
-        || flows.insert(*key, value, 0).is_err()
+    if l.mode == MODE_NAT
+        && !claim_replies(f, target_id, target)
+        && reverses.insert(reply_key, reverse, 0).is_err()
     {
         return Err(Verdict::drop(Stat::DropFlowTableFull));
     }
+    if flows.insert(*key, value, 0).is_err() {
+        return Err(Verdict::drop(Stat::DropFlowTableFull));
+    }
     Ok(())
+}
+
+/// Does the flow `f` (NAT, to `target`) belong to the listener owning the target's replies?
+/// If not, the owner's flow from the same client port to the same target (an earlier
+/// connection, over: the target cannot hold two on one tuple) is forgotten, since the reply
+/// path asks the owner's flows first and would give it this flow's replies.
+#[inline(always)]
+fn claim_replies<F: Family>(f: &FlowOf<F>, target_id: u32, target: &TargetValue) -> bool {
+    let owner = F::owner(F::of_slot(&target.addr), target.port, f.proto);
+    let owns = owner.is_some_and(|o| *F::of_slot(&o.vip) == f.dst && o.vport == f.dport);
+    if !owns && let Some(o) = owner {
+        forget_owner_flow(f, o, target_id);
+    }
+    owns
+}
+
+/// Remove the owner's entries of the flow from this client address and port through the
+/// owner's VIP and port, if they name `target_id`: that connection is over, since a new one
+/// from the same client port to the same target is opening through another VIP.
+#[inline(always)]
+fn forget_owner_flow<F: Family>(f: &FlowOf<F>, o: &ReverseValue, target_id: u32) {
+    let key = F::flow_key(f.src, *F::of_slot(&o.vip), f.sport, o.vport, f.proto);
+    for table in [F::flows(), F::embryonic()] {
+        if sys::with_value_mut(table, &key, |e| e.target_id == target_id) == Some(true) {
+            let _ = table.remove(key);
+        }
+    }
 }
 
 /// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
@@ -303,12 +341,4 @@ pub fn reply_to<F: Family>(
             None
         }
     })
-}
-
-/// Does `l` own the replies of `target` for `f`'s protocol (`OWNERS`)? Then its flow needs
-/// no `REVERSE` entry.
-#[inline(always)]
-fn owns_replies<F: Family>(f: &FlowOf<F>, target: &TargetValue) -> bool {
-    F::owner(F::of_slot(&target.addr), target.port, f.proto)
-        .is_some_and(|o| *F::of_slot(&o.vip) == f.dst && o.vport == f.dport)
 }

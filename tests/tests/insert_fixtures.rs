@@ -41,14 +41,14 @@ fn entries(lab: &Lab) -> HashMap<&'static str, u64> {
 }
 
 /// The tables whose entry count changed while `f` ran, by how much.
-fn inserted(lab: &mut Lab, f: impl FnOnce(&mut Lab)) -> Vec<(&'static str, u64)> {
+fn inserted(lab: &mut Lab, f: impl FnOnce(&mut Lab)) -> Vec<(&'static str, i64)> {
     let before = entries(lab);
     f(lab);
     let after = entries(lab);
-    let mut d: Vec<(&'static str, u64)> = after
+    let mut d: Vec<(&'static str, i64)> = after
         .iter()
         .filter(|(k, n)| before[*k] != **n)
-        .map(|(k, n)| (*k, n - before[*k]))
+        .map(|(k, n)| (*k, *n as i64 - before[*k] as i64))
         .collect();
     d.sort();
     d
@@ -64,7 +64,7 @@ fn target_k(pkt: &[u8]) -> u8 {
 
 /// A TCP handshake through `vip:80` from `sport`, then a data reply: the tables each step
 /// inserted into, and the target.
-fn handshake(lab: &mut Lab, vip: [u8; 4], sport: u16) -> (Vec<Vec<(&'static str, u64)>>, u8) {
+fn handshake(lab: &mut Lab, vip: [u8; 4], sport: u16) -> (Vec<Vec<(&'static str, i64)>>, u8) {
     let mut k = 0;
     let syn = inserted(lab, |lab| {
         let r = lab.run(&tcp(CLIENT, sport, vip, 80, Flags::Syn, 64), lab.in0);
@@ -227,4 +227,30 @@ fn when_the_owner_goes_another_listener_takes_over_and_no_reply_is_lost() {
     let (steps, _) = handshake(&mut lab, VIP2, 42_201);
     assert_eq!(steps[0], vec![("EMBRYONIC", 1)]);
     assert_eq!(steps[2], vec![("FLOWS", 1)]);
+}
+
+#[test]
+fn one_client_port_through_both_vips_in_turn_gets_each_reply_from_its_own_vip() {
+    // Field notes: reverse-NAT collisions when a client reuses its port. One target behind
+    // both VIPs; the same client port opens a connection through one VIP, then (the first one
+    // over) through the other, and back. Every reply must come from the VIP of the connection
+    // it answers, whatever entries the earlier connections left.
+    let mut lab = Lab::new("reuse", &[1]);
+    for vip in [VIP, VIP2, VIP, VIP2, VIP2, VIP] {
+        let (_, k) = handshake(&mut lab, vip, 42_300);
+        assert_eq!(k, 1);
+    }
+    // The same for UDP: the owner (`echo`) and a listener sharing its target (`echo53` is
+    // another port of the same VIP; its datagrams to the same target port).
+    let mut lab = Lab::new("reuseu", &[1]);
+    for (port, _) in [(9000u16, "echo"), (53, "echo53"), (9000, "echo")] {
+        let r = lab.run(&udp(CLIENT, 43_300, VIP, port), lab.in0);
+        assert_eq!(target_k(&r.out), 1);
+        let r = lab.run(&udp(target(1), 9000, CLIENT, 43_300), lab.t[0]);
+        assert_eq!(
+            tuple(&r.out),
+            (VIP.to_vec(), port, CLIENT.to_vec(), 43_300),
+            "the reply of the datagram to port {port}"
+        );
+    }
 }

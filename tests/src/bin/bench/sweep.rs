@@ -142,12 +142,14 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
             } else {
                 "table size (new UDP flow)"
             };
-            out.push(point(
+            let f = point(
                 series,
                 format!("sweep: new flow ({what}), max_connections {conns}"),
                 f64::from(conns),
                 v,
-            ));
+            );
+            let met = f.median <= 250.0;
+            out.push(f.goal("<= 250 ns", met));
         }
     }
     // Listeners: established and new flows of one listener among 1, 100, 1,000. All send to
