@@ -131,7 +131,11 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        figs.extend(program_cost::program_cost(&args, &mut lab));
+        figs.extend(program_cost::program_cost(&args, &mut lab, false));
+        drop(lab);
+        // The new flows again with tables that fit in the cache.
+        let mut small = Lab::with_object("bench-s", &[1, 2], object::BENCH_OBJECT);
+        figs.extend(program_cost::program_cost(&args, &mut small, true));
     }
     if on(Section::Sweeps) {
         eprintln!("1b/5 sweeps: live flows, listeners, targets");
