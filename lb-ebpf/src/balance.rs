@@ -1,4 +1,5 @@
 //! Stages 2-4: listener lookup, connection table, Maglev ring, for either family.
+use aya_ebpf::maps::LruHashMap;
 use lb_common::{
     FlowValue, ListenerValue, MODE_NAT, PORT_LISTENER, PORT_TARGET, PROTO_TCP, PROTO_UDP,
     ReverseValue, Stat, TARGET_ACTIVE, TargetValue, rate, rate_key, rate_limited_slot,
@@ -296,10 +297,17 @@ fn claim_replies<F: Family>(f: &FlowOf<F>, target_id: u32, target: &TargetValue)
 #[inline(always)]
 fn forget_owner_flow<F: Family>(f: &FlowOf<F>, o: &ReverseValue, target_id: u32) {
     let key = F::flow_key(f.src, *F::of_slot(&o.vip), f.sport, o.vport, f.proto);
-    for table in [F::flows(), F::embryonic()] {
-        if sys::with_value_mut(table, &key, |e| e.target_id == target_id) == Some(true) {
-            let _ = table.remove(key);
-        }
+    forget_in(F::flows(), &key, target_id);
+    // Only TCP flows are ever embryonic.
+    if f.proto == PROTO_TCP {
+        forget_in(F::embryonic(), &key, target_id);
+    }
+}
+
+#[inline(always)]
+fn forget_in<K>(table: &'static LruHashMap<K, FlowValue>, key: &K, target_id: u32) {
+    if sys::with_value_mut(table, key, |e| e.target_id == target_id) == Some(true) {
+        let _ = table.remove(key);
     }
 }
 

@@ -21,8 +21,20 @@ use crate::{
 /// ns per repetition of `program` on `pkt` (kernel-timed average over `repeat`).
 pub fn timed(lab: &mut Lab, program: &str, pkt: &[u8], repeat: u32, want: u32) -> f64 {
     let in0 = lab.in0;
+    timed_on(lab, program, pkt, repeat, want, in0)
+}
+
+/// As [`timed`], the packet arriving on interface `ingress` (an ifindex).
+pub fn timed_on(
+    lab: &mut Lab,
+    program: &str,
+    pkt: &[u8],
+    repeat: u32,
+    want: u32,
+    ingress: u32,
+) -> f64 {
     let prog = object::program(lab.b.dataplane_mut(), program);
-    let (ret, out, duration) = run_repeated(prog, pkt, in0, repeat);
+    let (ret, out, duration) = run_repeated(prog, pkt, ingress, repeat);
     assert_eq!(ret, want, "{program}: unexpected verdict");
     // The wrapper restores the template: what comes out is what went in (new-flow mode
     // changes the source port only).
@@ -39,6 +51,8 @@ struct Case {
     /// The measuring wrapper that runs it (`xlb_bench`, `xlb_bench_tunnel`, `xlb_bench6`), or
     /// [`UNWRAPPED`].
     wrapper: &'static str,
+    /// Where the packet arrives: the client's interface (`None`) or target K's.
+    from_target: Option<u8>,
     packet: Vec<u8>,
     mode: u32,
     verdict: u32,
@@ -66,10 +80,16 @@ const KATRAN_EST: Goal = Goal::Ns(76.8, "<= 0.6x Katran's 128 ns");
 /// they stay in a core's cache), and only the new-flow cases run; else the default sizes.
 pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
     let est = tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64);
+    // The established flow, and its target: the reply case answers it.
+    let (_, fwd, _) = run_once(lab.b.dataplane_mut().program().unwrap(), &est, lab.in0);
+    let k = (1..=2u8)
+        .find(|k| fwd[30..34] == target(*k))
+        .expect("the established flow goes to a target");
     let cases = [
         Case {
             name: "xlb: established TCP flow",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: est.clone(),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -77,8 +97,19 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
             goal: NAT_EST,
         },
         Case {
+            name: "xlb: reply of the established flow (target -> client, rewritten to the VIP)",
+            wrapper: "xlb_bench",
+            from_target: Some(k),
+            packet: tcp(target(k), 8080, CLIENT, 40_000, Flags::Ack, 64),
+            mode: SAME_FLOW,
+            verdict: XDP_REDIRECT,
+            stat: Stat::FwdRedirect,
+            goal: Goal::None,
+        },
+        Case {
             name: "xlb: new TCP flow (SYN; a new tuple every packet, embryonic table full: each insert evicts)",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: tcp(CLIENT, 1024, VIP, 80, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -88,6 +119,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb: new TCP flow (SYN) of a listener not owning its targets' replies (2 inserts)",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: tcp(CLIENT, 1024, VIP2, 80, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -97,6 +129,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb: new UDP flow (first datagram; a new tuple every packet, table full)",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: udp(CLIENT, 1024, VIP, 9000),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -106,6 +139,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb: non-listener packet",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_PASS,
@@ -115,6 +149,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb dsr: established TCP flow",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: tcp(CLIENT, 40_000, VIP_DSR, 8080, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -124,6 +159,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb dsr: new TCP flow (SYN)",
             wrapper: "xlb_bench",
+            from_target: None,
             packet: tcp(CLIENT, 1024, VIP_DSR, 8080, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -133,6 +169,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb tunnel: established TCP flow (+ undoing the encapsulation)",
             wrapper: "xlb_bench_tunnel",
+            from_target: None,
             packet: tcp(CLIENT, 40_000, VIP_TUN, 8080, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -142,6 +179,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb tunnel: new TCP flow (SYN) (+ undoing the encapsulation)",
             wrapper: "xlb_bench_tunnel",
+            from_target: None,
             packet: tcp(CLIENT, 1024, VIP_TUN, 8080, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -151,6 +189,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb6: established TCP flow (NAT66; xlb6 entered directly)",
             wrapper: "xlb_bench6",
+            from_target: None,
             packet: tcp6(CLIENT6, 40_000, VIP6, 80, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -160,6 +199,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb6: new TCP flow (SYN) (NAT66; xlb6 entered directly)",
             wrapper: "xlb_bench6",
+            from_target: None,
             packet: tcp6(CLIENT6, 1024, VIP6, 80, Flags::Syn, 64),
             mode: NEW_FLOW,
             verdict: XDP_REDIRECT,
@@ -169,6 +209,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb6 dsr: established TCP flow (xlb6 entered directly)",
             wrapper: "xlb_bench6",
+            from_target: None,
             packet: tcp6(CLIENT6, 40_000, VIP6_DSR, 8080, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_REDIRECT,
@@ -178,6 +219,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb: non-listener IPv4 packet, unwrapped",
             wrapper: UNWRAPPED,
+            from_target: None,
             packet: tcp(CLIENT, 40_000, [198, 18, 5, 5], 22, Flags::Ack, 64),
             mode: SAME_FLOW,
             verdict: XDP_PASS,
@@ -187,6 +229,7 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         Case {
             name: "xlb: non-listener IPv6 packet, unwrapped (xlb, tail call, xlb6)",
             wrapper: UNWRAPPED,
+            from_target: None,
             packet: tcp6(
                 CLIENT6,
                 40_000,
@@ -211,16 +254,29 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
         ""
     };
     // The real program, once per case: verdict and the rewritten packet.
+    let (in0, ifaces) = (lab.in0, lab.t.clone());
+    let ingress = move |c: &Case| c.from_target.map_or(in0, |k| ifaces[usize::from(k) - 1]);
     let prog = lab.b.dataplane_mut().program().unwrap();
     for c in &cases {
-        let (ret, out, _) = run_once(prog, &c.packet, lab.in0);
+        let (ret, out, _) = run_once(prog, &c.packet, ingress(c));
         assert_eq!(ret, c.verdict, "{}", c.name);
         let p = SlicedPacket::from_ethernet(&out).unwrap();
         let to_target = |k: u8| match p.net.as_ref().unwrap() {
             etherparse::NetSlice::Ipv4(ip) => ip.header().destination() == target(k),
             etherparse::NetSlice::Ipv6(ip) => ip.header().destination() == target6(k),
         };
-        if c.verdict == XDP_REDIRECT {
+        if c.from_target.is_some() {
+            // A reply: from the VIP to the client.
+            let Some(etherparse::NetSlice::Ipv4(ip)) = p.net.as_ref() else {
+                panic!("{}: not IPv4", c.name)
+            };
+            assert_eq!(
+                (ip.header().source(), ip.header().destination()),
+                (VIP, CLIENT),
+                "{}: from the VIP to the client",
+                c.name
+            );
+        } else if c.verdict == XDP_REDIRECT {
             // NAT and tunnel: the (outer) destination is the target; dsr: its MAC.
             assert!(
                 (1..=2).any(|k| to_target(k) || out[0..6] == target_mac(k)),
@@ -249,9 +305,17 @@ pub fn program_cost(args: &Args, lab: &mut Lab, small: bool) -> Vec<Figure> {
             object::set_template(lab.b.dataplane_mut(), &c.packet, c.mode);
             // The wrapper's own cost with this template and mode (a mode that varies the
             // tuple costs the wrapper more).
-            let w = timed(lab, "xlb_bench_restore", &c.packet, args.repeat, XDP_PASS);
+            let on = ingress(c);
+            let w = timed_on(
+                lab,
+                "xlb_bench_restore",
+                &c.packet,
+                args.repeat,
+                XDP_PASS,
+                on,
+            );
             let before = lab.stats();
-            let t = timed(lab, c.wrapper, &c.packet, args.repeat, c.verdict);
+            let t = timed_on(lab, c.wrapper, &c.packet, args.repeat, c.verdict, on);
             let after = lab.stats();
             let moved = after[c.stat as usize] - before[c.stat as usize];
             assert_eq!(
