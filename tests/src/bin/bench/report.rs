@@ -109,6 +109,21 @@ fn short(baseline: &str) -> &str {
     }
 }
 
+/// A bar's label: the figure's name without its parenthesised details (the table has them).
+fn short_label(name: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for ch in name.replace("xlb: ", "xlb ").chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let bars: Vec<&Figure> = figs
@@ -116,7 +131,8 @@ pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
         .filter(|f| f.section == "program" && !f.name.starts_with("measuring"))
         .collect();
     let max = bars.iter().map(|f| f.max).fold(0.0, f64::max) * 1.15;
-    let root = BitMapBackend::new(path, (900, 420)).into_drawing_area();
+    let height = 80 + 24 * u32::try_from(bars.len()).unwrap_or(40);
+    let root = BitMapBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -125,16 +141,17 @@ pub fn plot(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
         )
         .margin(12)
         .x_label_area_size(30)
-        .y_label_area_size(250)
+        .y_label_area_size(500)
         .build_cartesian_2d(0f64..max, (0..bars.len()).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .y_labels(bars.len())
         .x_desc("ns per packet")
         .y_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => bars
                 .get(*i)
-                .map(|f| f.name.replace("xlb: ", "xlb "))
+                .map(|f| short_label(&f.name))
                 .unwrap_or_default(),
             _ => String::new(),
         })
