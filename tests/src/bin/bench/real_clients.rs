@@ -115,6 +115,17 @@ fn own_cost<T>(path: Path4, haproxy: Option<u32>, f: impl FnOnce() -> T) -> (T, 
     (r, own)
 }
 
+/// A server started for the benchmark: killed and reaped when dropped, on a panic too (a
+/// child process is not ended by dropping its handle).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What one bounded wrk run found.
 #[derive(Clone, Copy)]
 struct WrkResult {
@@ -236,13 +247,15 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
     let mut throughput: Vec<(Path4, Vec<f64>)> = paths.iter().map(|p| (*p, Vec::new())).collect();
     let mut iperf_own: Vec<(Path4, Own)> = Vec::new();
     let mut discarded = 0u32;
-    let mut iperf_server = rig.targets[0]
-        .command("taskset")
-        .args(["-c", SERVER_CPU, "iperf3", "-s", "-p", "5201"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 server starts");
+    let _iperf_server = Reaped(
+        rig.targets[0]
+            .command("taskset")
+            .args(["-c", SERVER_CPU, "iperf3", "-s", "-p", "5201"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 server starts"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     rig.client
         .exec("ip route add 198.18.1.0/24 via 198.18.0.1")
@@ -309,7 +322,7 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                         .stderr(std::process::Stdio::null())
                         .spawn()
                         .expect("haproxy starts");
-                    haproxy = Some(child);
+                    haproxy = Some(Reaped(child));
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
@@ -325,7 +338,7 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                 "{}: curl {url} failed",
                 path.name()
             );
-            let haproxy_pid = haproxy.as_ref().and_then(|c: &std::process::Child| {
+            let haproxy_pid = haproxy.as_ref().and_then(|Reaped(c)| {
                 // `ip netns exec` may fork: HAProxy is the child's child then.
                 let pid = c.id();
                 std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -382,18 +395,15 @@ pub fn real_clients(args: &Args) -> Vec<Figure> {
                     rig.lb.exec("nft delete table ip xlb_bench").unwrap();
                 }
                 Path4::Haproxy => {
-                    if let Some(mut c) = haproxy {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
+                    // Killed and reaped when dropped.
+                    drop(haproxy);
                     let _ = rig.lb.exec("ip addr del 198.18.100.10/32 dev lo");
                 }
                 Path4::Routed => {}
             }
         }
     }
-    let _ = iperf_server.kill();
-    let _ = iperf_server.wait();
+    drop(_iperf_server);
     drop(rig);
     let _ = std::fs::remove_dir_all(&dir);
     let mut figs = vec![figure(
