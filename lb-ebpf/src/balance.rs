@@ -306,9 +306,15 @@ fn forget_owner_flow<F: Family>(f: &FlowOf<F>, o: &ReverseValue, target_id: u32)
 
 #[inline(always)]
 fn forget_in<K>(table: &'static LruHashMap<K, FlowValue>, key: &K, target_id: u32) {
-    if sys::with_value_mut(table, key, |e| e.target_id == target_id) == Some(true) {
+    if names_target(table, key, target_id) {
         let _ = table.remove(key);
     }
+}
+
+/// Does `table` hold an entry for `key` that sends its flow to `target_id`?
+#[inline(always)]
+fn names_target<K>(table: &'static LruHashMap<K, FlowValue>, key: &K, target_id: u32) -> bool {
+    sys::with_value_mut(table, key, |e| e.target_id == target_id) == Some(true)
 }
 
 /// The return-path entry of a packet coming from a target, if it is a reply to a balanced flow.
@@ -332,11 +338,9 @@ pub fn reply_to<F: Family>(
 ) -> Option<&'static ReverseValue> {
     if let Some(o) = F::owner(src, sport, proto) {
         let key = F::flow_key(*dst, *F::of_slot(&o.vip), dport, o.vport, proto);
-        let names_target = |e: &mut FlowValue| e.target_id == o.target_id;
         // A SYN-ACK answers a flow still embryonic.
-        if sys::with_value_mut(F::flows(), &key, names_target) == Some(true)
-            || (proto == PROTO_TCP
-                && sys::with_value_mut(F::embryonic(), &key, names_target) == Some(true))
+        if names_target(F::flows(), &key, o.target_id)
+            || (proto == PROTO_TCP && names_target(F::embryonic(), &key, o.target_id))
         {
             return Some(o);
         }

@@ -86,7 +86,7 @@ fn cost(lab: &mut Lab, pkt: &[u8], mode: u32, flows: u32, repeat: u32, all_found
     t - w + pass
 }
 
-fn point(series: &'static str, name: String, x: f64, v: Vec<f64>) -> Figure {
+fn point(series: &str, name: String, x: f64, v: Vec<f64>) -> Figure {
     figure("sweep", &name, "ns/packet", v).at(series, x)
 }
 
@@ -159,57 +159,55 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
         let c = config(l, 2, 65_536, 1021);
         let mut lab = lab(&format!("sl{l}"), &c);
         let [a, b] = vip_octets(0);
-        let vip = [198, 18, a, b];
-        let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
-        object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
-        timed(&mut lab, "xlb_bench", &est, 1, XDP_REDIRECT);
-        let v = (0..args.reps)
-            .map(|_| cost(&mut lab, &est, SAME_FLOW, 1, args.repeat, true))
-            .collect();
-        out.push(point(
-            "listeners (established flow)",
-            format!("sweep: established flow, {l} listeners"),
-            f64::from(l),
-            v,
-        ));
-        let syn = tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64);
-        let v = (0..args.reps)
-            .map(|_| cost(&mut lab, &syn, NEW_FLOW, 1, args.repeat, true))
-            .collect();
-        out.push(point(
-            "listeners (new flow)",
-            format!("sweep: new TCP flow, {l} listeners"),
-            f64::from(l),
-            v,
+        out.extend(established_and_new(
+            args,
+            &mut lab,
+            [198, 18, a, b],
+            ("listeners", "listeners"),
+            l,
         ));
     }
     // Targets per listener: 2, 100, 4,000 (Maglev table M = 65,537).
     for n in [2u32, 100, 4000] {
         let c = config(1, n, 65_536, 65_537);
         let mut lab = lab(&format!("st{n}"), &c);
-        let vip = [198, 18, 100, 10];
-        let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
-        object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
-        timed(&mut lab, "xlb_bench", &est, 1, XDP_REDIRECT);
-        let v = (0..args.reps)
-            .map(|_| cost(&mut lab, &est, SAME_FLOW, 1, args.repeat, true))
-            .collect();
-        out.push(point(
-            "targets per listener (established flow)",
-            format!("sweep: established flow, {n} targets"),
-            f64::from(n),
-            v,
-        ));
-        let syn = tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64);
-        let v = (0..args.reps)
-            .map(|_| cost(&mut lab, &syn, NEW_FLOW, 1, args.repeat, true))
-            .collect();
-        out.push(point(
-            "targets per listener (new flow)",
-            format!("sweep: new TCP flow, {n} targets"),
-            f64::from(n),
-            v,
+        out.extend(established_and_new(
+            args,
+            &mut lab,
+            [198, 18, 100, 10],
+            ("targets per listener", "targets"),
+            n,
         ));
     }
     out
+}
+
+/// The established flow's and a new TCP flow's cost through listener `vip`:80, as points `x`
+/// of the sweep named `(series, unit)` ("targets per listener", "targets").
+fn established_and_new(
+    args: &Args,
+    lab: &mut Lab,
+    vip: [u8; 4],
+    (series, unit): (&str, &str),
+    x: u32,
+) -> [Figure; 2] {
+    let est = tcp(CLIENT, 40_000, vip, 80, Flags::Ack, 64);
+    object::set_template(lab.b.dataplane_mut(), &est, SAME_FLOW);
+    timed(lab, "xlb_bench", &est, 1, XDP_REDIRECT);
+    let syn = tcp(CLIENT, FIRST_PORT, vip, 80, Flags::Syn, 64);
+    [
+        (est, SAME_FLOW, "established flow", "established flow"),
+        (syn, NEW_FLOW, "new flow", "new TCP flow"),
+    ]
+    .map(|(pkt, mode, case, name)| {
+        let v = (0..args.reps)
+            .map(|_| cost(lab, &pkt, mode, 1, args.repeat, true))
+            .collect();
+        point(
+            &format!("{series} ({case})"),
+            format!("sweep: {name}, {x} {unit}"),
+            f64::from(x),
+            v,
+        )
+    })
 }
