@@ -18,20 +18,7 @@ fn explain(env: &Env, args: &[&str]) -> serde_json::Value {
 #[test]
 fn explain_tells_listener_pick_entry_and_verdict_from_the_live_program() {
     let env = Env::start("explain", 2, &Setup::demo(&[1, 2]));
-    env.wait_state(
-        "web",
-        "198.18.1.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
-    env.wait_state(
-        "web",
-        "198.18.2.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
+    env.wait_web("healthy", Duration::from_secs(10));
     let x = explain(&env, &["tcp", "198.18.0.2:45000", "198.18.100.10:80"]);
     let s = |k: &str| x[k].as_str().unwrap_or_default().to_owned();
     assert!(

@@ -36,20 +36,7 @@ fn a_killed_agent_leaves_xdp_forwarding_and_the_next_takes_over_with_nothing_bro
     );
     std::fs::write(&env.config, config).unwrap();
     env.start_agent();
-    env.wait_state(
-        "web",
-        "198.18.1.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
-    env.wait_state(
-        "web",
-        "198.18.2.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
+    env.wait_web("healthy", Duration::from_secs(10));
 
     // A second agent with the same config is refused at the control socket, before it could
     // take the running one's pinned data plane; the running one is untouched.

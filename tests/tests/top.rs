@@ -46,20 +46,7 @@ impl Drop for Tmux {
 #[test]
 fn top_shows_rates_and_health_live_and_q_quits() {
     let env = Env::start("top", 2, &Setup::demo(&[1, 2]));
-    env.wait_state(
-        "web",
-        "198.18.1.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
-    env.wait_state(
-        "web",
-        "198.18.2.2",
-        8080,
-        "healthy",
-        Duration::from_secs(10),
-    );
+    env.wait_web("healthy", Duration::from_secs(10));
     let tmux = Tmux(format!("xlb-top-{}", std::process::id()));
     let top = format!(
         "{} top --socket {}",

@@ -158,6 +158,14 @@ impl Env {
         }
     }
 
+    /// [`Env::wait_state`] for both targets of the demo's `web` group (198.18.1.2 and
+    /// 198.18.2.2, port 8080), one after the other, each within `limit`.
+    pub fn wait_web(&self, state: &str, limit: Duration) {
+        for address in ["198.18.1.2", "198.18.2.2"] {
+            self.wait_state("web", address, 8080, state, limit);
+        }
+    }
+
     /// `curl URL` from the client namespace: the body.
     pub fn curl(&self, url: &str) -> String {
         let out = self
