@@ -388,7 +388,8 @@ fn mid_flow_misses(f: &Fleet, k: usize) -> u64 {
 }
 
 /// Open connections on every node; target 3 registered on every node; then node 1 drained,
-/// so its connections reach nodes that never saw them. (broken, moved of 60 new flows).
+/// so its connections reach nodes that never saw them. (broken, moved of [`JOIN_CURLS`] new
+/// flows).
 fn target_joins_then_a_node_drains(tag: &str, window: &str) -> (usize, usize) {
     let f = Fleet::start(tag, |_| NodeExtra {
         tables: window.to_owned(),
@@ -409,9 +410,11 @@ fn target_joins_then_a_node_drains(tag: &str, window: &str) -> (usize, usize) {
     for k in 1..=NODES {
         f.wait_target_state(k, &t3, "healthy");
     }
-    let names = f.curls(60);
+    let names = f.curls(JOIN_CURLS);
+    let unanswered = names.iter().filter(|n| !n.starts_with("backend-")).count();
+    assert_eq!(unanswered, 0, "new connections unanswered: {names:?}");
     let moved = names.iter().filter(|n| *n == "backend-3").count();
-    eprintln!("target 3 joined: {moved} of 60 new connections went to it");
+    eprintln!("target 3 joined: {moved} of {JOIN_CURLS} new connections went to it");
     assert!(f.xlb(1, &["node", "drain"]).status.success());
     f.rig
         .wait_next_hops(&[2, 3], Duration::from_secs(10))
@@ -424,12 +427,21 @@ fn target_joins_then_a_node_drains(tag: &str, window: &str) -> (usize, usize) {
     (broken, moved)
 }
 
+/// New connections opened once target 3 has joined (each from a fresh client port).
+const JOIN_CURLS: usize = 90;
+
+/// How many of [`JOIN_CURLS`] may reach the joining target: a third is 30, and the count is
+/// binomial (n 90, p 1/3), so it falls outside 12..=50 by chance less than once in 100,000
+/// runs (60 connections and 10..=32 failed about once in 600: CI saw 33). What it rules out
+/// is a join that takes none or all of the new flows; the exact shares are Maglev's unit tests.
+const JOIN_MOVED: std::ops::RangeInclusive<usize> = 12..=50;
+
 #[test]
 fn a_target_joining_moves_a_third_of_new_flows_and_no_open_connection_even_across_nodes() {
     let (broken, moved) = target_joins_then_a_node_drains("join", "");
     assert!(
-        (10..=32).contains(&moved),
-        "{moved} of 60 moved (about 20 expected)"
+        JOIN_MOVED.contains(&moved),
+        "{moved} of {JOIN_CURLS} moved (about 30 expected)"
     );
     assert_eq!(broken, 0);
 }
