@@ -187,24 +187,46 @@ fn rules_added_at_run_time_take_effect_survive_a_restart_and_errors_change_nothi
     assert!(curl(&env).1.starts_with("backend-"));
 }
 
-/// `n` curls at once from the client (from `source`), each given `timeout_s`: how many got an
-/// answer.
-fn burst(env: &Env, n: usize, source: &str, timeout_s: &str) -> usize {
-    let script = format!(
-        "for i in $(seq {n}); do curl -s -o /dev/null -w '%{{http_code}}\\n' -m {timeout_s} \
-         --interface {source} http://{VIP}/ & done; wait"
-    );
-    let out = env
-        .rig
-        .client
-        .command("bash")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| *l == "200")
-        .count()
+/// `n` connections from `source` opened at once: every SYN leaves within a millisecond or so
+/// (nonblocking connects from one thread, so the burst's spread does not depend on how fast
+/// the machine starts processes), each connection gets up to `wait` to be accepted (a refused
+/// SYN's retry comes after 1 s, so with `wait` under that a refused connection stays refused),
+/// then each accepted one is asked a GET. How many answered.
+fn burst(env: &Env, n: usize, source: &str, wait: Duration) -> usize {
+    let src: std::net::IpAddr = source.parse().unwrap();
+    let vip: std::net::SocketAddr = format!("{VIP}:80").parse().unwrap();
+    env.in_client(move || {
+        use socket2::{Domain, Socket, Type};
+        let socks: Vec<Socket> = (0..n)
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.bind(&std::net::SocketAddr::new(src, 0).into()).unwrap();
+                s.set_nonblocking(true).unwrap();
+                match s.connect(&vip.into()) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    other => panic!("nonblocking connect: {other:?}"),
+                }
+                s
+            })
+            .collect();
+        // getpeername fails while the SYN is unanswered.
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline && socks.iter().any(|s| s.peer_addr().is_err()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        socks
+            .into_iter()
+            .filter(|s| s.peer_addr().is_ok())
+            .filter(|s| {
+                let stream: std::net::TcpStream = s.try_clone().unwrap().into();
+                Conn::from_stream(stream, Duration::from_secs(5))
+                    .and_then(|mut c| c.get())
+                    .is_ok_and(|body| body.starts_with("backend-"))
+            })
+            .count()
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]
@@ -231,8 +253,9 @@ fn a_source_over_its_new_flow_limit_loses_the_excess_and_nothing_else() {
     .unwrap();
     reload(&env);
     // 20 connections at once: about 4 pass (a token comes back every 250 ms; the burst takes
-    // well under that, and a refused SYN's retry comes after curl's 0.8 s are up).
-    let answered = burst(&env, 20, "198.18.0.2", "0.8");
+    // well under that, and a refused SYN's retry would come after the 0.8 s it waits).
+    let answered = burst(&env, 20, "198.18.0.2", Duration::from_millis(800));
+    eprintln!("a burst of 20 at 4/s per source: {answered} answered");
     assert!(
         (4..=6).contains(&answered),
         "{answered} of 20 answered, want about 4"
@@ -244,7 +267,7 @@ fn a_source_over_its_new_flow_limit_loses_the_excess_and_nothing_else() {
     assert!(back_rx.recv_timeout(Duration::from_secs(10)).unwrap());
     conn.join().unwrap();
     // Another source has its own bucket.
-    assert_eq!(burst(&env, 3, "198.18.0.3", "2"), 3);
+    assert_eq!(burst(&env, 3, "198.18.0.3", Duration::from_secs(2)), 3);
     // Shown per listener in status.
     let s = env.status_json();
     let r = &s["listeners"][0]["rate_limits"];
@@ -257,5 +280,5 @@ fn a_source_over_its_new_flow_limit_loses_the_excess_and_nothing_else() {
     );
     // A second later the bucket is full again.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(burst(&env, 3, "198.18.0.2", "2"), 3);
+    assert_eq!(burst(&env, 3, "198.18.0.2", Duration::from_secs(2)), 3);
 }

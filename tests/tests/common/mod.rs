@@ -245,6 +245,12 @@ impl Conn {
     /// A connection to `addr` (ADDRESS:PORT) whose reads wait `read_timeout`.
     pub fn open_to(addr: &str, read_timeout: Duration) -> std::io::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+        Self::from_stream(stream, read_timeout)
+    }
+
+    /// A connection made elsewhere (a connected stream), its reads waiting `read_timeout`.
+    pub fn from_stream(stream: TcpStream, read_timeout: Duration) -> std::io::Result<Self> {
+        stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(read_timeout))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader })
