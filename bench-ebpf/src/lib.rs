@@ -19,8 +19,13 @@ pub const NEW_FLOW: u32 = 1;
 /// Repetitions cycle through [`BenchPacket::flows`] tuples: many flows, each seen again and
 /// again.
 pub const MANY_FLOWS: u32 = 2;
-/// Flow `i` of a mode that varies the tuple has source port `FIRST_PORT + i % PORTS` and the
-/// template's source address plus `i / PORTS` in its last 16 bits.
+/// Repetitions cycle through [`BenchPacket::flows`] clients: flow `i`'s source address is the
+/// template's plus `i` in its last 16 bits, its ports the template's (one flow per client).
+pub const MANY_CLIENTS: u32 = 3;
+/// As [`MANY_CLIENTS`], on the destination: replies to `flows` clients in turn.
+pub const REPLIES_TO_MANY_CLIENTS: u32 = 4;
+/// Flow `i` of [`NEW_FLOW`] and [`MANY_FLOWS`] has source port `FIRST_PORT + i % PORTS` and
+/// the template's source address plus `i / PORTS` in its last 16 bits.
 pub const FIRST_PORT: u16 = 1024;
 pub const PORTS: u32 = 50_000;
 

@@ -22,7 +22,9 @@ use lb_ebpf::{
     hdr::{ETH_LEN, ETHERTYPE_IPV6, Eth, IPV4_MIN_LEN, IPV6_LEN, Ipv4, Ipv6, Tcp, Udp},
     sys::{self, header_mut},
 };
-use xlb_bench_abi::{BenchPacket, FIRST_PORT, MANY_FLOWS, NEW_FLOW, PORTS};
+use xlb_bench_abi::{
+    BenchPacket, FIRST_PORT, MANY_CLIENTS, NEW_FLOW, PORTS, REPLIES_TO_MANY_CLIENTS, SAME_FLOW,
+};
 
 /// The balancer, exactly as the product's object has it.
 #[xdp]
@@ -44,41 +46,48 @@ static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn restore(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
     write_words(ctx, &t.words, t.words_used)?;
-    if t.mode == NEW_FLOW || t.mode == MANY_FLOWS {
+    if t.mode != SAME_FLOW {
         vary(ctx, t)?;
     }
     Some(())
 }
 
-/// The next tuple: source port and the last 16 bits of the source address (see
-/// `xlb_bench_abi::PORTS`), with every checksum kept valid (conntrack drops a bad one). The
-/// template's port is `FIRST_PORT`.
+/// The next tuple (see `xlb_bench_abi`'s modes): the last 16 bits of the source address (the
+/// destination's for replies) and, unless one flow per client, the source port, with every
+/// checksum kept valid (conntrack drops a bad one). The template's port is `FIRST_PORT`.
 #[inline(always)]
 fn vary(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
     let n = sys::with_slot(&BENCH_SEQ, 0, |seq| {
         *seq = seq.wrapping_add(1);
         *seq
     })?;
-    let i = if t.mode == MANY_FLOWS {
-        n % t.flows.max(1)
-    } else {
+    let i = if t.mode == NEW_FLOW {
         n
+    } else {
+        n % t.flows.max(1)
     };
-    let port = FIRST_PORT + (i % PORTS) as u16;
-    let step = (i / PORTS) as u16;
+    let per_client = t.mode == MANY_CLIENTS || t.mode == REPLIES_TO_MANY_CLIENTS;
+    let (port, step) = if per_client {
+        (FIRST_PORT, i as u16)
+    } else {
+        (FIRST_PORT + (i % PORTS) as u16, (i / PORTS) as u16)
+    };
+    let dst = t.mode == REPLIES_TO_MANY_CLIENTS;
     let ipv6 = header_mut::<Eth>(ctx, 0)?.ethertype == ETHERTYPE_IPV6;
-    // The source address's last 16 bits: (old, new).
+    // The address's last 16 bits: (old, new).
     let (l4, proto, old_host, new_host) = if ipv6 {
         let ip = header_mut::<Ipv6>(ctx, ETH_LEN)?;
-        let old = u16::from_be_bytes([ip.src[14], ip.src[15]]);
+        let a = if dst { &mut ip.dst } else { &mut ip.src };
+        let old = u16::from_be_bytes([a[14], a[15]]);
         let new = old.wrapping_add(step);
-        [ip.src[14], ip.src[15]] = new.to_be_bytes();
+        [a[14], a[15]] = new.to_be_bytes();
         (ETH_LEN + IPV6_LEN, ip.next, old, new)
     } else {
         let ip = header_mut::<Ipv4>(ctx, ETH_LEN)?;
-        let old = u16::from_be_bytes([ip.src[2], ip.src[3]]);
+        let a = if dst { &mut ip.dst } else { &mut ip.src };
+        let old = u16::from_be_bytes([a[2], a[3]]);
         let new = old.wrapping_add(step);
-        [ip.src[2], ip.src[3]] = new.to_be_bytes();
+        [a[2], a[3]] = new.to_be_bytes();
         ip.check = csum::replace16(u16::from_be_bytes(ip.check), old, new).to_be_bytes();
         (ETH_LEN + IPV4_MIN_LEN, ip.proto, old, new)
     };
@@ -92,13 +101,17 @@ fn vary(ctx: &XdpContext, t: &BenchPacket) -> Option<()> {
             csum::udp_fixup(c, n)
         };
         udp.check = n.to_be_bytes();
-        udp.src = port.to_be_bytes();
+        if !per_client {
+            udp.src = port.to_be_bytes();
+        }
     } else {
         let tcp = header_mut::<Tcp>(ctx, l4)?;
         let c = u16::from_be_bytes(tcp.check);
         let n = csum::replace16(csum::replace16(c, old_host, new_host), FIRST_PORT, port);
         tcp.check = n.to_be_bytes();
-        tcp.src = port.to_be_bytes();
+        if !per_client {
+            tcp.src = port.to_be_bytes();
+        }
     }
     Some(())
 }
@@ -240,7 +253,7 @@ pub fn xlb_bench_fwd(ctx: XdpContext) -> u32 {
 /// and a redirect, nothing else.
 #[xdp]
 pub fn xlb_bench_fwd_cached(ctx: XdpContext) -> u32 {
-    forward::forward::<V4>(&ctx, Some(1), None).action
+    forward::forward::<V4>(&ctx, Some(forward::Cache::Target(1)), None).action
 }
 
 /// Overwrite the packet's first `used * 8` bytes (at most `N * 8`) with `words`; `None` if the

@@ -51,9 +51,43 @@ pub fn flow_hash_v6(
     fmix32(h ^ ports ^ (u32::from(proto) << 24))
 }
 
+/// The slot of the replies' next-hop cache (`limits::REPLY_HOP_SLOTS`, a power of two) for
+/// a client address (an address slot as four native-order words, an IPv4 address in the
+/// first) and the interface the reply arrives on: replies from targets behind two interfaces
+/// to one client take two slots, not turns in one.
+#[inline(always)]
+pub fn reply_hop_slot(addr: &[u32; 4], ingress: u32) -> u32 {
+    let folded =
+        addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    fmix32(fmix32(folded ^ FLOW_HASH_SEED) ^ ingress) & (crate::limits::REPLY_HOP_SLOTS - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_hop_slots_spread_clients_and_interfaces() {
+        use crate::limits::REPLY_HOP_SLOTS;
+        // 40,960 IPv4 clients of one /16 over the slots: about 10 each, none empty or piled.
+        let mut slots = vec![0u32; REPLY_HOP_SLOTS as usize];
+        for i in 0..REPLY_HOP_SLOTS * 10 {
+            let a = [198u8, 18, (i >> 8) as u8, i as u8];
+            let w = [u32::from_ne_bytes(a), 0, 0, 0];
+            slots[reply_hop_slot(&w, 3) as usize] += 1;
+        }
+        let (lo, hi) = (slots.iter().min().unwrap(), slots.iter().max().unwrap());
+        assert!(*lo >= 1 && *hi <= 30, "slots hold {lo}..{hi} clients");
+        // The interface moves a client's slot; each IPv6 word does too.
+        let w = [u32::from_ne_bytes([198, 18, 0, 2]), 0, 0, 0];
+        assert_ne!(reply_hop_slot(&w, 3), reply_hop_slot(&w, 4));
+        let v6 = [0x2001_0db8u32.to_be(), 0, 0, 2u32.to_be()];
+        for k in 0..4 {
+            let mut x = v6;
+            x[k] ^= 0x0100_0000;
+            assert_ne!(reply_hop_slot(&x, 3), reply_hop_slot(&v6, 3), "word {k}");
+        }
+    }
 
     #[test]
     fn source_port_changes_the_hash_spread_over_a_ring() {

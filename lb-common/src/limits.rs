@@ -47,6 +47,12 @@ pub const VIP_HINT_ENTRIES: u32 = 65_536;
 /// FIB lookup before asking the kernel again: a route or neighbour change is seen within this.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
+/// Slots of the per-CPU next-hop cache of replies, direct-mapped by the client's address (a
+/// power of two): a reply to a client seen in the last [`NEXT_HOP_TTL_NS`] whose slot no other
+/// client took meanwhile skips the FIB lookup. Past this many active clients per CPU, replies
+/// ask the FIB as they did without the cache.
+pub const REPLY_HOP_SLOTS: u32 = 4096;
+
 /// Slots of the decapsulation program's counter array (see [`crate::DecapStat`]).
 pub const DECAP_STAT_SLOTS: u32 = 8;
 

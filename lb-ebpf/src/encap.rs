@@ -75,7 +75,7 @@ pub fn tunnel(ctx: &mut XdpContext, f: &Flow, target_id: u32, target: &TargetVal
     let tot_len = inner_len.saturating_add(OUTER_LEN);
     let hop = match forward::next_hop(
         ctx,
-        Some(target_id),
+        Some(forward::Cache::Target(target_id)),
         tot_len,
         forward::Outer4 {
             src,
@@ -217,7 +217,7 @@ fn tunnel6_to(
         dst: &target.addr,
         proto: next,
     };
-    let hop = match forward::next_hop(ctx, Some(target_id), tot_len, ask) {
+    let hop = match forward::next_hop(ctx, Some(forward::Cache::Target(target_id)), tot_len, ask) {
         Ok(hop) => Some(hop),
         Err(NoHop::NoNeigh) => None,
         Err(NoHop::FragNeeded { mtu }) => return Err(Some(mtu)),

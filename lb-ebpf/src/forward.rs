@@ -1,5 +1,5 @@
-//! Stage 6: find the next hop (the kernel's FIB and neighbour tables, cached per target for up
-//! to a second) and send the packet toward it.
+//! Stage 6: find the next hop (the kernel's FIB and neighbour tables, cached for up to a
+//! second per target, and per client for replies) and send the packet toward it.
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -7,12 +7,12 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::{Stat, limits::NEXT_HOP_TTL_NS};
+use lb_common::{Stat, hash::reply_hop_slot, limits::NEXT_HOP_TTL_NS};
 
 use crate::{
     family::Family,
     hdr::Eth,
-    maps::{NEXT_HOPS, NextHop},
+    maps::{NEXT_HOPS, NextHop, REPLY_HOPS, ReplyHop},
     parse::Verdict,
     sys::{self, header_mut},
 };
@@ -112,29 +112,86 @@ pub fn ask_v6(p: &mut FibParams, src: &[u8; 16], dst: &[u8; 16], proto: u8) {
     p.__bindgen_anon_4.ipv6_dst = words(dst);
 }
 
+/// Where a packet's next hop is cached.
+#[derive(Clone, Copy)]
+pub enum Cache {
+    /// Toward target `id`: its slot of `NEXT_HOPS`.
+    Target(u32),
+    /// Toward a client (a reply): the slot of `REPLY_HOPS` its address and the ingress hash
+    /// to (`lb_common::hash::reply_hop_slot`), whose entry counts only if it is this client's.
+    Client { addr: [u32; 4], family: u8 },
+}
+
+impl Cache {
+    /// The cache of replies to the client at `addr` (an address slot, see `Family::to_slot`).
+    #[inline(always)]
+    pub fn client<F: Family>(addr: F::Addr) -> Self {
+        let a = F::to_slot(addr);
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        Cache::Client {
+            addr: [w(0), w(4), w(8), w(12)],
+            family: F::CODE,
+        }
+    }
+
+    /// The cached hop; one that expired long ago (`NextHop::NONE`) if there is none. (Not an
+    /// `Option`: LLVM may spill the fields of a `None`, uninitialised, which the verifier
+    /// refuses.)
+    #[inline(always)]
+    fn read(self, ingress: u32) -> NextHop {
+        match self {
+            Cache::Target(id) => sys::with_slot(&NEXT_HOPS, id, |nh| *nh),
+            Cache::Client { addr, family } => {
+                sys::with_slot(&REPLY_HOPS, reply_hop_slot(&addr, ingress), |e| {
+                    // Word by word: no memcmp in BPF.
+                    let same = e.family == family
+                        && e.addr[0] == addr[0]
+                        && e.addr[1] == addr[1]
+                        && e.addr[2] == addr[2]
+                        && e.addr[3] == addr[3];
+                    if same { e.hop } else { NextHop::NONE }
+                })
+            }
+        }
+        .unwrap_or(NextHop::NONE)
+    }
+
+    #[inline(always)]
+    fn write(self, hop: NextHop) {
+        let ingress = hop.ingress;
+        match self {
+            Cache::Target(id) => {
+                sys::with_slot(&NEXT_HOPS, id, |slot| *slot = hop);
+            }
+            Cache::Client { addr, family } => {
+                sys::with_slot(&REPLY_HOPS, reply_hop_slot(&addr, ingress), |slot| {
+                    *slot = ReplyHop {
+                        hop,
+                        addr,
+                        family,
+                        _pad: [0; 7],
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// The next hop for a packet of `tot_len` bytes (its IP length, checked against the MTU).
-/// `target`: the target it goes to, whose next hop may be cached; `None` for replies (many
-/// client addresses: always a FIB lookup). `ask` fills in the question, only on a cache miss.
+/// `cache`: where its next hop may be cached (`None`: always a FIB lookup). `ask` fills in the
+/// question, only on a cache miss.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
-    target: Option<u32>,
+    cache: Option<Cache>,
     tot_len: u16,
     ask: impl Ask,
 ) -> Result<Hop, NoHop> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let cached = target.and_then(|id| sys::with_slot(&NEXT_HOPS, id, |nh| *nh));
-    // Only the cache needs the time: replies (no target) skip the clock.
-    let now = if cached.is_some() {
-        sys::coarse_ns()
-    } else {
-        0
-    };
-    if let Some(nh) = cached
-        && nh.expires_ns > now
-        && nh.ingress == ingress
-        && tot_len <= nh.max_len
-    {
+    // Only the cache needs the time.
+    let now = if cache.is_some() { sys::coarse_ns() } else { 0 };
+    let nh = cache.map_or(NextHop::NONE, |c| c.read(ingress));
+    if nh.expires_ns > now && nh.ingress == ingress && tot_len <= nh.max_len {
         return Ok(Hop {
             ingress,
             egress: nh.egress,
@@ -159,9 +216,10 @@ pub fn next_hop(
         }
         _ => return Err(NoHop::Final(Verdict::drop(Stat::DropNoRoute))),
     }
-    if let (Some(id), Some(nh)) = (target, cached) {
+    if let Some(c) = cache {
+        // The same route still: keep its expiry and the largest length it passed.
         let fresh = nh.expires_ns > now && nh.ingress == ingress && nh.egress == p.ifindex;
-        let next = NextHop {
+        c.write(NextHop {
             expires_ns: if fresh {
                 nh.expires_ns
             } else {
@@ -177,8 +235,7 @@ pub fn next_hop(
             smac: p.smac,
             dmac: p.dmac,
             _pad: [0; 2],
-        };
-        sys::with_slot(&NEXT_HOPS, id, |slot| *slot = next);
+        });
     }
     Ok(Hop {
         ingress,
@@ -192,11 +249,11 @@ pub fn next_hop(
 /// FIB is asked for the header's own destination, unless `via` names another (DSR: the target,
 /// while the header keeps the VIP).
 #[inline(always)]
-pub fn forward<F: Family>(ctx: &XdpContext, target: Option<u32>, via: Option<F::Addr>) -> Verdict {
+pub fn forward<F: Family>(ctx: &XdpContext, cache: Option<Cache>, via: Option<F::Addr>) -> Verdict {
     let Some(len) = F::ip_len(ctx) else {
         return Verdict::drop(Stat::DropNoRoute);
     };
-    match next_hop(ctx, target, len, Header::<F> { via }) {
+    match next_hop(ctx, cache, len, Header::<F> { via }) {
         Ok(hop) => send(ctx, &hop),
         Err(NoHop::NoNeigh) => Verdict::pass(Stat::PassNoNeigh),
         Err(NoHop::FragNeeded { .. }) => Verdict::pass(Stat::PassFragNeeded),

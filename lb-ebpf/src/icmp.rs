@@ -11,7 +11,7 @@ use lb_common::{MODE_DSR, MODE_TUNNEL, PROTO_TCP, PROTO_UDP, SETTING_ICMP_ECHO, 
 use crate::{
     balance,
     family::{Family, Side, V4, V6},
-    forward,
+    forward::{self, Cache},
     hdr::{
         ETH_LEN, Eth, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
         Icmp, Ipv4, Ipv6, Tcp, Udp,
@@ -60,10 +60,10 @@ pub fn to_target<F: Family>(ctx: &mut XdpContext, e: &IcmpErrorOf<F>) -> Verdict
     stats::count(Stat::EvIcmpToTarget);
     let addr = F::of_slot(&target.addr);
     match l.mode {
-        MODE_DSR => forward::forward::<F>(ctx, Some(target_id), Some(*addr)),
+        MODE_DSR => forward::forward::<F>(ctx, Some(Cache::Target(target_id)), Some(*addr)),
         MODE_TUNNEL => F::tunnel_icmp(ctx, e, target_id, &target),
         _ => match translate(ctx, e, addr, target.port) {
-            Some(()) => forward::forward::<F>(ctx, Some(target_id), None),
+            Some(()) => forward::forward::<F>(ctx, Some(Cache::Target(target_id)), None),
             None => Verdict::drop(Stat::DropIcmpNoFlow),
         },
     }

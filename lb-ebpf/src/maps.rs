@@ -11,7 +11,8 @@ use lb_common::{
     limits::{
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LISTENERS, DEFAULT_RING_SIZE, MAX_LISTENERS,
         MAX_SOURCE_RULES, MAX_TARGETS, MIN_EMBRYONIC, OWNER_ENTRIES, PORT_FLAG_ENTRIES,
-        RATE_SOURCES, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS, VIP_HINT_ENTRIES,
+        RATE_SOURCES, REPLY_HOP_SLOTS, RINGS_PER_LISTENER, RULE_STAT_SLOTS, STAT_SLOTS,
+        VIP_HINT_ENTRIES,
     },
 };
 
@@ -91,8 +92,36 @@ pub struct NextHop {
     pub _pad: [u8; 2],
 }
 
+impl NextHop {
+    /// No hop: expired since boot.
+    pub const NONE: Self = Self {
+        expires_ns: 0,
+        ingress: 0,
+        egress: 0,
+        max_len: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+        _pad: [0; 2],
+    };
+}
+
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
+/// A client's next hop as the FIB last gave it for a reply, per CPU, in the slot its address
+/// hashes to (see `forward::Cache::Client`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReplyHop {
+    pub hop: NextHop,
+    /// The client's address (an address slot's four words) and family: whose hop it is.
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+
+#[map]
+pub static REPLY_HOPS: PerCpuArray<ReplyHop> = PerCpuArray::with_max_entries(REPLY_HOP_SLOTS, 0);
 
 /// Packets per verdict / event code (`lb_common::Stat`).
 #[map]

@@ -9,7 +9,8 @@ use lb_common::{
 use crate::{
     balance,
     family::{Family, V4, V6},
-    forward, icmp,
+    forward::{self, Cache},
+    icmp,
     maps::TAIL_CALLS,
     nat::{self, Side},
     parse::{self, FlowOf, Parsed, Parsed6, ParsedIcmp6, Verdict},
@@ -109,7 +110,7 @@ fn flow<F: Family>(ctx: &mut XdpContext, f: &FlowOf<F>) -> Verdict {
             return Verdict::drop(Stat::DropL4Truncated);
         }
         stats::traffic(r.listener_id, r.target_id, Dir::Reply, bytes);
-        return forward::forward::<F>(ctx, None, None);
+        return forward::forward::<F>(ctx, Some(Cache::client::<F>(f.dst)), None);
     }
     if !may_be_vip {
         return Verdict::pass(Stat::PassNotListener);
@@ -176,13 +177,13 @@ fn to_target<F: Family>(
     );
     match l.mode {
         // Same IP packet, the target's MAC: the FIB is asked for the target, not the VIP.
-        MODE_DSR => forward::forward::<F>(ctx, Some(pick.target_id), Some(addr)),
+        MODE_DSR => forward::forward::<F>(ctx, Some(Cache::Target(pick.target_id)), Some(addr)),
         MODE_TUNNEL => F::tunnel(ctx, f, pick.target_id, &pick.target),
         _ => {
             if nat::rewrite(ctx, f, Side::Destination, addr, pick.target.port).is_none() {
                 return Verdict::drop(Stat::DropL4Truncated);
             }
-            forward::forward::<F>(ctx, Some(pick.target_id), None)
+            forward::forward::<F>(ctx, Some(Cache::Target(pick.target_id)), None)
         }
     }
 }

@@ -3,8 +3,9 @@
 //! neighbour hands the packet to the kernel (`pass_no_neigh`); no route to the target
 //! (`drop_no_route`); forwarding off on the ingress interface (`drop_fwd_disabled`); a packet
 //! larger than the egress MTU (`pass_frag_needed`); a reply sent back out of the interface it
-//! came in on (`fwd_tx`).
-use lb_common::Stat;
+//! came in on (`fwd_tx`); a reply's next hop, cached per client, is that client's own, also
+//! when another client takes its cache slot, and follows a changed MAC once it expires.
+use lb_common::{Stat, hash::reply_hop_slot};
 use xlb_rig::lab::*;
 
 fn big(len: usize) -> Vec<u8> {
@@ -32,6 +33,56 @@ fn a_changed_neighbour_mac_is_followed_after_the_cache_expires() {
     let r = lab.run(&tcp(CLIENT, 40_000, VIP, 80, Flags::Ack, 64), lab.in0);
     assert_eq!(r.retval, XDP_REDIRECT);
     assert_eq!(r.out[0..6], moved, "the new MAC, not the cached one");
+}
+
+#[test]
+fn a_replys_next_hop_is_its_clients_own_in_a_shared_cache_slot_and_follows_a_changed_mac() {
+    // The cache is per CPU: every run of this test on one CPU, so each sees what the last left.
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+    let mut lab = Lab::new("rhmac", &[1]);
+    let t1 = lab.t[0];
+    // Client B, routed behind 198.18.2.2 (t2), whose replies take client A's (the rig's
+    // client, on in0) slot of the reply cache: both arrive from target 1 on t1.
+    lab.exec("ip route add 198.18.128.0/17 via 198.18.2.2 dev t2");
+    let words = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+    let slot_a = reply_hop_slot(&words(CLIENT), t1);
+    let b = (128..=255u8)
+        .flat_map(|c| (1..=254u8).map(move |d| [198, 18, c, d]))
+        .find(|b| reply_hop_slot(&words(*b), t1) == slot_a)
+        .expect("a client of 198.18.128.0/17 in client A's slot");
+    let reply_to = |lab: &mut Lab, client: [u8; 4], port: u16| {
+        let r = lab.run(&tcp(target(1), 8080, client, port, Flags::Ack, 64), t1);
+        assert_eq!(
+            r.retval, XDP_REDIRECT,
+            "the reply to {client:?} is forwarded"
+        );
+        assert_eq!(r.out[26..30], VIP, "rewritten from the VIP");
+        r.out[0..6].to_vec()
+    };
+    for (client, port) in [(CLIENT, 40_010), (b, 40_011)] {
+        let r = lab.run(&tcp(client, port, VIP, 80, Flags::Syn, 64), lab.in0);
+        assert_eq!(target_of(&r.out), 1);
+        lab.run(&tcp(client, port, VIP, 80, Flags::Ack, 64), lab.in0);
+    }
+    assert_eq!(reply_to(&mut lab, CLIENT, 40_010), CLIENT_MAC);
+    // B's reply, A's hop in the slot: B's own gateway, not A's.
+    assert_eq!(reply_to(&mut lab, b, 40_011), target_mac(2), "B's gateway");
+    assert_eq!(reply_to(&mut lab, b, 40_011), target_mac(2), "B's, cached");
+    assert_eq!(
+        reply_to(&mut lab, CLIENT, 40_010),
+        CLIENT_MAC,
+        "A's, not B's"
+    );
+    // A's MAC changes: followed once the cached hop expires.
+    let moved = [2, 0, 0, 0, 2, 0x77];
+    lab.exec(&format!(
+        "ip neigh replace 198.18.0.2 lladdr {} dev in0 nud permanent",
+        mac(moved)
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    assert_eq!(reply_to(&mut lab, CLIENT, 40_010), moved, "the new MAC");
 }
 
 #[test]

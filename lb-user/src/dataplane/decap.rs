@@ -168,6 +168,7 @@ impl Decap {
             maps::FLOWS6,
             maps::REVERSE6,
             "NEXT_HOPS",
+            "REPLY_HOPS",
             "HANDOFF",
             maps::EMBRYONIC,
             maps::EMBRYONIC_REVERSE,

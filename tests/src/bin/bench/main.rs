@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
         figs.extend(program_cost::program_cost(&args, &mut small, true));
     }
     if on(Section::Sweeps) {
-        eprintln!("1b/5 sweeps: live flows, listeners, targets");
+        eprintln!("1b/5 sweeps: live flows, replies, table sizes, listeners, targets");
         figs.extend(sweep::sweeps(&args));
     }
     if on(Section::ControlPlane) {

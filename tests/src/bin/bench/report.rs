@@ -188,8 +188,9 @@ pub fn plot_sweeps(path: &Path, figs: &[Figure]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1000, 1080)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 2));
-    let groups: [(&str, &str, &str); 5] = [
+    let groups: [(&str, &str, &str); 6] = [
         ("live flows", "live flows in the table", "ns per packet"),
+        ("replies", "clients replied to", "ns per packet"),
         ("table size", "max_connections", "ns per packet"),
         ("listeners", "listeners", "ns per packet"),
         (

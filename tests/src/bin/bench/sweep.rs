@@ -4,12 +4,14 @@
 //! before timing and checked after it.
 use lb_common::Stat;
 use xlb::model::config::{self, Config};
-use xlb_bench_abi::{FIRST_PORT, MANY_FLOWS, NEW_FLOW, SAME_FLOW};
+use xlb_bench_abi::{
+    FIRST_PORT, MANY_CLIENTS, MANY_FLOWS, NEW_FLOW, REPLIES_TO_MANY_CLIENTS, SAME_FLOW,
+};
 use xlb_rig::lab::{CLIENT, Flags, Lab, XDP_PASS, XDP_REDIRECT, tcp, udp};
 
 use crate::{
     Args, object,
-    program_cost::timed,
+    program_cost::{timed, timed_on},
     report::{Figure, figure},
 };
 
@@ -68,11 +70,25 @@ fn lab(tag: &str, c: &Config) -> Lab {
 /// wrapper's own cost with the same template subtracted and the harness's added back, as in
 /// section 1; checks every repetition was forwarded and, if `all_found`, none missed the table.
 fn cost(lab: &mut Lab, pkt: &[u8], mode: u32, flows: u32, repeat: u32, all_found: bool) -> f64 {
-    let pass = timed(lab, "xlb_bench_pass", pkt, repeat, XDP_PASS);
+    let in0 = lab.in0;
+    cost_on(lab, pkt, mode, flows, repeat, all_found, in0)
+}
+
+/// As [`cost`], the packet arriving on interface `ingress` (an ifindex).
+fn cost_on(
+    lab: &mut Lab,
+    pkt: &[u8],
+    mode: u32,
+    flows: u32,
+    repeat: u32,
+    all_found: bool,
+    ingress: u32,
+) -> f64 {
+    let pass = timed_on(lab, "xlb_bench_pass", pkt, repeat, XDP_PASS, ingress);
     object::set_template_flows(lab.b.dataplane_mut(), pkt, mode, flows);
-    let w = timed(lab, "xlb_bench_restore", pkt, repeat, XDP_PASS);
+    let w = timed_on(lab, "xlb_bench_restore", pkt, repeat, XDP_PASS, ingress);
     let before = lab.stats();
-    let t = timed(lab, "xlb_bench", pkt, repeat, XDP_REDIRECT);
+    let t = timed_on(lab, "xlb_bench", pkt, repeat, XDP_REDIRECT, ingress);
     let after = lab.stats();
     let d = |s: Stat| after[s as usize] - before[s as usize];
     assert_eq!(
@@ -112,6 +128,49 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
         out.push(point(
             "live flows (established flow, round robin over them)",
             format!("sweep: established flow, {n} live flows"),
+            f64::from(n),
+            v,
+        ));
+    }
+    // Replies: the reply of an established flow to 1, 1,000 and 30,000 clients in turn (one
+    // flow each, to one target). A reply's next hop is cached per client in REPLY_HOP_SLOTS
+    // slots per CPU, direct-mapped by address: one client always hits, 1,000 mostly do, and
+    // 30,000 in turn always miss, paying the FIB lookup and the cache write.
+    for n in [1u32, 1_000, 30_000] {
+        let c = config(1, 1, 262_144, 1021);
+        let mut lab = lab(&format!("sr{n}"), &c);
+        // The clients, 198.18.128.0/17, are reached through the client at 198.18.0.2.
+        lab.exec("ip route add 198.18.128.0/17 via 198.18.0.2 dev in0");
+        let client = [198, 18, 128, 0];
+        let vip = [198, 18, 100, 10];
+        let ack = tcp(client, FIRST_PORT, vip, 80, Flags::Ack, 64);
+        // Every client's flow once: a TCP packet met mid-flow is balanced and inserted.
+        object::set_template_flows(lab.b.dataplane_mut(), &ack, MANY_CLIENTS, n);
+        let before = lab.stats();
+        timed(&mut lab, "xlb_bench", &ack, n, XDP_REDIRECT);
+        let inserted =
+            lab.stats()[Stat::EvMidFlowMiss as usize] - before[Stat::EvMidFlowMiss as usize];
+        assert_eq!(inserted, u64::from(n), "{n} client flows inserted");
+        let [c3, c4] = target_octets(0);
+        let reply = tcp([198, 18, c3, c4], 8080, client, FIRST_PORT, Flags::Ack, 64);
+        let t1 = lab.t[0];
+        let repeat = args.repeat.max(n);
+        let v = (0..args.reps)
+            .map(|_| {
+                cost_on(
+                    &mut lab,
+                    &reply,
+                    REPLIES_TO_MANY_CLIENTS,
+                    n,
+                    repeat,
+                    false,
+                    t1,
+                )
+            })
+            .collect();
+        out.push(point(
+            "replies (established flows, round robin over the clients)",
+            format!("sweep: reply of an established flow, {n} clients"),
             f64::from(n),
             v,
         ));
