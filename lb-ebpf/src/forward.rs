@@ -104,12 +104,15 @@ pub fn ask_v4(p: &mut FibParams, src: [u8; 4], dst: [u8; 4], proto: u8, tos: u8)
 pub fn ask_v6(p: &mut FibParams, src: &[u8; 16], dst: &[u8; 16], proto: u8) {
     p.family = AF_INET6;
     p.l4_protocol = proto;
-    let words = |a: &[u8; 16]| {
-        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        [w(0), w(4), w(8), w(12)]
-    };
     p.__bindgen_anon_3.ipv6_src = words(src);
     p.__bindgen_anon_4.ipv6_dst = words(dst);
+}
+
+/// A 16-byte address as four native-order words (as the FIB and `REPLY_HOPS` hold it).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
 }
 
 /// Where a packet's next hop is cached.
@@ -126,10 +129,8 @@ impl Cache {
     /// The cache of replies to the client at `addr` (an address slot, see `Family::to_slot`).
     #[inline(always)]
     pub fn client<F: Family>(addr: F::Addr) -> Self {
-        let a = F::to_slot(addr);
-        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         Cache::Client {
-            addr: [w(0), w(4), w(8), w(12)],
+            addr: words(&F::to_slot(addr)),
             family: F::CODE,
         }
     }

@@ -102,6 +102,16 @@ fn cost_on(
     t - w + pass
 }
 
+/// Insert the `n` flows that `ack` gives in `mode` (each tuple once: a TCP packet met mid-flow
+/// is balanced and inserted), checking that each was new.
+fn insert_flows(lab: &mut Lab, ack: &[u8], mode: u32, n: u32) {
+    object::set_template_flows(lab.b.dataplane_mut(), ack, mode, n);
+    let before = lab.stats();
+    timed(lab, "xlb_bench", ack, n, XDP_REDIRECT);
+    let inserted = lab.stats()[Stat::EvMidFlowMiss as usize] - before[Stat::EvMidFlowMiss as usize];
+    assert_eq!(inserted, u64::from(n), "{n} flows inserted");
+}
+
 fn point(series: &str, name: String, x: f64, v: Vec<f64>) -> Figure {
     figure("sweep", &name, "ns/packet", v).at(series, x)
 }
@@ -114,13 +124,7 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
         let c = config(1, 2, SWEEP_CONNECTIONS, 1021);
         let mut lab = lab(&format!("sf{n}"), &c);
         let ack = tcp(CLIENT, FIRST_PORT, [198, 18, 100, 10], 80, Flags::Ack, 64);
-        // Every tuple once: a TCP packet met mid-flow is balanced and inserted.
-        object::set_template_flows(lab.b.dataplane_mut(), &ack, MANY_FLOWS, n);
-        let before = lab.stats();
-        timed(&mut lab, "xlb_bench", &ack, n, XDP_REDIRECT);
-        let inserted =
-            lab.stats()[Stat::EvMidFlowMiss as usize] - before[Stat::EvMidFlowMiss as usize];
-        assert_eq!(inserted, u64::from(n), "{n} flows inserted");
+        insert_flows(&mut lab, &ack, MANY_FLOWS, n);
         let repeat = args.repeat.max(n);
         let v = (0..args.reps)
             .map(|_| cost(&mut lab, &ack, MANY_FLOWS, n, repeat, true))
@@ -144,13 +148,7 @@ pub fn sweeps(args: &Args) -> Vec<Figure> {
         let client = [198, 18, 128, 0];
         let vip = [198, 18, 100, 10];
         let ack = tcp(client, FIRST_PORT, vip, 80, Flags::Ack, 64);
-        // Every client's flow once: a TCP packet met mid-flow is balanced and inserted.
-        object::set_template_flows(lab.b.dataplane_mut(), &ack, MANY_CLIENTS, n);
-        let before = lab.stats();
-        timed(&mut lab, "xlb_bench", &ack, n, XDP_REDIRECT);
-        let inserted =
-            lab.stats()[Stat::EvMidFlowMiss as usize] - before[Stat::EvMidFlowMiss as usize];
-        assert_eq!(inserted, u64::from(n), "{n} client flows inserted");
+        insert_flows(&mut lab, &ack, MANY_CLIENTS, n);
         let [c3, c4] = target_octets(0);
         let reply = tcp([198, 18, c3, c4], 8080, client, FIRST_PORT, Flags::Ack, 64);
         let t1 = lab.t[0];
